@@ -1,0 +1,37 @@
+# make demo  -- set up .venv and train the quickstart GPT (resumes if run again)
+# make test  -- the test suite (CPU, 8 simulated devices)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-base
+PARITY := $(VENV)/.installed-parity
+WORKDIR ?= runs/quickstart
+
+.PHONY: demo test parity bench clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+$(PARITY): $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[test,parity]'
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m jaxlab.main --config configs/quickstart.py --workdir $(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile
+
+parity: $(PARITY)
+	$(PY) -m pytest -q -m parity
+
+bench: $(PARITY)
+	$(PY) bench/train_throughput.py
+
+clean-venv:
+	rm -rf $(VENV)

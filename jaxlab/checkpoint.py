@@ -1,0 +1,43 @@
+"""Orbax checkpoints of the whole run: the train state (params, optimizer state, extra
+model state such as FP8 scales, each in its own dtype and sharding) and the data
+iterator (grain's orbax handler: one JSON state per process, so multi-host runs resume
+every process's slice of the data)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+
+def manager(directory: str, keep: int = 3, keep_period: int | None = None) -> ocp.CheckpointManager:
+  """Keeps the newest `keep` checkpoints, plus every `keep_period`-th step if given."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, keep_period=keep_period or None, create=True)
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any = None) -> None:
+  items = {"state": ocp.args.StandardSave(state)}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+  mngr.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+def abstract_like(tree: Any, shardings: Any) -> Any:
+  """ShapeDtypeStructs carrying target shardings: restore straight into the layout."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any, data_iter: Any = None):
+  """(step, state) of the newest checkpoint, or None when there is none; `data_iter`
+  (a fresh iterator of the same dataset) is moved to where the run stopped."""
+  step = mngr.latest_step()
+  if step is None:
+    return None
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  restored = mngr.restore(step, args=ocp.args.Composite(**items))
+  return step, restored["state"]

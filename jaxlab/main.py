@@ -1,0 +1,53 @@
+"""python -m jaxlab.main --config configs/X.py[:ARG] --workdir DIR [key=value ...]"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jaxlab import config as config_lib
+from jaxlab.sharding import ShardingError
+from jaxlab.train.loop import NonFiniteError
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(prog="python -m jaxlab.main", description=__doc__)
+  parser.add_argument("--config", required=True, help="configs/X.py[:ARG]")
+  parser.add_argument("--workdir", required=True, help="where checkpoints, metrics and plots go")
+  parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.steps=100")
+  return parser.parse_args(argv)
+
+
+def trainer_module(cfg):
+  try:
+    return importlib.import_module(f"jaxlab.trainers.{cfg.trainer}")
+  except ModuleNotFoundError as e:
+    if e.name != f"jaxlab.trainers.{cfg.trainer}":
+      raise
+    raise config_lib.ConfigError(f"trainer: no trainer named {cfg.trainer!r} in jaxlab/trainers/") from None
+
+
+def main(argv=None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    cfg = config_lib.load(args.config, args.overrides)
+    module = trainer_module(cfg)
+  except config_lib.ConfigError as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  config_lib.write(cfg, args.workdir)
+  try:
+    summary = module.train_and_evaluate(cfg, args.workdir)
+  except (config_lib.ConfigError, ShardingError) as e:
+    print(f"config error: {e}", file=sys.stderr)
+    return 2
+  except NonFiniteError as e:
+    print(f"stopped: {e}", file=sys.stderr)
+    return 3
+  report = getattr(module, "report", None)
+  print(report(summary) if report else summary, flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

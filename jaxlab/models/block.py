@@ -1,0 +1,133 @@
+"""The one transformer block every jaxlab model uses (GPT, ViT, the BERT embedder).
+
+Options cover what the models differ in: causal mask, pre- or post-LayerNorm, activation,
+and an injectable `dot_general_cls` for every projection, so FP8 (or any other GEMM
+recipe) plugs in without touching the models. `Stack` scans the block over a leading
+layer axis: the parameters of layer l are index l of one pytree.
+
+Parameter names (the sharding presets and HF converters rely on them):
+  ln_1/{scale,bias}  attn/{query,key,value,out}/{kernel,bias}  ln_2/{scale,bias}
+  mlp/fc/{kernel,bias}  mlp/proj/{kernel,bias}
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxlab.sharding import constrain
+
+ACTIVATIONS: dict[str, Callable] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's "gelu_new"
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  d_model: int
+  num_heads: int
+  mlp_dim: int
+  causal: bool = True
+  pre_ln: bool = True
+  activation: str = "gelu_tanh"
+  layer_norm_eps: float = 1e-5
+  dropout: float = 0.0
+  dtype: Any = jnp.float32          # compute dtype
+  param_dtype: Any = jnp.float32
+  init_std: float = 0.02
+
+
+def _dense(cfg: BlockConfig, features: int, name: str, dot_general_cls, std: float | None = None):
+  return nn.Dense(features, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name,
+                  kernel_init=nn.initializers.normal(std or cfg.init_std),
+                  dot_general_cls=dot_general_cls)
+
+
+class Attention(nn.Module):
+  cfg: BlockConfig
+  dot_general_cls: Any = None
+  out_std: float | None = None
+
+  @nn.compact
+  def __call__(self, x, mask=None, deterministic=True):
+    cfg = self.cfg
+    head_dim = cfg.d_model // cfg.num_heads
+    split = lambda t: t.reshape(t.shape[:-1] + (cfg.num_heads, head_dim))
+    q, k, v = (split(_dense(cfg, cfg.d_model, n, self.dot_general_cls)(x)) for n in ("query", "key", "value"))
+    q, k, v = (constrain(t, ("batch", "length", "heads", None)) for t in (q, k, v))
+    # jax.nn.dot_product_attention picks cuDNN flash attention on GPU, XLA elsewhere.
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=cfg.causal)
+    y = y.reshape(y.shape[:-2] + (cfg.d_model,))
+    y = _dense(cfg, cfg.d_model, "out", self.dot_general_cls, self.out_std)(y)
+    return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+
+
+class Mlp(nn.Module):
+  cfg: BlockConfig
+  dot_general_cls: Any = None
+  out_std: float | None = None
+
+  @nn.compact
+  def __call__(self, x, deterministic=True):
+    cfg = self.cfg
+    h = _dense(cfg, cfg.mlp_dim, "fc", self.dot_general_cls)(x)
+    h = constrain(ACTIVATIONS[cfg.activation](h), ("batch", "length", "mlp"))
+    y = _dense(cfg, cfg.d_model, "proj", self.dot_general_cls, self.out_std)(h)
+    return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)
+
+
+class Block(nn.Module):
+  cfg: BlockConfig
+  dot_general_cls: Any = None
+  out_std: float | None = None  # GPT-2 scales residual projections by 1/sqrt(2 * layers)
+
+  @nn.compact
+  def __call__(self, x, mask=None, deterministic=True):
+    cfg = self.cfg
+    norm = lambda name: nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
+    attn = Attention(cfg, self.dot_general_cls, self.out_std, name="attn")
+    mlp = Mlp(cfg, self.dot_general_cls, self.out_std, name="mlp")
+    x = constrain(x, ("batch", "length", "embed"))
+    if cfg.pre_ln:
+      x = x + attn(norm("ln_1")(x), mask, deterministic)
+      x = x + mlp(norm("ln_2")(x), deterministic)
+    else:  # post-LN (BERT)
+      x = norm("ln_1")(x + attn(x, mask, deterministic))
+      x = norm("ln_2")(x + mlp(x, deterministic))
+    return x
+
+
+class _ScanStep(nn.Module):
+  """One block as an nn.scan step: (carry, broadcast mask) -> (carry, None)."""
+  cfg: BlockConfig
+  dot_general_cls: Any = None
+  out_std: float | None = None
+  deterministic: bool = True
+
+  @nn.compact
+  def __call__(self, x, mask):
+    block = Block(self.cfg, self.dot_general_cls, self.out_std, name="block")
+    return block(x, mask, self.deterministic), None
+
+
+class Stack(nn.Module):
+  """`num_layers` blocks scanned over a leading axis of every variable collection."""
+  cfg: BlockConfig
+  num_layers: int
+  dot_general_cls: Any = None
+  out_std: float | None = None
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x, mask=None, deterministic=True):
+    step = nn.remat(_ScanStep, prevent_cse=False) if self.remat else _ScanStep
+    scanned = nn.scan(step, variable_axes={True: 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=nn.broadcast, length=self.num_layers)
+    x, _ = scanned(self.cfg, self.dot_general_cls, self.out_std, deterministic, name="layers")(x, mask)
+    return x

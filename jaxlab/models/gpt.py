@@ -1,0 +1,90 @@
+"""Decoder-only GPT: learned positions, pre-LN blocks, causal attention, tied or untied head.
+
+Sizes run from a 2-layer toy to the 1.3B shape of FP8-LM and ScalingFilter (24 layers,
+d_model 2048, 32 heads, 2048 positions). Every projection (and the untied head) takes
+the injectable `dot_general_cls`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxlab.models.block import BlockConfig, Stack
+from jaxlab.sharding import constrain
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+  vocab_size: int
+  max_len: int = 256
+  num_layers: int = 2
+  d_model: int = 128
+  num_heads: int = 4
+  mlp_dim: int = 0            # 0 -> 4 * d_model
+  tied_embeddings: bool = True
+  activation: str = "gelu_tanh"
+  layer_norm_eps: float = 1e-5
+  dropout: float = 0.0
+  dtype: Any = jnp.float32    # compute dtype (bfloat16 on accelerators)
+  param_dtype: Any = jnp.float32
+  remat: bool = False
+
+  def block(self) -> BlockConfig:
+    return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
+                       causal=True, pre_ln=True, activation=self.activation, layer_norm_eps=self.layer_norm_eps,
+                       dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
+
+  def num_params(self) -> int:
+    d, f, L = self.d_model, self.mlp_dim or 4 * self.d_model, self.num_layers
+    per_layer = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d
+    head = 0 if self.tied_embeddings else d * self.vocab_size
+    return self.vocab_size * d + self.max_len * d + L * per_layer + 2 * d + head
+
+
+# (num_layers, d_model, num_heads, max_len); vocab comes from the tokenizer.
+SIZES = {
+    "toy": (2, 64, 2, 128),
+    "tiny": (4, 128, 4, 256),
+    "small": (6, 384, 6, 256),
+    "gpt2": (12, 768, 12, 1024),
+    "gpt2_medium": (24, 1024, 16, 1024),
+    "gpt2_large": (36, 1280, 20, 1024),
+    "1.3b": (24, 2048, 32, 2048),
+}
+
+
+def sized(size: str, vocab_size: int, **overrides) -> GPTConfig:
+  layers, d_model, heads, max_len = SIZES[size]
+  base = dict(vocab_size=vocab_size, num_layers=layers, d_model=d_model, num_heads=heads, max_len=max_len)
+  base.update(overrides)
+  return GPTConfig(**base)
+
+
+class GPT(nn.Module):
+  cfg: GPTConfig
+  dot_general_cls: Any = None
+
+  @nn.compact
+  def __call__(self, tokens, deterministic: bool = True):
+    cfg = self.cfg
+    init = nn.initializers.normal(0.02)
+    wte = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, dtype=cfg.dtype,
+                   param_dtype=cfg.param_dtype, name="wte")
+    wpe = nn.Embed(cfg.max_len, cfg.d_model, embedding_init=nn.initializers.normal(0.01), dtype=cfg.dtype,
+                   param_dtype=cfg.param_dtype, name="wpe")
+    positions = jnp.arange(tokens.shape[-1])[None]
+    x = wte(tokens) + wpe(positions)
+    x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
+    x = Stack(cfg.block(), cfg.num_layers, self.dot_general_cls,
+              out_std=0.02 / math.sqrt(2 * cfg.num_layers), remat=cfg.remat, name="decoder")(x, None, deterministic)
+    x = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="ln_f")(x)
+    if cfg.tied_embeddings:
+      logits = wte.attend(x)
+    else:
+      logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                        kernel_init=init, dot_general_cls=self.dot_general_cls, name="lm_head")(x)
+    return constrain(logits.astype(jnp.float32), ("batch", "length", "vocab"))

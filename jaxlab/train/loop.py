@@ -1,0 +1,153 @@
+"""The one training loop every trainer uses.
+
+Sharded init (or restore from the workdir), a jitted pure step with in/out shardings and
+donation, metrics pulled to the host only on logging steps, periodic evaluation, orbax
+checkpoints of state and data iterator, a NaN/Inf guard, JSONL + TensorBoard metrics, a
+progress bar and a loss plot. Trainers provide a `Task` (see train/state.py).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxlab import checkpoint, sharding
+from jaxlab.train import metrics as metrics_lib
+from jaxlab.train.state import Task, init_state, make_eval_step, make_train_step
+
+log = logging.getLogger("jaxlab")
+
+GUARDED = ("loss", "grad_norm")
+
+
+class NonFiniteError(RuntimeError):
+  """Training produced NaN/Inf; nothing after the last good checkpoint was saved."""
+
+
+def _mean_rows(rows: list[dict]) -> dict:
+  return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def _check_finite(pending: list[tuple[int, dict]], last_good: int | None, ckpt_dir: str) -> None:
+  for step, row in pending:
+    for key in GUARDED:
+      if key in row and not math.isfinite(float(row[key])):
+        where = f"step {last_good} in {ckpt_dir}" if last_good is not None else "none (no checkpoint yet)"
+        raise NonFiniteError(
+            f"{key} became {float(row[key])} at step {step + 1}; training stopped and nothing after it was "
+            f"saved. Last good checkpoint: {where}. Lower optim.learning_rate or check the data.")
+
+
+def evaluate(task: Task, state, eval_step, data_sharding) -> dict:
+  sums = None
+  for batch in task.eval_data():
+    out = eval_step(state, sharding.global_batch(batch, data_sharding))
+    sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+  if sums is None:
+    return {}
+  return task.summarize(jax.device_get(sums))
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.sharding.Mesh,
+        tx: optax.GradientTransformation, schedule: optax.Schedule | None = None) -> dict:
+  """Train to cfg.train.steps (resuming from workdir) and return the final summary."""
+  tc = cfg.train
+  rules = sharding.layout_rules(cfg.sharding.layout, cfg.sharding.extra_rules)
+  activation_rules = sharding.activation_rules(cfg.sharding.layout)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  is_main = jax.process_index() == 0
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(activation_rules):
+    rng = jax.random.key(cfg.seed)
+    init_fn = functools.partial(init_state, task, tx)
+    abstract = jax.eval_shape(init_fn, rng)
+    state_sh = sharding.tree_shardings(abstract, mesh, rules)  # fails here on a bad rule
+    data_sh = sharding.batch_sharding(mesh)
+    replicated = NamedSharding(mesh, P())
+
+    mngr = checkpoint.manager(ckpt_dir, keep=tc.keep_checkpoints)
+    train_iter = iter(task.train_data)
+    restored = checkpoint.restore_latest(mngr, checkpoint.abstract_like(abstract, state_sh), train_iter)
+    if restored is None:
+      start, state = 0, jax.jit(init_fn, out_shardings=state_sh)(rng)
+      last_good = None
+    else:
+      start, state = restored
+      last_good = start
+      if is_main:
+        print(f"resuming from step {start} ({ckpt_dir})", flush=True)
+
+    step_fn = jax.jit(make_train_step(task, tx, schedule), in_shardings=(state_sh, data_sh, replicated),
+                      out_shardings=(state_sh, replicated), donate_argnums=0)
+    eval_fn = jax.jit(make_eval_step(task), in_shardings=(state_sh, data_sh), out_shardings=replicated)
+
+    writer = metrics_lib.MetricWriter(workdir, resume_step=start)
+    total = tc.steps
+    stop_at = min(total, start + tc.stop_after) if tc.stop_after > 0 else total
+    unit, per_batch = task.units_per_batch
+    bar = tqdm.tqdm(total=total, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
+    pending: list[tuple[int, Any]] = []
+    timer_start, timer_steps = None, 0
+    eval_metrics: dict = {}
+
+    def flush(step: int) -> None:
+      """Bring pending metrics to the host, guard against NaN, log the interval mean."""
+      nonlocal pending, timer_start, timer_steps
+      if not pending:
+        return
+      rows = jax.device_get([m for _, m in pending])
+      _check_finite(list(zip([s for s, _ in pending], rows)), last_good, ckpt_dir)
+      summary = _mean_rows(rows)
+      if timer_start is not None and timer_steps:
+        summary[f"{unit}_per_sec"] = timer_steps * per_batch / (time.perf_counter() - timer_start)
+      writer.write(step, "train", summary)
+      bar.set_postfix({"loss": f"{summary['loss']:.3f}",
+                       f"{unit}/s": f"{summary.get(f'{unit}_per_sec', 0):,.0f}"}, refresh=False)
+      pending = []
+      timer_start, timer_steps = time.perf_counter(), 0
+
+    step = start
+    while step < stop_at:
+      batch = sharding.global_batch(next(train_iter), data_sh)
+      state, step_metrics = step_fn(state, batch, rng)
+      pending.append((step, step_metrics))
+      step += 1
+      timer_steps += 1
+      bar.update(1)
+      if timer_start is None:  # exclude compilation from throughput
+        jax.block_until_ready(step_metrics)
+        timer_start, timer_steps = time.perf_counter(), 0
+      done = step == stop_at
+      if step % tc.log_every == 0 or done or step % tc.checkpoint_every == 0:
+        flush(step)
+      if task.eval_data is not None and tc.eval_every > 0 and (step % tc.eval_every == 0 or step == total):
+        eval_metrics = evaluate(task, state, eval_fn, data_sh)
+        writer.write(step, "eval", eval_metrics)
+        timer_start, timer_steps = time.perf_counter(), 0
+      if step % tc.checkpoint_every == 0 or done:
+        checkpoint.save(mngr, step, state, train_iter)
+        last_good = step
+    bar.close()
+    mngr.wait_until_finished()
+
+    if not eval_metrics and task.eval_data is not None:  # e.g. a rerun of a finished job
+      eval_metrics = evaluate(task, state, eval_fn, data_sh)
+    writer.close()
+
+  summary = {"step": int(step), "finished": step >= total, "checkpoint_dir": ckpt_dir,
+             "metrics_path": writer.path, **eval_metrics}
+  if is_main and os.path.exists(writer.path):
+    summary["plot_path"] = metrics_lib.plot_loss(writer.path, os.path.join(workdir, "loss.png"))
+  summary["state"] = state
+  return summary

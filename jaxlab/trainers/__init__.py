@@ -1,0 +1,1 @@
+"""One module per experiment kind; each has train_and_evaluate(config, workdir)."""

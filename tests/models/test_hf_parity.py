@@ -1,0 +1,40 @@
+"""GPT-2 interop: the same weights in transformers' GPT2LMHeadModel (PyTorch) and in jaxlab.
+
+Needs the `parity` extra (torch); skipped with a reason where torch is absent.
+"""
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from jaxlab.models import gpt, hf
+
+pytestmark = pytest.mark.parity
+torch = pytest.importorskip("torch", reason="parity tests need the 'parity' extra (torch==2.13.0)")
+transformers = pytest.importorskip("transformers")
+
+
+def random_params(cfg, seed=0):
+  """Random values everywhere (LayerNorm and biases included) so no mapping slip can hide."""
+  params = gpt.GPT(cfg).init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))["params"]
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+  return jax.tree.unflatten(treedef, [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_logits_match_transformers(tmp_path, tied):
+  cfg = gpt.GPTConfig(vocab_size=97, max_len=16, num_layers=2, d_model=32, num_heads=4, tied_embeddings=tied)
+  params = random_params(cfg)
+  hf.save_gpt2(str(tmp_path), params, cfg)
+  model = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+  tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (3, 16))
+  with torch.no_grad():
+    ref = model(torch.tensor(tokens)).logits.numpy()
+  ours = np.asarray(gpt.GPT(cfg).apply({"params": params}, jnp.asarray(tokens)))
+  assert np.max(np.abs(ours - ref)) < 1e-4, np.max(np.abs(ours - ref))
+  # and back: transformers' own save_pretrained output loads into the same params
+  model.save_pretrained(str(tmp_path / "resaved"))
+  cfg2, params2 = hf.load_gpt2(str(tmp_path / "resaved"))
+  assert cfg2 == cfg
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2)
