@@ -35,7 +35,6 @@ def main(argv=None) -> int:
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
-  config_lib.write(cfg, args.workdir)
   try:
     summary = module.train_and_evaluate(cfg, args.workdir)
   except (config_lib.ConfigError, ShardingError) as e:

@@ -9,6 +9,7 @@ import grain
 import numpy as np
 
 _TOKENS = "tokens"
+READ_BUFFER = 32
 
 
 class RandomAccessSource(Protocol):
@@ -23,7 +24,9 @@ class RandomAccessSource(Protocol):
 
 def tokenize(record: dict[str, Any], *, tokenizer, eos_id: int) -> dict[str, np.ndarray]:
   """One document's ids, ending with EOS so packed documents stay apart."""
-  ids = tokenizer(record["text"])["input_ids"]
+  # The Rust tokenizer directly: same ids as tokenizer(text), without ~0.3 ms of Python
+  # wrapper overhead per document.
+  ids = tokenizer.backend_tokenizer.encode(record["text"]).ids
   return {_TOKENS: np.asarray(ids + [eos_id], dtype=np.int32)}
 
 
@@ -123,7 +126,9 @@ def lm_dataset(
   # MapDataset.repeat reseeds upstream shuffles per epoch (seed + epoch).
   ds = ds.repeat(num_epochs)
   ds = ds.map(functools.partial(tokenize, tokenizer=tokenizer, eos_id=eos_id))
-  ds = ds.to_iter_dataset()
+  # A short prefetch buffer: grain's default (500 elements, 16 threads) spends more time
+  # polling its futures than tokenizing (measured 6 vs 60+ batches/s on 2 cores).
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=READ_BUFFER))
   # Packs in stream order (split_full_length_features=True keeps the token
   # order) and pads only the final chunk, marking padding with segment id 0.
   ds = grain.experimental.ConcatThenSplitIterDataset(

@@ -23,6 +23,7 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxlab import checkpoint, sharding
+from jaxlab import config as config_lib
 from jaxlab.train import metrics as metrics_lib
 from jaxlab.train.state import Task, init_state, make_eval_step, make_train_step
 
@@ -67,6 +68,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.shar
   activation_rules = sharding.activation_rules(cfg.sharding.layout)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   is_main = jax.process_index() == 0
+  if is_main:
+    config_lib.write(cfg, workdir)  # what actually ran, next to its results
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(activation_rules):
     rng = jax.random.key(cfg.seed)
@@ -121,6 +124,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.shar
     while step < stop_at:
       batch = sharding.global_batch(next(train_iter), data_sh)
       state, step_metrics = step_fn(state, batch, rng)
+      if pending:  # stay at most one step ahead of the device: honest progress bar, no stall
+        jax.block_until_ready(pending[-1][1])
       pending.append((step, step_metrics))
       step += 1
       timer_steps += 1

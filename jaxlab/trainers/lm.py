@@ -29,8 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.tokenizer = dict(path="", vocab_size=4096)
   c.model = dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=0, max_len=256, tied_embeddings=True,
                  dropout=0.0, dtype="float32", remat=False)
-  c.train = dict(seq_len=128, batch_size=16, steps=500, log_every=25, eval_every=250, eval_batches=0,
-                 checkpoint_every=250, keep_checkpoints=3, stop_after=0)
+  c.train = dict(seq_len=128, batch_size=16, steps=400, log_every=25, eval_every=200, eval_batches=0,
+                 checkpoint_every=200, keep_checkpoints=3, stop_after=0)
   c.optim = dict(learning_rate=3e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95,
                  eps=1e-8, grad_clip=1.0)
   return c
@@ -144,6 +144,25 @@ def load_tokenizer(cfg, data: text.TextData, workdir: str):
     return tokenizer_lib.load_tokenizer(out_dir)
   texts = (data.train[i]["text"] for i in range(len(data.train)))
   return tokenizer_lib.train_bpe(texts, vocab_size=cfg.tokenizer.vocab_size, out_dir=out_dir)
+
+
+def export_hf(workdir: str, out_dir: str, step: int | None = None) -> str:
+  """Write the run's latest (or given) checkpoint as a GPT-2 folder (config.json,
+  model.safetensors, tokenizer) that transformers.GPT2LMHeadModel.from_pretrained reads."""
+  import json
+  import orbax.checkpoint as ocp
+  from jaxlab import checkpoint
+  from jaxlab.models import hf
+
+  with open(os.path.join(workdir, "config.json")) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  tok = tokenizer_lib.load_tokenizer(cfg.tokenizer.path or os.path.join(workdir, "tokenizer"))
+  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"))
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  return hf.save_gpt2(out_dir, state["params"], model_config(cfg, len(tok)), tok)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:

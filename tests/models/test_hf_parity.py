@@ -38,3 +38,25 @@ def test_logits_match_transformers(tmp_path, tied):
   cfg2, params2 = hf.load_gpt2(str(tmp_path / "resaved"))
   assert cfg2 == cfg
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, params2)
+
+
+def test_trained_model_exports_to_transformers_with_same_loss(tmp_path):
+  from jaxlab import config as config_lib
+  from jaxlab.trainers import lm
+  repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+  cfg = config_lib.load(str(repo / "configs" / "quickstart.py") + ":toy",
+                        ["train.steps=6", "train.eval_every=0", "model.tied_embeddings=false"])
+  summary = lm.train_and_evaluate(cfg, str(tmp_path / "run"))
+  folder = lm.export_hf(str(tmp_path / "run"), str(tmp_path / "hf"))
+
+  model = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
+  tok = transformers.AutoTokenizer.from_pretrained(folder)
+  from pydoc_data import topics
+  ids = tok(topics.topics["assert"])["input_ids"][:cfg.train.seq_len + 1]
+  with torch.no_grad():
+    ref = float(model(torch.tensor([ids]), labels=torch.tensor([ids])).loss)
+  logits = summary["model"].apply({"params": summary["state"].params}, jnp.asarray([ids[:-1]]))
+  import optax
+  ours = float(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray([ids[1:]])).mean())
+  assert abs(ours - ref) < 1e-5, (ours, ref)
+  assert ref < np.log(cfg.tokenizer.vocab_size)  # it did learn something in 6 steps
