@@ -41,3 +41,14 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any, data_iter: 
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
   return step, restored["state"]
+
+
+def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
+  """(step, params) of a run's latest (or given) checkpoint as host arrays, without
+  knowing its optimizer: for teachers, learngenes and exports."""
+  mngr = manager(os.path.join(workdir, "checkpoints"))
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  return step, state["params"]

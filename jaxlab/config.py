@@ -138,3 +138,12 @@ def require(cfg: ml_collections.ConfigDict, condition: bool, key: str, message: 
   """Semantic validation that names the key at fault."""
   if not condition:
     raise ConfigError(f"{key}: {message}")
+
+
+def read(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to its workdir (for teachers, genes, exports)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise ConfigError(f"{path} not found: is {workdir!r} a jaxlab run directory?")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

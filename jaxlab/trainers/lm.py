@@ -149,20 +149,13 @@ def load_tokenizer(cfg, data: text.TextData, workdir: str):
 def export_hf(workdir: str, out_dir: str, step: int | None = None) -> str:
   """Write the run's latest (or given) checkpoint as a GPT-2 folder (config.json,
   model.safetensors, tokenizer) that transformers.GPT2LMHeadModel.from_pretrained reads."""
-  import json
-  import orbax.checkpoint as ocp
   from jaxlab import checkpoint
   from jaxlab.models import hf
 
-  with open(os.path.join(workdir, "config.json")) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
+  cfg = config_lib.read(workdir)
   tok = tokenizer_lib.load_tokenizer(cfg.tokenizer.path or os.path.join(workdir, "tokenizer"))
-  mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"))
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints")
-  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  return hf.save_gpt2(out_dir, state["params"], model_config(cfg, len(tok)), tok)
+  _, params = checkpoint.restore_params(workdir, step)
+  return hf.save_gpt2(out_dir, params, model_config(cfg, len(tok)), tok)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -1,0 +1,39 @@
+"""TLEG on digits with a ViT: teacher, scratch, auxiliary (learngene) and descendants.
+
+  # 1. a teacher (a plain, deeper ViT)
+  python -m jaxlab.main --config configs/learngene/vit.py:teacher --workdir runs/lg/teacher
+  # 2. the auxiliary model (depth 6, layers expanded from the learngene), distilled
+  python -m jaxlab.main --config configs/learngene/vit.py:auxiliary --workdir runs/lg/aux \
+      distill.teacher_workdir=runs/lg/teacher
+  # 3. descendants of any depth, initialised from the learngene, trained normally
+  python -m jaxlab.main --config configs/learngene/vit.py:descendant --workdir runs/lg/des4 \
+      learngene.gene_workdir=runs/lg/aux model.num_layers=4
+  # baseline: the same ViT from scratch
+  python -m jaxlab.main --config configs/learngene/vit.py:scratch --workdir runs/lg/scratch4 model.num_layers=4
+
+Arguments may end in ",mnist" (e.g. `:teacher,mnist`) to use MNIST from ../shared/data
+instead of scikit-learn's digits (the fresh-machine default).
+"""
+from jaxlab.trainers import classify
+
+
+def get_config(arg=None):
+  role, _, dataset = (arg or "scratch").partition(",")
+  c = classify.default_config()
+  if dataset == "mnist":
+    c.data.update(name="mnist", source_dir="shared:images/mnist")
+    c.model.update(patch_size=4, d_model=96, num_heads=3)
+    c.train.update(batch_size=128)
+  elif dataset not in ("", "digits"):
+    raise ValueError(f"unknown dataset {dataset!r}; use digits or mnist")
+  if role == "teacher":
+    c.model.num_layers = 8
+  elif role == "auxiliary":
+    c.model.num_layers = 6
+    c.learngene.mode = "auxiliary"
+  elif role == "descendant":
+    c.learngene.mode = "descendant"
+  elif role != "scratch":
+    raise ValueError(f"unknown role {role!r}; use teacher, auxiliary, descendant or scratch")
+  c.lock()
+  return c

@@ -1,0 +1,123 @@
+"""Linear expansion of a learngene into layer parameters (TLEG).
+
+A learngene is two pytrees with the shape of ONE transformer block, {"A": theta_A,
+"B": theta_B}. Layer l (0-based) of an L-layer model gets theta_A + (l / L) * theta_B,
+for every block parameter. Nothing here knows about ViT or GPT: any model whose blocks
+are stacked on a leading axis (jaxlab's `Stack`, params at .../layers/block) works.
+
+The auxiliary model is not a separate module: its trainable parameters are
+{"shared": everything outside the stack, "gene": {"A", "B"}} and `assemble` turns them
+into the plain model's parameters inside the forward pass, so gradients reach A and B.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxlab.sharding import path_name
+
+STACK_KEYS = ("layers", "block")
+
+
+def _check_same_structure(a: Any, b: Any) -> None:
+  sa = jax.tree_util.tree_structure(a)
+  sb = jax.tree_util.tree_structure(b)
+  if sa != sb:
+    raise ValueError(f"theta_A and theta_B have different structures:\n  A: {sa}\n  B: {sb}")
+  for (path, x), (_, y) in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)):
+    if jnp.shape(x) != jnp.shape(y):
+      raise ValueError(f"theta_A and theta_B differ at {path_name(path)}: shapes {jnp.shape(x)} vs {jnp.shape(y)}")
+
+
+def expand(gene: dict, depth: int) -> Any:
+  """Per-layer block parameters stacked on a leading axis of size `depth`."""
+  if not isinstance(depth, int) or depth <= 0:
+    raise ValueError(f"depth must be a positive integer, got {depth!r}")
+  if set(gene) != {"A", "B"}:
+    raise ValueError(f"a learngene is {{'A': ..., 'B': ...}}, got keys {sorted(gene)}")
+  _check_same_structure(gene["A"], gene["B"])
+  coeff = jnp.arange(depth, dtype=jnp.float32) / depth
+
+  def one(a, b):
+    c = coeff.reshape((depth,) + (1,) * jnp.ndim(a)).astype(jnp.result_type(a))
+    return a[None] + c * b[None]
+
+  return jax.tree.map(one, gene["A"], gene["B"])
+
+
+def find_stack(params: dict) -> tuple[str, ...]:
+  """Path of the one stacked-block subtree (e.g. ('encoder', 'layers', 'block'))."""
+  found = []
+
+  def walk(node, path):
+    if not isinstance(node, dict):
+      return
+    if STACK_KEYS[0] in node and isinstance(node[STACK_KEYS[0]], dict) and STACK_KEYS[1] in node[STACK_KEYS[0]]:
+      found.append(path + STACK_KEYS)
+    for key, child in node.items():
+      walk(child, path + (key,))
+
+  walk(params, ())
+  if len(found) != 1:
+    raise ValueError(f"expected exactly one stacked block (…/layers/block) in the params, found {found}")
+  return found[0]
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _without(tree: dict, path: tuple[str, ...]) -> dict:
+  """Copy of `tree` with the subtree at path[:-1] (the 'layers' dict) removed."""
+  head, *rest = path
+  if len(rest) == 1:
+    return {k: v for k, v in tree.items() if k != head}
+  return {**tree, head: _without(tree[head], tuple(rest))}
+
+
+def _with(tree: dict, path: tuple[str, ...], value) -> dict:
+  head, *rest = path
+  if not rest:
+    return {**tree, head: value}
+  return {**tree, head: _with(tree.get(head, {}), tuple(rest), value)}
+
+
+def init_gene(rng: jax.Array, theta_a: Any, b_std: float = 0.02) -> dict:
+  """theta_A as given (one layer of a normal init); theta_B small random for linear
+  kernels and zero for biases and LayerNorm parameters, as the TLEG reference."""
+  leaves = jax.tree_util.tree_leaves_with_path(theta_a)
+  keys = dict(zip((path_name(p) for p, _ in leaves), jax.random.split(rng, len(leaves))))
+
+  def b(path, a):
+    name = path_name(path)
+    if name.endswith("kernel"):
+      return b_std * jax.random.normal(keys[name], jnp.shape(a), jnp.result_type(a))
+    return jnp.zeros_like(a)
+
+  return {"A": theta_a, "B": jax.tree_util.tree_map_with_path(b, theta_a)}
+
+
+def auxiliary_params(rng: jax.Array, plain_params: dict, b_std: float = 0.02) -> dict:
+  """Auxiliary-model params from a plain model's init: shared parts carried over,
+  theta_A = that init's first layer, theta_B fresh (see `init_gene`)."""
+  path = find_stack(plain_params)
+  theta_a = jax.tree.map(lambda x: x[0], _get(plain_params, path))
+  return {"shared": _without(plain_params, path), "gene": init_gene(rng, theta_a, b_std)}
+
+
+def assemble(aux_params: dict, depth: int, stack_path: tuple[str, ...]) -> dict:
+  """Plain-model params of the given depth from {"shared", "gene"} (differentiable)."""
+  return _with(aux_params["shared"], stack_path, expand(aux_params["gene"], depth))
+
+
+def descendant_params(aux_params: dict, depth: int, stack_path: tuple[str, ...]) -> dict:
+  """Initial params of a descendant of any depth (then trained as a plain model)."""
+  return jax.tree.map(jnp.asarray, assemble(aux_params, depth, stack_path))
+
+
+def count_params(tree: Any) -> int:
+  return int(sum(jnp.size(x) for x in jax.tree.leaves(tree)))

@@ -1,0 +1,83 @@
+"""Vision Transformer as TLEG's reference: patch embedding, learned positions, pre-LN
+blocks (the shared block, non-causal), final LayerNorm, average pooling over patches
+(no class token), linear head.
+
+The patch embedding is a Dense on flattened patches (equal to a stride-p convolution),
+so it takes the injectable `dot_general_cls` like every other projection.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxlab.models.block import BlockConfig, Stack
+from jaxlab.sharding import constrain
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  num_classes: int
+  image_size: int = 28
+  patch_size: int = 4
+  channels: int = 1
+  num_layers: int = 2
+  d_model: int = 64
+  num_heads: int = 2
+  mlp_dim: int = 0            # 0 -> 4 * d_model
+  dropout: float = 0.0
+  layer_norm_eps: float = 1e-6
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: bool = False
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+  def block(self) -> BlockConfig:
+    return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
+                       causal=False, pre_ln=True, activation="gelu", layer_norm_eps=self.layer_norm_eps,
+                       dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
+
+
+# (num_layers, d_model, num_heads): DeiT shapes and CPU-sized ones.
+SIZES = {
+    "toy": (2, 64, 2),
+    "tiny": (4, 96, 3),
+    "deit_ti": (12, 192, 3),
+    "deit_s": (12, 384, 6),
+    "deit_b": (12, 768, 12),
+}
+
+
+def patchify(images: jnp.ndarray, patch: int) -> jnp.ndarray:
+  """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], patches in row-major order."""
+  b, h, w, c = images.shape
+  if h % patch or w % patch:
+    raise ValueError(f"image {h}x{w} is not divisible into {patch}x{patch} patches")
+  x = images.reshape(b, h // patch, patch, w // patch, patch, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // patch) * (w // patch), patch * patch * c)
+
+
+class ViT(nn.Module):
+  cfg: ViTConfig
+  dot_general_cls: Any = None
+
+  @nn.compact
+  def __call__(self, images, deterministic: bool = True):
+    cfg = self.cfg
+    x = nn.Dense(cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype, dot_general_cls=self.dot_general_cls,
+                 kernel_init=nn.initializers.lecun_normal(), name="patch")(patchify(images, cfg.patch_size))
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, cfg.num_patches, cfg.d_model),
+                     cfg.param_dtype)
+    x = nn.Dropout(cfg.dropout)(x + pos.astype(x.dtype), deterministic=deterministic)
+    x = Stack(cfg.block(), cfg.num_layers, self.dot_general_cls, remat=cfg.remat, name="encoder")(
+        x, None, deterministic)
+    x = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="ln_f")(x)
+    x = jnp.mean(x, axis=1)  # average pooling, as the TLEG reference (no class token)
+    logits = nn.Dense(cfg.num_classes, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="head",
+                      kernel_init=nn.initializers.normal(0.02), dot_general_cls=self.dot_general_cls)(x)
+    return constrain(logits.astype(jnp.float32), ("batch", "classes"))
