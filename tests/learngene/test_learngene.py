@@ -1,0 +1,151 @@
+"""TLEG: expansion by hand, the auxiliary model equals a plain model built from the
+expanded gene, gradient identity for theta_B, distillation loss by hand, checkpoints."""
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlab import config as config_lib, learngene
+from jaxlab.models import gpt, vit
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_expand_by_hand():
+  gene = {"A": {"w": jnp.array([[1.0, 2.0]]), "b": jnp.array([0.5])},
+          "B": {"w": jnp.array([[4.0, -8.0]]), "b": jnp.array([2.0])}}
+  out = learngene.expand(gene, 4)
+  # layer l = A + (l/4) B: l=0 -> A; l=1 -> [2, 0], 1.0; l=2 -> [3, -2], 1.5; l=3 -> [4, -4], 2.0
+  np.testing.assert_allclose(out["w"], [[[1, 2]], [[2, 0]], [[3, -2]], [[4, -4]]])
+  np.testing.assert_allclose(out["b"], [[0.5], [1.0], [1.5], [2.0]])
+  np.testing.assert_allclose(learngene.expand(gene, 1)["w"], [[[1, 2]]])
+
+
+def test_expand_errors():
+  gene = {"A": {"w": jnp.ones((2, 3))}, "B": {"w": jnp.ones((2, 3))}}
+  for depth in (0, -2, 2.0):
+    with pytest.raises(ValueError, match="depth must be a positive integer"):
+      learngene.expand(gene, depth)
+  with pytest.raises(ValueError, match="different structures"):
+    learngene.expand({"A": {"w": jnp.ones(3)}, "B": {"v": jnp.ones(3)}}, 2)
+  with pytest.raises(ValueError, match=r"differ at w: shapes \(2, 3\) vs \(3, 2\)"):
+    learngene.expand({"A": {"w": jnp.ones((2, 3))}, "B": {"w": jnp.ones((3, 2))}}, 2)
+  with pytest.raises(ValueError, match="a learngene is"):
+    learngene.expand({"A": {}}, 2)
+
+
+CFG = vit.ViTConfig(num_classes=10, image_size=8, patch_size=2, channels=1, num_layers=5, d_model=32, num_heads=4)
+
+
+def aux_setup(seed=0, b_std=0.05):
+  model = vit.ViT(CFG)
+  images = jax.random.uniform(jax.random.key(seed + 7), (3, 8, 8, 1))
+  plain = model.init(jax.random.key(seed), images)["params"]
+  aux = learngene.auxiliary_params(jax.random.key(seed + 1), plain, b_std)
+  return model, images, aux, learngene.find_stack(plain)
+
+
+def numpy_expand(gene, depth):
+  """Independent expansion: a Python loop over layers, stacked with numpy."""
+  return jax.tree.map(lambda a, b: np.stack([np.asarray(a) + (l / depth) * np.asarray(b) for l in range(depth)]),
+                      gene["A"], gene["B"])
+
+
+def test_auxiliary_logits_equal_plain_vit_from_expanded_gene():
+  model, images, aux, stack = aux_setup()
+  assert stack == ("encoder", "layers", "block")
+  aux_logits = model.apply({"params": learngene.assemble(aux, CFG.num_layers, stack)}, images)
+  plain = dict(aux["shared"])
+  plain["encoder"] = {"layers": {"block": numpy_expand(aux["gene"], CFG.num_layers)}}
+  np.testing.assert_allclose(np.asarray(aux_logits), np.asarray(model.apply({"params": plain}, images)),
+                             rtol=1e-5, atol=1e-6)
+  # the init rule: theta_B is zero for LayerNorm and biases, small random for kernels
+  b = aux["gene"]["B"]
+  assert float(jnp.abs(b["ln_1"]["scale"]).max()) == 0 and float(jnp.abs(b["attn"]["query"]["bias"]).max()) == 0
+  assert 0.03 < float(jnp.std(b["mlp"]["fc"]["kernel"])) < 0.07
+
+
+def test_theta_b_gradient_is_depth_weighted_sum_of_layer_gradients():
+  model, images, aux, stack = aux_setup()
+  labels = jnp.array([1, 2, 3])
+  L = CFG.num_layers
+
+  def loss_plain(params):
+    logits = model.apply({"params": params}, images)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), labels])
+
+  grad_aux = jax.grad(lambda p: loss_plain(learngene.assemble(p, L, stack)))(aux)
+  grad_layers = jax.grad(loss_plain)(learngene.assemble(aux, L, stack))["encoder"]["layers"]["block"]
+  expected_b = jax.tree.map(lambda g: sum((l / L) * np.asarray(g[l]) for l in range(L)), grad_layers)
+  expected_a = jax.tree.map(lambda g: np.asarray(g).sum(0), grad_layers)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), y, rtol=1e-4, atol=1e-7),
+               grad_aux["gene"]["B"], expected_b)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), y, rtol=1e-4, atol=1e-7),
+               grad_aux["gene"]["A"], expected_a)
+  assert float(jnp.abs(grad_aux["gene"]["B"]["mlp"]["fc"]["kernel"]).max()) > 0
+
+
+def test_works_for_gpt_blocks():
+  cfg = gpt.GPTConfig(vocab_size=50, max_len=8, num_layers=3, d_model=16, num_heads=2)
+  model = gpt.GPT(cfg)
+  tokens = jnp.arange(8)[None] % 50
+  aux = learngene.auxiliary_params(jax.random.key(1), model.init(jax.random.key(0), tokens)["params"])
+  stack = ("decoder", "layers", "block")
+  deep = learngene.descendant_params(aux, 7, stack)
+  deep_model = gpt.GPT(gpt.GPTConfig(vocab_size=50, max_len=8, num_layers=7, d_model=16, num_heads=2))
+  assert deep_model.apply({"params": deep}, tokens).shape == (1, 8, 50)
+  np.testing.assert_allclose(deep["decoder"]["layers"]["block"]["mlp"]["fc"]["kernel"][6],
+                             np.asarray(aux["gene"]["A"]["mlp"]["fc"]["kernel"])
+                             + 6 / 7 * np.asarray(aux["gene"]["B"]["mlp"]["fc"]["kernel"]), rtol=1e-6, atol=1e-7)
+
+
+def test_soft_distillation_by_hand():
+  s = jnp.array([[1.0, 0.0, -1.0]])
+  t = jnp.array([[0.0, 2.0, 0.0]])
+  tau, alpha = 2.0, 0.25
+  # tau=2: p_t = softmax([0, 1, 0]) = [1, e, 1] / (2 + e); p_s = softmax([.5, 0, -.5])
+  e = np.e
+  p_t = np.array([1, e, 1]) / (2 + e)
+  z = np.array([np.exp(0.5), 1.0, np.exp(-0.5)])
+  p_s = z / z.sum()
+  kl = float(np.sum(p_t * np.log(p_t / p_s))) * tau**2
+  ce = -np.log(np.exp(0.0) / (np.exp(1.0) + 1.0 + np.exp(-1.0)))  # label 1
+  loss, parts = learngene.soft_distillation_loss(s, t, jnp.array([1]), alpha=alpha, tau=tau)
+  np.testing.assert_allclose(float(parts["kl"]), kl, rtol=1e-5)
+  np.testing.assert_allclose(float(parts["ce"]), ce, rtol=1e-5)
+  np.testing.assert_allclose(float(loss), (1 - alpha) * ce + alpha * kl, rtol=1e-5)
+  # the reference setting (alpha=1, tau=1): pure KL, zero when student equals teacher
+  same, _ = learngene.soft_distillation_loss(t, t, jnp.array([0]), alpha=1.0, tau=1.0)
+  assert abs(float(same)) < 1e-6
+
+
+def test_gene_checkpoint_round_trip_and_descendant_init(tmp_path):
+  from jaxlab import checkpoint
+  from jaxlab.data import images
+  from jaxlab.trainers import classify
+  cfg_file = str(REPO / "configs" / "learngene" / "vit.py")
+  common = [f"data.data_dir={tmp_path / 'data'}", "train.steps=3", "train.eval_every=0", "train.log_every=1",
+            "model.d_model=32", "model.num_heads=2"]
+  aux_cfg = config_lib.load(cfg_file + ":auxiliary", common)
+  aux_run = classify.train_and_evaluate(aux_cfg, str(tmp_path / "aux"))
+  trained = jax.device_get(aux_run["state"].params)
+  _, restored = checkpoint.restore_params(str(tmp_path / "aux"))
+  jax.tree.map(np.testing.assert_array_equal, restored, trained)  # bit-exact round trip
+  assert aux_run["parameters_stored"] == learngene.count_params(trained)
+
+  des_cfg = config_lib.load(cfg_file + ":descendant",
+                            common + [f"learngene.gene_workdir={tmp_path / 'aux'}", "model.num_layers=9"])
+  data = images.prepare_images("digits", data_dir=str(tmp_path / "data"))
+  init = classify.make_task(des_cfg, data).init(jax.random.key(5))["params"]
+  expected = numpy_expand(trained["gene"], 9)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), y, rtol=1e-6, atol=1e-7),
+               init["encoder"]["layers"]["block"], expected)
+  jax.tree.map(np.testing.assert_array_equal, {k: v for k, v in init.items() if k != "encoder"},
+               {k: v for k, v in trained["shared"].items() if k != "encoder"})
+
+  bad = config_lib.load(cfg_file + ":descendant", common + [f"learngene.gene_workdir={tmp_path / 'aux'}",
+                                                           "model.d_model=64"])
+  with pytest.raises(config_lib.ConfigError, match="model.d_model=64 differs from the learngene's 32"):
+    classify.make_task(bad, data)
