@@ -121,3 +121,45 @@ def descendant_params(aux_params: dict, depth: int, stack_path: tuple[str, ...])
 
 def count_params(tree: Any) -> int:
   return int(sum(jnp.size(x) for x in jax.tree.leaves(tree)))
+
+
+MODES = ("none", "auxiliary", "descendant")
+
+
+def initial_params(mode: str, fresh: dict, rng: jax.Array, *, depth: int, b_std: float = 0.02,
+                   gene: dict | None = None, keep_fresh: tuple[str, ...] = ()) -> dict:
+  """What a trainer starts from, for `learngene.mode`:
+  none        the model's fresh init
+  auxiliary   {"shared", "gene"} built from the fresh init (see `auxiliary_params`)
+  descendant  the plain model expanded from `gene` to `depth`; top-level entries named in
+              `keep_fresh` (e.g. a classifier head for transfer) come from the fresh init
+  """
+  if mode == "none":
+    return fresh
+  if mode == "auxiliary":
+    return auxiliary_params(rng, fresh, b_std)
+  if mode == "descendant":
+    params = descendant_params(gene, depth, find_stack(fresh))
+    return {**params, **{key: fresh[key] for key in keep_fresh}}
+  raise ValueError(f"learngene.mode={mode!r} is not one of {MODES}")
+
+
+def model_params(mode: str, params: dict, depth: int, stack_path: tuple[str, ...]) -> dict:
+  """The plain model's params for a forward pass (expanded inside it for the auxiliary)."""
+  return assemble(params, depth, stack_path) if mode == "auxiliary" else params
+
+
+def load_gene(gene_workdir: str, model_cfg, same_keys: tuple[str, ...]) -> dict:
+  """{"shared", "gene"} of an auxiliary run, after checking that this model differs
+  from the learngene's only in depth."""
+  from jaxlab import checkpoint, config as config_lib
+
+  gene_cfg = config_lib.read(gene_workdir)
+  if gene_cfg.learngene.mode != "auxiliary":
+    raise config_lib.ConfigError(f"learngene.gene_workdir: {gene_workdir} is a {gene_cfg.learngene.mode!r} run, "
+                                 "not an auxiliary (learngene) run")
+  for key in same_keys:
+    if gene_cfg.model[key] != model_cfg[key]:
+      raise config_lib.ConfigError(f"model.{key}={model_cfg[key]} differs from the learngene's "
+                                   f"{gene_cfg.model[key]}; a descendant may change depth only")
+  return checkpoint.restore_params(gene_workdir)[1]

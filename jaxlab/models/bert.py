@@ -175,7 +175,7 @@ def default_model_path() -> str:
 
 # ---------------------------------------------------------------------------- batching
 
-def length_buckets(max_length: int, step: int = 32) -> tuple[int, ...]:
+def length_buckets(max_length: int, step: int = 16) -> tuple[int, ...]:
   """Padded lengths: multiples of `step` up to max_length (bounds compiles, wastes < step tokens a row)."""
   return tuple(range(step, max_length, step)) + (max_length,)
 

@@ -25,9 +25,6 @@ from jaxlab.models import vit
 from jaxlab.train import loop, optim
 from jaxlab.train.state import Task
 
-MODES = ("none", "auxiliary", "descendant")
-
-
 def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.trainer = "classify"
@@ -62,7 +59,8 @@ def resolve_source_dir(spec: str) -> str:
 
 def validate(cfg, mesh) -> None:
   req = lambda condition, key, message: config_lib.require(cfg, condition, key, message)
-  req(cfg.learngene.mode in MODES, "learngene.mode", f"{cfg.learngene.mode!r} is not one of {MODES}")
+  req(cfg.learngene.mode in learngene.MODES, "learngene.mode",
+      f"{cfg.learngene.mode!r} is not one of {learngene.MODES}")
   req(cfg.learngene.mode != "descendant" or cfg.learngene.gene_workdir, "learngene.gene_workdir",
       "a descendant needs the workdir of an auxiliary (learngene) run")
   req(cfg.model.d_model % cfg.model.num_heads == 0, "model.num_heads",
@@ -71,19 +69,6 @@ def validate(cfg, mesh) -> None:
       f"{cfg.train.batch_size} is not divisible by the mesh's data axis ({mesh.shape.get('data', 1)})")
   req(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha", "must be in [0, 1]")
   req(cfg.distill.tau > 0, "distill.tau", "must be positive")
-
-
-def load_gene(gene_workdir: str, model: ml_collections.ConfigDict) -> dict:
-  """The {"shared", "gene"} params of an auxiliary run, checked against this model."""
-  gene_cfg = config_lib.read(gene_workdir)
-  if gene_cfg.learngene.mode != "auxiliary":
-    raise config_lib.ConfigError(f"learngene.gene_workdir: {gene_workdir} is a {gene_cfg.learngene.mode!r} run, "
-                                 "not an auxiliary (learngene) run")
-  for key in ("d_model", "num_heads", "mlp_dim", "patch_size"):
-    if gene_cfg.model[key] != model[key]:
-      raise config_lib.ConfigError(f"model.{key}={model[key]} differs from the learngene's {gene_cfg.model[key]}; "
-                                   "a descendant may change depth only")
-  return checkpoint.restore_params(gene_workdir)[1]
 
 
 def make_task(cfg, data: images.ImageData) -> Task:
@@ -97,25 +82,22 @@ def make_task(cfg, data: images.ImageData) -> Task:
     teacher_cfg = config_lib.read(cfg.distill.teacher_workdir)
     teacher = vit.ViT(vit_config(teacher_cfg.model, data.image_shape, data.num_classes))
     teacher_params = checkpoint.restore_params(cfg.distill.teacher_workdir)[1]
-  gene = load_gene(cfg.learngene.gene_workdir, cfg.model) if mode == "descendant" else None
+  gene = (learngene.load_gene(cfg.learngene.gene_workdir, cfg.model, ("d_model", "num_heads", "mlp_dim", "patch_size"))
+          if mode == "descendant" else None)
 
   def init(rng):
     init_rng, gene_rng = jax.random.split(rng)
-    params = model.init(init_rng, dummy)["params"]
-    if mode == "auxiliary":
-      params = learngene.auxiliary_params(gene_rng, params, cfg.learngene.b_std)
-    elif mode == "descendant":
-      fresh_head = params["head"]
-      params = learngene.descendant_params(gene, depth, stack)
-      if cfg.learngene.reinit_head:  # transfer to a new task: keep the body, not the classifier
-        params = {**params, "head": fresh_head}
+    # reinit_head: transfer to a new task keeps the body, not the classifier
+    params = learngene.initial_params(mode, model.init(init_rng, dummy)["params"], gene_rng, depth=depth,
+                                      b_std=cfg.learngene.b_std, gene=gene,
+                                      keep_fresh=("head",) if cfg.learngene.reinit_head else ())
     variables = {"params": params}
     if teacher is not None:
       variables["teacher"] = jax.tree.map(jnp.asarray, teacher_params)  # frozen, kept in the train state
     return variables
 
   def forward(params, images_, rng=None):
-    full = learngene.assemble(params, depth, stack) if mode == "auxiliary" else params
+    full = learngene.model_params(mode, params, depth, stack)
     deterministic = rng is None or cfg.model.dropout == 0.0
     return model.apply({"params": full}, images_, deterministic=deterministic,
                        rngs=None if deterministic else {"dropout": rng})

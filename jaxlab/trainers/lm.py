@@ -9,7 +9,7 @@ import ml_collections
 import optax
 
 from jaxlab import config as config_lib
-from jaxlab import sharding
+from jaxlab import learngene, sharding
 from jaxlab.data import builtin, pipeline, text, tokenizer as tokenizer_lib
 from jaxlab.models import gpt
 from jaxlab.train import loop, optim
@@ -31,6 +31,7 @@ def default_config() -> ml_collections.ConfigDict:
                  dropout=0.0, dtype="float32", remat=False)
   c.train = dict(seq_len=128, batch_size=16, steps=400, log_every=25, eval_every=200, eval_batches=0,
                  checkpoint_every=200, keep_checkpoints=3, stop_after=0)
+  c.learngene = dict(mode="none", gene_workdir="", b_std=0.02)  # TLEG for GPT blocks (see trainers/classify.py)
   c.optim = dict(learning_rate=3e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95,
                  eps=1e-8, grad_clip=1.0)
   return c
@@ -87,6 +88,10 @@ def validate(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
   req(t.batch_size % jax.process_count() == 0, "train.batch_size",
       f"{t.batch_size} is not divisible by the process count ({jax.process_count()})")
   req(t.steps > 0, "train.steps", "must be positive")
+  req(cfg.learngene.mode in learngene.MODES, "learngene.mode",
+      f"{cfg.learngene.mode!r} is not one of {learngene.MODES}")
+  req(cfg.learngene.mode != "descendant" or cfg.learngene.gene_workdir, "learngene.gene_workdir",
+      "a descendant needs the workdir of an auxiliary (learngene) run")
   for key in ("log_every", "checkpoint_every"):
     req(t[key] > 0, f"train.{key}", "must be positive")
 
@@ -102,17 +107,30 @@ def make_task(cfg, model: gpt.GPT, tok, data: text.TextData) -> Task:
   common = dict(tokenizer=tok, seq_len=t.seq_len, batch_size=local_batch, seed=cfg.seed,
                 process_index=jax.process_index(), process_count=jax.process_count())
 
+  mode, depth = cfg.learngene.mode, cfg.model.num_layers
+  stack = learngene.find_stack(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
+  gene = (learngene.load_gene(cfg.learngene.gene_workdir, cfg.model,
+                              ("d_model", "num_heads", "mlp_dim", "max_len", "tied_embeddings"))
+          if mode == "descendant" else None)
+
   def init(rng):
-    return model.init(rng, jnp.zeros((1, t.seq_len), jnp.int32))
+    init_rng, gene_rng = jax.random.split(rng)
+    variables = dict(model.init(init_rng, jnp.zeros((1, t.seq_len), jnp.int32)))
+    variables["params"] = learngene.initial_params(mode, variables["params"], gene_rng, depth=depth,
+                                                   b_std=cfg.learngene.b_std, gene=gene)
+    return variables
+
+  def model_variables(variables):
+    return {**variables, "params": learngene.model_params(mode, variables["params"], depth, stack)}
 
   def loss(variables, batch, rng):
-    logits, updates = model.apply(variables, batch["inputs"], deterministic=cfg.model.dropout == 0.0,
+    logits, updates = model.apply(model_variables(variables), batch["inputs"], deterministic=cfg.model.dropout == 0.0,
                                   rngs={"dropout": rng}, mutable=[k for k in variables if k != "params"])
     nll, count = lm_loss_sums(logits, batch)
     return nll / jnp.maximum(count, 1.0), ({"tokens": count}, updates)
 
   def eval_sums(variables, batch):
-    nll, count = lm_loss_sums(model.apply(variables, batch["inputs"]), batch)
+    nll, count = lm_loss_sums(model.apply(model_variables(variables), batch["inputs"]), batch)
     return {"nll": nll, "tokens": count}
 
   def summarize(sums):
@@ -139,6 +157,8 @@ def load_tokenizer(cfg, data: text.TextData, workdir: str):
   training split (once; reused on resume)."""
   if cfg.tokenizer.path:
     return tokenizer_lib.load_tokenizer(cfg.tokenizer.path)
+  if cfg.learngene.mode == "descendant":  # a descendant must read text as its learngene did
+    return tokenizer_lib.load_tokenizer(os.path.join(cfg.learngene.gene_workdir, "tokenizer"))
   out_dir = os.path.join(workdir, "tokenizer")
   if os.path.exists(os.path.join(out_dir, "tokenizer.json")):
     return tokenizer_lib.load_tokenizer(out_dir)

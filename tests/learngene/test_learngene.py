@@ -149,3 +149,24 @@ def test_gene_checkpoint_round_trip_and_descendant_init(tmp_path):
                                                            "model.d_model=64"])
   with pytest.raises(config_lib.ConfigError, match="model.d_model=64 differs from the learngene's 32"):
     classify.make_task(bad, data)
+
+
+def test_gpt_learngene_through_the_lm_trainer(tmp_path):
+  """The extension: a 3-layer auxiliary GPT on the LM loss, then a 5-layer descendant
+  built from its learngene (same tokenizer, depth changed). Exactness of the expansion is
+  checked on the ViT above through the same `learngene.initial_params`."""
+  from jaxlab import checkpoint
+  from jaxlab.trainers import lm
+  cfg_file = str(REPO / "configs" / "learngene" / "gpt.py")
+  toy = ["tokenizer.vocab_size=300", "model.d_model=32", "model.num_heads=2", "model.max_len=32",
+         "train.seq_len=16", "train.batch_size=8", "train.steps=3", "train.eval_every=0", "train.eval_batches=2",
+         "train.log_every=1", f"data.data_dir={tmp_path / 'data'}"]
+  aux = lm.train_and_evaluate(config_lib.load(cfg_file + ":auxiliary", toy + ["model.num_layers=3"]),
+                              str(tmp_path / "aux"))
+  assert set(aux["state"].params) == {"shared", "gene"} and np.isfinite(aux["loss"])
+  des_cfg = config_lib.load(cfg_file + ":descendant", toy + [f"learngene.gene_workdir={tmp_path / 'aux'}",
+                                                             "model.num_layers=5", "train.steps=1"])
+  des = lm.train_and_evaluate(des_cfg, str(tmp_path / "des"))
+  assert len(des["tokenizer"]) == len(aux["tokenizer"])
+  assert checkpoint.manager(str(tmp_path / "des" / "checkpoints")).all_steps() == [1]
+  assert des["state"].params["decoder"]["layers"]["block"]["mlp"]["fc"]["kernel"].shape == (5, 32, 128)

@@ -1,0 +1,1 @@
+"""ScalingFilter: perplexity-difference data filtering and semantic diversity."""
