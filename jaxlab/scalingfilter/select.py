@@ -1,0 +1,139 @@
+"""Document selection: ScalingFilter's top-k% by quality factor (plus threshold and
+temperature sampling) and the paper's baselines — random, perplexity gating, DSIR-style
+importance resampling on hashed n-grams, and a hashed n-gram quality classifier.
+
+Every selector returns a boolean keep-mask over the documents in input order. Shares are
+percentages; the number kept is round(n * k / 100), so k=0 keeps nothing and k=100 all.
+Ties are broken by input order (earlier first), so results are deterministic.
+"""
+from __future__ import annotations
+
+import re
+import zlib
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+_WORD = re.compile(r"\w+")
+
+
+def _count(n: int, k_percent: float) -> int:
+  if not 0.0 <= k_percent <= 100.0:
+    raise ValueError(f"k_percent must be in [0, 100], got {k_percent}")
+  return int(round(n * k_percent / 100.0))
+
+
+def _keep_top(keys: np.ndarray, m: int) -> np.ndarray:
+  """Mask of the m largest keys; ties go to the earlier document."""
+  order = np.lexsort((np.arange(len(keys)), -keys))  # by -key, then by index
+  mask = np.zeros(len(keys), bool)
+  mask[order[:m]] = True
+  return mask
+
+
+def top_k(quality: Sequence[float], k_percent: float = 70.0) -> np.ndarray:
+  """ScalingFilter: keep the k% of documents with the highest quality factor."""
+  quality = np.asarray(quality, np.float64)
+  return _keep_top(quality, _count(len(quality), k_percent))
+
+
+def threshold(quality: Sequence[float], min_quality: float) -> np.ndarray:
+  return np.asarray(quality, np.float64) >= min_quality
+
+
+def temperature_sample(quality: Sequence[float], k_percent: float, temperature: float, seed: int = 0) -> np.ndarray:
+  """k% sampled without replacement with probability proportional to d^(1/T) (Gumbel
+  top-k); T -> 0 is top-k, large T is uniform."""
+  if temperature <= 0:
+    raise ValueError(f"temperature must be positive, got {temperature}")
+  logits = np.log(np.maximum(np.asarray(quality, np.float64), 1e-300)) / temperature
+  gumbel = np.random.default_rng(seed).gumbel(size=len(logits))
+  return _keep_top(logits + gumbel, _count(len(logits), k_percent))
+
+
+def random_select(n: int, k_percent: float, seed: int = 0) -> np.ndarray:
+  return _keep_top(np.random.default_rng(seed).random(n), _count(n, k_percent))
+
+
+def perplexity_gate(ppl: Sequence[float], low: float = 15.0, high: float = 85.0) -> np.ndarray:
+  """Keep documents whose (large-model) perplexity lies within the [low, high]
+  percentiles, both edges included (numpy's linear percentile interpolation)."""
+  ppl = np.asarray(ppl, np.float64)
+  lo, hi = np.percentile(ppl, [low, high])
+  return (ppl >= lo) & (ppl <= hi)
+
+
+# ------------------------------------------------------------------------------ hashed n-grams
+
+def hashed_ngrams(text: str, num_buckets: int, n_max: int = 2) -> np.ndarray:
+  """Counts of word 1..n_max-grams hashed (crc32, stable across runs) into buckets."""
+  words = _WORD.findall(text.lower())
+  counts = np.zeros(num_buckets, np.float32)
+  for n in range(1, n_max + 1):
+    for i in range(len(words) - n + 1):
+      counts[zlib.crc32(" ".join(words[i:i + n]).encode()) % num_buckets] += 1
+  return counts
+
+
+def features(texts: Sequence[str], num_buckets: int, n_max: int = 2) -> np.ndarray:
+  return np.stack([hashed_ngrams(t, num_buckets, n_max) for t in texts]) if texts else np.zeros((0, num_buckets))
+
+
+def dsir(texts: Sequence[str], target_texts: Sequence[str], k_percent: float, *, num_buckets: int = 10_000,
+         n_max: int = 2, seed: int = 0) -> np.ndarray:
+  """Importance resampling (DSIR, Xie et al. 2023): bag-of-hashed-n-gram models of the
+  raw and the target corpus (add-one smoothing); a document's log importance weight is
+  sum_j count_j * (log p_target_j - log p_raw_j); k% resampled without replacement with
+  probability proportional to the weight (Gumbel top-k)."""
+  raw = features(texts, num_buckets, n_max)
+  target = features(target_texts, num_buckets, n_max)
+  log_p_raw = np.log((raw.sum(0) + 1.0) / (raw.sum() + num_buckets))
+  log_p_target = np.log((target.sum(0) + 1.0) / (target.sum() + num_buckets))
+  log_w = raw @ (log_p_target - log_p_raw)
+  gumbel = np.random.default_rng(seed).gumbel(size=len(texts))
+  return _keep_top(log_w + gumbel, _count(len(texts), k_percent))
+
+
+def train_quality_classifier(positives: Sequence[str], negatives: Sequence[str], *, num_buckets: int = 2**14,
+                             n_max: int = 2, steps: int = 300, learning_rate: float = 0.05, l2: float = 1e-4,
+                             seed: int = 0):
+  """Logistic regression on log(1 + hashed n-gram counts), trained with optax Adam on
+  the full batch. Returns score(texts) -> P(high quality)."""
+  x = np.log1p(np.concatenate([features(positives, num_buckets, n_max), features(negatives, num_buckets, n_max)]))
+  y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))]).astype(np.float32)
+  if len(positives) == 0 or len(negatives) == 0:
+    raise ValueError("the quality classifier needs both positive and negative examples")
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  params = {"w": jnp.zeros(num_buckets), "b": jnp.zeros(())}
+  tx = optax.adam(learning_rate)
+  opt = tx.init(params)
+
+  def loss(p):
+    logits = x @ p["w"] + p["b"]
+    return optax.sigmoid_binary_cross_entropy(logits, y).mean() + l2 * jnp.sum(p["w"] ** 2)
+
+  @jax.jit
+  def step(p, o):
+    grads = jax.grad(loss)(p)
+    updates, o = tx.update(grads, o, p)
+    return optax.apply_updates(p, updates), o
+
+  del seed  # full-batch and zero-initialised: deterministic
+  for _ in range(steps):
+    params, opt = step(params, opt)
+
+  def score(texts: Sequence[str]) -> np.ndarray:
+    f = jnp.asarray(np.log1p(features(texts, num_buckets, n_max)))
+    return np.asarray(jax.nn.sigmoid(f @ params["w"] + params["b"]))
+
+  return score
+
+
+def classifier_select(texts: Sequence[str], positives: Sequence[str], negatives: Sequence[str], k_percent: float,
+                      **kwargs) -> np.ndarray:
+  """Keep the k% of documents the quality classifier rates highest."""
+  return _keep_top(train_quality_classifier(positives, negatives, **kwargs)(texts).astype(np.float64),
+                   _count(len(texts), k_percent))
