@@ -115,3 +115,18 @@ def test_mismatched_tokenizers_are_refused(pair, tmp_path):
   other = tokenizer_lib.train_bpe(texts[:10], vocab_size=280, out_dir=str(tmp_path / "tok2"))
   with pytest.raises(ValueError, match="different tokenizers"):
     score.check_pair(small, score.MetaModel(large.path, large.model, large.params, other))
+
+
+def test_cli_select_keeps_the_top_share(pair, tmp_path):
+  from jaxlab.scalingfilter import __main__ as cli
+  small, large, texts = pair
+  write_jsonl(tmp_path / "in.jsonl", [{"id": f"d{i}", "text": t[:120]} for i, t in enumerate(texts[:10])])
+  score.score_file(str(tmp_path / "in.jsonl"), str(tmp_path / "s.jsonl"), small, large, progress=False)
+  assert cli.main(["select", "--scores", str(tmp_path / "s.jsonl"), "--output", str(tmp_path / "k.jsonl"),
+                   "--k", "30"]) == 0
+  rows = [json.loads(l) for l in open(tmp_path / "s.jsonl")]
+  kept = [json.loads(l)["id"] for l in open(tmp_path / "k.jsonl")]
+  best = sorted(rows, key=lambda r: -r["quality_factor"])[:3]
+  assert sorted(kept) == sorted(r["id"] for r in best)
+  with pytest.raises(SystemExit):
+    cli.main(["select", "--scores", str(tmp_path / "s.jsonl"), "--output", "x", "--method", "dsir"])

@@ -1,0 +1,107 @@
+"""python -m jaxlab.scalingfilter {score, select} ...
+
+  score   --small PATH --large PATH --input FILE|DIR --output OUT.jsonl [--text-field F] [--id-field F]
+  select  --scores OUT.jsonl --output KEPT.jsonl --method topk|threshold|temperature|random|ppl_gate|dsir|classifier
+          [--k 70] [--threshold X] [--temperature T] [--input DOCS --text-field F --id-field F]
+          [--target FILE] [--positives FILE --negatives FILE] [--seed 0]
+
+A meta-model PATH is a GPT-2-format folder or a jaxlab LM run directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from jaxlab.scalingfilter import score as score_lib
+from jaxlab.scalingfilter import select as select_lib
+
+
+def _texts(path: str, text_field: str, id_field: str) -> dict[str, str]:
+  return {i: t for i, t in score_lib.read_documents(path, text_field, id_field) if isinstance(t, str)}
+
+
+def cmd_score(args) -> int:
+  small, large = score_lib.load_meta_model(args.small), score_lib.load_meta_model(args.large)
+  counts = score_lib.score_file(args.input, args.output, small, large, text_field=args.text_field,
+                                id_field=args.id_field, tokens_per_batch=args.tokens_per_batch)
+  print(json.dumps(counts))
+  if counts["rejected"]:
+    print(f"rejected documents and reasons: {args.output}.rejects.jsonl", file=sys.stderr)
+  return 0
+
+
+def cmd_select(args) -> int:
+  rows = [json.loads(l) for l in open(args.scores) if l.strip()]
+  ids = [r["id"] for r in rows]
+  quality = np.array([r["quality_factor"] for r in rows])
+  needs_text = args.method in ("dsir", "classifier")
+  texts = [_texts(args.input, args.text_field, args.id_field)[i] for i in ids] if needs_text else None
+  read_lines = lambda p: [t for _, t in score_lib.read_documents(p, args.text_field, args.id_field)
+                          if isinstance(t, str)]
+  if args.method == "topk":
+    keep = select_lib.top_k(quality, args.k)
+  elif args.method == "threshold":
+    keep = select_lib.threshold(quality, args.threshold)
+  elif args.method == "temperature":
+    keep = select_lib.temperature_sample(quality, args.k, args.temperature, args.seed)
+  elif args.method == "random":
+    keep = select_lib.random_select(len(rows), args.k, args.seed)
+  elif args.method == "ppl_gate":
+    keep = select_lib.perplexity_gate([r["ppl_large"] for r in rows], args.low, args.high)
+  elif args.method == "dsir":
+    keep = select_lib.dsir(texts, read_lines(args.target), args.k, seed=args.seed)
+  else:
+    keep = select_lib.classifier_select(texts, read_lines(args.positives), read_lines(args.negatives), args.k)
+  with open(args.output, "w") as f:
+    for row, kept in zip(rows, keep):
+      if kept:
+        f.write(json.dumps(row) + "\n")
+  print(json.dumps({"method": args.method, "documents": len(rows), "kept": int(keep.sum())}))
+  return 0
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog="python -m jaxlab.scalingfilter", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True)
+  s = sub.add_parser("score")
+  s.add_argument("--small", required=True)
+  s.add_argument("--large", required=True)
+  s.add_argument("--input", required=True)
+  s.add_argument("--output", required=True)
+  s.add_argument("--text-field", default="text")
+  s.add_argument("--id-field", default="id")
+  s.add_argument("--tokens-per-batch", type=int, default=16384)
+  s.set_defaults(fn=cmd_score)
+  t = sub.add_parser("select")
+  t.add_argument("--scores", required=True)
+  t.add_argument("--output", required=True)
+  t.add_argument("--method", default="topk",
+                 choices=["topk", "threshold", "temperature", "random", "ppl_gate", "dsir", "classifier"])
+  t.add_argument("--k", type=float, default=70.0)
+  t.add_argument("--threshold", type=float, default=1.0)
+  t.add_argument("--temperature", type=float, default=1.0)
+  t.add_argument("--low", type=float, default=15.0)
+  t.add_argument("--high", type=float, default=85.0)
+  t.add_argument("--input", help="the scored documents (for dsir and classifier)")
+  t.add_argument("--text-field", default="text")
+  t.add_argument("--id-field", default="id")
+  t.add_argument("--target", help="target corpus for dsir")
+  t.add_argument("--positives")
+  t.add_argument("--negatives")
+  t.add_argument("--seed", type=int, default=0)
+  t.set_defaults(fn=cmd_select)
+  args = p.parse_args(argv)
+  if args.command == "select":
+    needed = {"dsir": ("input", "target"), "classifier": ("input", "positives", "negatives")}.get(args.method, ())
+    missing = [f"--{name}" for name in needed if not getattr(args, name)]
+    if missing:
+      p.error(f"--method {args.method} needs {' '.join(missing)}")
+  return args.fn(args)
+
+
+if __name__ == "__main__":
+  sys.exit(main())
