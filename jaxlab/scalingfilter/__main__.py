@@ -1,9 +1,12 @@
-"""python -m jaxlab.scalingfilter {score, select} ...
+"""python -m jaxlab.scalingfilter {score, select, diversity} ...
 
   score   --small PATH --large PATH --input FILE|DIR --output OUT.jsonl [--text-field F] [--id-field F]
   select  --scores OUT.jsonl --output KEPT.jsonl --method topk|threshold|temperature|random|ppl_gate|dsir|classifier
           [--k 70] [--threshold X] [--temperature T] [--input DOCS --text-field F --id-field F]
           [--target FILE] [--positives FILE --negatives FILE] [--seed 0]
+
+  diversity --input DOCS [--ids KEPT.jsonl] [--text-field F] [--id-field F] [--group-size 10000]
+          Vendi score (mean ± std over groups) of the documents, or of the kept ones only
 
 A meta-model PATH is a GPT-2-format folder or a jaxlab LM run directory.
 """
@@ -63,6 +66,16 @@ def cmd_select(args) -> int:
   return 0
 
 
+def cmd_diversity(args) -> int:
+  from jaxlab.scalingfilter import diversity
+  texts = _texts(args.input, args.text_field, args.id_field)
+  if args.ids:
+    texts = {i: texts[i] for i in (json.loads(l)["id"] for l in open(args.ids) if l.strip())}
+  result = diversity.diversity(list(texts.values()), group_size=args.group_size)
+  print(json.dumps({k: v for k, v in result.items() if k != "vendi_groups"}))
+  return 0
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(prog="python -m jaxlab.scalingfilter", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -94,6 +107,13 @@ def main(argv=None) -> int:
   t.add_argument("--negatives")
   t.add_argument("--seed", type=int, default=0)
   t.set_defaults(fn=cmd_select)
+  v = sub.add_parser("diversity")
+  v.add_argument("--input", required=True)
+  v.add_argument("--ids", help="a select output: only these documents")
+  v.add_argument("--text-field", default="text")
+  v.add_argument("--id-field", default="id")
+  v.add_argument("--group-size", type=int, default=10_000)
+  v.set_defaults(fn=cmd_diversity)
   args = p.parse_args(argv)
   if args.command == "select":
     needed = {"dsir": ("input", "target"), "classifier": ("input", "positives", "negatives")}.get(args.method, ())
