@@ -19,6 +19,7 @@ id is already in the output or rejects file are skipped, a torn last line is dro
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import json
 import math
@@ -87,8 +88,10 @@ def windows(ids: np.ndarray, context: int) -> list[np.ndarray]:
     start += context - 1
 
 
+@functools.lru_cache(maxsize=16)
 def make_nll_fn(model: gpt.GPT, mesh):
-  """jit: (params, tokens [B, T], lengths [B]) -> per-row NLL sum over positions 1..len-1."""
+  """jit: (params, tokens [B, T], lengths [B]) -> per-row NLL sum over positions 1..len-1.
+  Cached per (model, mesh), so repeated or resumed scoring in one process never recompiles."""
   data = NamedSharding(mesh, P("data"))
 
   def nll_sums(params, tokens, lengths):
