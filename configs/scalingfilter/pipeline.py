@@ -1,0 +1,24 @@
+"""ScalingFilter end to end: train the meta-model pair on ../shared/data text, score the
+Pile sample, keep the top 70% by quality factor, measure semantic diversity.
+
+  python -m jaxlab.main --config configs/scalingfilter/pipeline.py --workdir runs/sf_pipeline
+  python -m jaxlab.main --config configs/scalingfilter/pipeline.py:builtin --workdir runs/sf_builtin \
+      score.input=my_docs.jsonl
+
+Nested keys override as usual: `small.train.steps=500 large.model.num_layers=8 select.k=50`.
+"""
+from jaxlab.trainers import scalingfilter
+
+
+def get_config(arg=None):
+  c = scalingfilter.default_config()
+  shared = ("shared:text/tinyshakespeare.txt", "shared:text/pride_and_prejudice.txt")
+  files = ("builtin:pydoc_topics",) if arg == "builtin" else shared
+  for run in (c.small, c.large):
+    run.data.files = files
+    run.tokenizer.vocab_size = 8192
+    run.train.update(steps=1500, eval_every=500, checkpoint_every=500)
+  c.score.update(input="" if arg == "builtin" else "shared:text/pile_sample.jsonl",
+                 text_field="text" if arg == "builtin" else "contents")
+  c.lock()
+  return c
