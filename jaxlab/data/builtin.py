@@ -54,3 +54,15 @@ def shared_data_dir() -> pathlib.Path | None:
   """`<repo root>/../shared/data` when it exists (tests skip without it)."""
   path = repo_root().parent / "shared" / "data"
   return path if path.is_dir() else None
+
+
+def resolve_shared(spec: str, key: str) -> str:
+  """`shared:PATH` -> ../shared/data/PATH (a ConfigError naming `key` when absent); other
+  specs are returned unchanged."""
+  if not spec.startswith("shared:"):
+    return spec
+  root = shared_data_dir()
+  if root is None:
+    from jaxlab.config import ConfigError
+    raise ConfigError(f"{key}: {spec!r} needs ../shared/data, which is absent on this machine")
+  return str(root / spec.removeprefix("shared:"))

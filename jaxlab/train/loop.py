@@ -50,9 +50,12 @@ def _check_finite(pending: list[tuple[int, dict]], last_good: int | None, ckpt_d
             f"saved. Last good checkpoint: {where}. Lower optim.learning_rate or check the data.")
 
 
-def evaluate(task: Task, state, eval_step, data_sharding) -> dict:
+def evaluate(task: Task, state, eval_step, data_sharding, max_batches: int = 0) -> dict:
+  """Sums of task.eval_sums over one pass of the eval data (its first max_batches, if set)."""
   sums = None
-  for batch in task.eval_data():
+  for i, batch in enumerate(task.eval_data()):
+    if max_batches and i >= max_batches:
+      break
     out = eval_step(state, sharding.global_batch(batch, data_sharding))
     sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
   if sums is None:
@@ -137,7 +140,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.shar
       if step % tc.log_every == 0 or done or step % tc.checkpoint_every == 0:
         flush(step)
       if task.eval_data is not None and tc.eval_every > 0 and (step % tc.eval_every == 0 or step == total):
-        eval_metrics = evaluate(task, state, eval_fn, data_sh)
+        eval_metrics = evaluate(task, state, eval_fn, data_sh, tc.eval_batches)
         writer.write(step, "eval", eval_metrics)
         timer_start, timer_steps = time.perf_counter(), 0
       if step % tc.checkpoint_every == 0 or done:
@@ -147,7 +150,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.shar
     mngr.wait_until_finished()
 
     if not eval_metrics and task.eval_data is not None:  # e.g. a rerun of a finished job
-      eval_metrics = evaluate(task, state, eval_fn, data_sh)
+      eval_metrics = evaluate(task, state, eval_fn, data_sh, tc.eval_batches)
     writer.close()
 
   summary = {"step": int(step), "finished": step >= total, "checkpoint_dir": ckpt_dir,
@@ -156,3 +159,14 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.shar
     summary["plot_path"] = metrics_lib.plot_loss(writer.path, os.path.join(workdir, "loss.png"))
   summary["state"] = state
   return summary
+
+
+def report_lines(summary: dict, extra: list[str] = ()) -> str:
+  """The end-of-run report every trainer prints: step, its own figures, where things are."""
+  lines = [f"step {summary['step']}" + ("" if summary["finished"] else " (stopped early; rerun to resume)")]
+  lines += list(extra)
+  lines.append(f"checkpoints: {summary['checkpoint_dir']}")
+  lines.append(f"metrics:     {summary['metrics_path']}")
+  if "plot_path" in summary:
+    lines.append(f"loss plot:   {summary['plot_path']}")
+  return "\n".join(lines)

@@ -48,15 +48,6 @@ def vit_config(model: ml_collections.ConfigDict, image_shape, num_classes: int =
                        num_heads=model.num_heads, mlp_dim=model.mlp_dim, dropout=model.dropout)
 
 
-def resolve_source_dir(spec: str) -> str:
-  if spec.startswith("shared:"):
-    root = builtin.shared_data_dir()
-    if root is None:
-      raise config_lib.ConfigError(f"data.source_dir: {spec!r} needs ../shared/data, which is absent")
-    return str(root / spec.removeprefix("shared:"))
-  return spec
-
-
 def validate(cfg, mesh) -> None:
   req = lambda condition, key, message: config_lib.require(cfg, condition, key, message)
   req(cfg.learngene.mode in learngene.MODES, "learngene.mode",
@@ -130,16 +121,9 @@ def make_task(cfg, data: images.ImageData) -> Task:
   return Task(
       init=init, loss=loss, eval_sums=eval_sums, summarize=summarize,
       train_data=images.image_dataset(data.train, batch_size=local_batch, seed=cfg.seed, **shard),
-      eval_data=lambda: _limit(images.image_dataset(data.test, batch_size=local_batch, seed=0, shuffle=False,
-                                                    num_epochs=1, **shard), t.eval_batches),
+      eval_data=lambda: images.image_dataset(data.test, batch_size=local_batch, seed=0, shuffle=False,
+                                             num_epochs=1, **shard),
       units_per_batch=("images", t.batch_size))
-
-
-def _limit(dataset, n: int):
-  for i, batch in enumerate(dataset):
-    if n and i >= n:
-      return
-    yield batch
 
 
 def parameters_stored(cfg, data: images.ImageData) -> int:
@@ -153,14 +137,11 @@ def parameters_stored(cfg, data: images.ImageData) -> int:
 
 
 def report(summary: dict) -> str:
-  lines = [f"step {summary['step']}" + ("" if summary["finished"] else " (stopped early; rerun to resume)")]
+  extra = [f"parameters stored: {summary['parameters_stored']:,}"]
   if "accuracy" in summary:
-    lines.append(f"test accuracy {summary['accuracy']:.4f}  loss {summary['loss']:.4f} "
-                 f"({summary['count']:.0f} images)")
-  lines.append(f"parameters stored: {summary['parameters_stored']:,}")
-  lines.append(f"checkpoints: {summary['checkpoint_dir']}")
-  lines.append(f"metrics:     {summary['metrics_path']}")
-  return "\n".join(lines)
+    extra.insert(0, f"test accuracy {summary['accuracy']:.4f}  loss {summary['loss']:.4f} "
+                    f"({summary['count']:.0f} images)")
+  return loop.report_lines(summary, extra)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -168,7 +149,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(cfg, mesh)
   sharding.layout_rules(cfg.sharding.layout, cfg.sharding.extra_rules)  # unknown layout fails here
   data = images.prepare_images(cfg.data.name, data_dir=cfg.data.data_dir or os.path.join(workdir, "data"),
-                               source_dir=resolve_source_dir(cfg.data.source_dir))
+                               source_dir=builtin.resolve_shared(cfg.data.source_dir, "data.source_dir"))
   tx = optim.adamw(cfg.optim, cfg.train.steps)
   summary = loop.run(cfg, workdir, make_task(cfg, data), mesh, tx, optim.schedule(cfg.optim, cfg.train.steps))
   summary["parameters_stored"] = parameters_stored(cfg, data)

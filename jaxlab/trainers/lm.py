@@ -38,15 +38,11 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def report(summary: dict) -> str:
-  lines = [f"step {summary['step']}" + ("" if summary["finished"] else " (stopped early; rerun to resume)")]
+  extra = []
   if "perplexity" in summary:
-    lines.append(f"held-out loss {summary['loss']:.4f}  perplexity {summary['perplexity']:.2f} "
+    extra.append(f"held-out loss {summary['loss']:.4f}  perplexity {summary['perplexity']:.2f} "
                  f"({summary['tokens']:.0f} tokens)")
-  lines.append(f"checkpoints: {summary['checkpoint_dir']}")
-  lines.append(f"metrics:     {summary['metrics_path']}")
-  if "plot_path" in summary:
-    lines.append(f"loss plot:   {summary['plot_path']}")
-  return "\n".join(lines)
+  return loop.report_lines(summary, extra)
 
 
 def resolve_files(files, workdir: str) -> list[str]:
@@ -55,13 +51,8 @@ def resolve_files(files, workdir: str) -> list[str]:
   for spec in files:
     if spec.startswith("builtin:"):
       paths += builtin.materialize(spec.removeprefix("builtin:"), os.path.join(workdir, "corpus"))
-    elif spec.startswith("shared:"):
-      root = builtin.shared_data_dir()
-      if root is None:
-        raise config_lib.ConfigError(f"data.files: {spec!r} needs ../shared/data, which is absent on this machine")
-      paths.append(str(root / spec.removeprefix("shared:")))
     else:
-      paths.append(spec)
+      paths.append(builtin.resolve_shared(spec, "data.files"))
   for path in paths:
     if not os.path.exists(path):
       raise config_lib.ConfigError(f"data.files: {path!r} does not exist")
@@ -140,16 +131,8 @@ def make_task(cfg, model: gpt.GPT, tok, data: text.TextData) -> Task:
   return Task(
       init=init, loss=loss, eval_sums=eval_sums, summarize=summarize,
       train_data=pipeline.lm_dataset(data.train, shuffle=True, num_epochs=None, **common),
-      eval_data=lambda: _limit(pipeline.lm_dataset(data.validation, shuffle=False, num_epochs=1, **common),
-                               t.eval_batches),
+      eval_data=lambda: pipeline.lm_dataset(data.validation, shuffle=False, num_epochs=1, **common),
       units_per_batch=("tokens", t.batch_size * t.seq_len))
-
-
-def _limit(dataset, n: int):
-  for i, batch in enumerate(dataset):
-    if n and i >= n:
-      return
-    yield batch
 
 
 def load_tokenizer(cfg, data: text.TextData, workdir: str):

@@ -13,6 +13,7 @@ import os
 import ml_collections
 
 from jaxlab import checkpoint, config as config_lib
+from jaxlab.data import builtin
 from jaxlab.scalingfilter import score as score_lib
 from jaxlab.trainers import lm
 
@@ -35,21 +36,11 @@ def _trained(workdir: str, steps: int) -> bool:
   return os.path.isdir(path) and checkpoint.manager(path).latest_step() == steps
 
 
-def _resolve(path: str) -> str:
-  if path.startswith("shared:"):
-    from jaxlab.data import builtin
-    root = builtin.shared_data_dir()
-    if root is None:
-      raise config_lib.ConfigError(f"score.input: {path!r} needs ../shared/data, which is absent")
-    return str(root / path.removeprefix("shared:"))
-  return path
-
-
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.require(cfg, cfg.select.method in ("topk", "random", "ppl_gate"), "select.method",
                      f"{cfg.select.method!r}: the pipeline runs topk, random or ppl_gate "
                      "(dsir and classifier need extra corpora: use the CLI)")
-  source = _resolve(cfg.score.input)
+  source = builtin.resolve_shared(cfg.score.input, "score.input")
   config_lib.require(cfg, os.path.exists(source), "score.input", f"{source!r} does not exist")
   os.makedirs(workdir, exist_ok=True)
   config_lib.write(cfg, workdir)
