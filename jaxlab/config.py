@@ -134,7 +134,7 @@ def write(cfg: ml_collections.ConfigDict, workdir: str) -> str:
   return path
 
 
-def require(cfg: ml_collections.ConfigDict, condition: bool, key: str, message: str) -> None:
+def require(condition: bool, key: str, message: str) -> None:
   """Semantic validation that names the key at fault."""
   if not condition:
     raise ConfigError(f"{key}: {message}")

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 MNIST_TRAIN = 8000
 DIGITS_TRAIN = 1437
+IMAGE_SHAPES = {"mnist": (28, 28, 1), "digits": (8, 8, 1)}
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -72,11 +73,11 @@ class LocalDigits(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
 
   def _info(self) -> tfds.core.DatasetInfo:
-    images, _, _ = load_arrays(self.builder_config.name, self.builder_config.source_dir)
+    # Known per source: _info runs on every open, and must not read the whole dataset.
     return self.dataset_info_from_configs(
         description="Digit classification from local data.",
         features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=images.shape[1:], dtype=np.uint8),
+            "image": tfds.features.Tensor(shape=IMAGE_SHAPES[self.builder_config.name], dtype=np.uint8),
             "label": tfds.features.ClassLabel(num_classes=10),
         }),
         disable_shuffling=True,
@@ -85,6 +86,9 @@ class LocalDigits(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # local data only
     images, labels, n_train = load_arrays(self.builder_config.name, self.builder_config.source_dir)
+    if images.shape[1:] != IMAGE_SHAPES[self.builder_config.name]:
+      raise ValueError(f"{self.builder_config.name}: images are {images.shape[1:]}, "
+                       f"expected {IMAGE_SHAPES[self.builder_config.name]}")
     return {"train": self._generate_examples(images[:n_train], labels[:n_train], 0),
             "test": self._generate_examples(images[n_train:], labels[n_train:], n_train)}
 
@@ -103,6 +107,8 @@ class ImageData:
 
 def prepare_images(name: str, *, data_dir: str, source_dir: str = "") -> ImageData:
   """Prepare (once) and open the array_record dataset."""
+  if name not in IMAGE_SHAPES:
+    raise ValueError(f"unknown image dataset {name!r}; use one of {sorted(IMAGE_SHAPES)}")
   tfds.disable_progress_bar()
   config = DigitsConfig(name=name, source_dir=os.path.abspath(source_dir) if source_dir else "")
   builder = LocalDigits(config=config, data_dir=data_dir, file_format="array_record")

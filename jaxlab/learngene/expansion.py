@@ -126,6 +126,14 @@ def count_params(tree: Any) -> int:
 MODES = ("none", "auxiliary", "descendant")
 
 
+def validate(cfg) -> None:
+  """The `learngene` config group every trainer that offers it shares."""
+  from jaxlab.config import require
+  require(cfg.learngene.mode in MODES, "learngene.mode", f"{cfg.learngene.mode!r} is not one of {MODES}")
+  require(cfg.learngene.mode != "descendant" or bool(cfg.learngene.gene_workdir), "learngene.gene_workdir",
+          "a descendant needs the workdir of an auxiliary (learngene) run")
+
+
 def initial_params(mode: str, fresh: dict, rng: jax.Array, *, depth: int, b_std: float = 0.02,
                    gene: dict | None = None, keep_fresh: tuple[str, ...] = ()) -> dict:
   """What a trainer starts from, for `learngene.mode`:

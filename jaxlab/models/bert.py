@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any, Sequence
 
@@ -28,7 +27,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors.numpy
 
 from jaxlab.data.buckets import length_buckets, plan_batches
 from jaxlab.models.block import BlockConfig, Stack
@@ -151,16 +149,10 @@ def from_hf_state(state: dict[str, np.ndarray], cfg: BertConfig) -> dict:
 
 def load_bert(folder: str, dtype=jnp.float32, param_dtype=jnp.float32) -> tuple[BertConfig, dict]:
   """Read a local HF BERT folder (config.json + model.safetensors) -> (config, params)."""
-  folder = os.fspath(folder)
-  config_path = os.path.join(folder, "config.json")
-  weights_path = os.path.join(folder, "model.safetensors")
-  for path in (config_path, weights_path):
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: expected a BERT folder with config.json and model.safetensors")
-  with open(config_path) as f:
-    cfg = bert_config_from_hf(json.load(f), dtype=dtype, param_dtype=param_dtype)
-  params = from_hf_state(safetensors.numpy.load_file(weights_path), cfg)
-  return cfg, jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
+  from jaxlab.models.hf import read_folder
+  hf_config, state = read_folder(folder, "BERT")
+  cfg = bert_config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype)
+  return cfg, jax.tree.map(lambda x: jnp.asarray(x, param_dtype), from_hf_state(state, cfg))
 
 
 def default_model_path() -> str:

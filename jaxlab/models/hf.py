@@ -119,14 +119,19 @@ def save_gpt2(folder: str, params: Any, cfg: GPTConfig, tokenizer=None) -> str:
   return folder
 
 
-def load_gpt2(folder: str, dtype=jnp.float32, param_dtype=jnp.float32) -> tuple[GPTConfig, dict]:
-  """Read a local GPT-2-format folder (jaxlab's export or a transformers checkpoint)."""
-  config_path = os.path.join(folder, "config.json")
-  weights_path = os.path.join(folder, "model.safetensors")
+def read_folder(folder: str, kind: str) -> tuple[dict, dict[str, np.ndarray]]:
+  """(config.json as a dict, the safetensors state) of a local Hugging Face model folder."""
+  config_path = os.path.join(os.fspath(folder), "config.json")
+  weights_path = os.path.join(os.fspath(folder), "model.safetensors")
   for path in (config_path, weights_path):
     if not os.path.exists(path):
-      raise FileNotFoundError(f"{path} not found: expected a GPT-2 folder with config.json and model.safetensors")
+      raise FileNotFoundError(f"{path} not found: expected a {kind} folder with config.json and model.safetensors")
   with open(config_path) as f:
-    cfg = gpt_config_from_hf(json.load(f), dtype=dtype, param_dtype=param_dtype)
-  params = from_hf_state(safetensors.numpy.load_file(weights_path), cfg)
-  return cfg, jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
+    return json.load(f), safetensors.numpy.load_file(weights_path)
+
+
+def load_gpt2(folder: str, dtype=jnp.float32, param_dtype=jnp.float32) -> tuple[GPTConfig, dict]:
+  """Read a local GPT-2-format folder (jaxlab's export or a transformers checkpoint)."""
+  hf_config, state = read_folder(folder, "GPT-2")
+  cfg = gpt_config_from_hf(hf_config, dtype=dtype, param_dtype=param_dtype)
+  return cfg, jax.tree.map(lambda x: jnp.asarray(x, param_dtype), from_hf_state(state, cfg))

@@ -103,7 +103,7 @@ def make_nll_fn(model: gpt.GPT, mesh):
   return jax.jit(nll_sums, in_shardings=(NamedSharding(mesh, P()), data, data), out_shardings=data)
 
 
-def score_token_lists(docs: list[np.ndarray], pair: tuple[MetaModel, MetaModel], nll_fns, *, context: int,
+def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int,
                       tokens_per_batch: int, row_multiple: int, params) -> np.ndarray:
   """[n_docs, 2] mean NLL per document under (small, large)."""
   spans = [windows(ids, context) for ids in docs]
@@ -241,7 +241,7 @@ def score_file(input_path: str, output_path: str, small: MetaModel, large: MetaM
       encoded = encoder.encode_batch([c[1] for c in chunk])
       docs = [np.asarray(e.ids, np.int32) for e in encoded]
       usable = [i for i, d in enumerate(docs) if len(d) >= 2]
-      nll = score_token_lists([docs[i] for i in usable], (small, large), nll_fns, context=context,
+      nll = score_token_lists([docs[i] for i in usable], nll_fns, context=context,
                               tokens_per_batch=tokens_per_batch, row_multiple=mesh.shape["data"],
                               params=params) if usable else np.zeros((0, 2))
       by_doc = dict(zip(usable, nll))

@@ -50,6 +50,19 @@ def _check_finite(pending: list[tuple[int, dict]], last_good: int | None, ckpt_d
             f"saved. Last good checkpoint: {where}. Lower optim.learning_rate or check the data.")
 
 
+def validate(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """The keys this loop reads (train.*, sharding.*), checked before any data or compile work."""
+  t, req = cfg.train, config_lib.require
+  sharding.layout_rules(cfg.sharding.layout, cfg.sharding.extra_rules)  # an unknown layout fails here
+  data_size = mesh.shape.get("data", 1)
+  req(t.batch_size % data_size == 0, "train.batch_size",
+      f"{t.batch_size} is not divisible by the mesh's data axis ({data_size})")
+  req(t.batch_size % jax.process_count() == 0, "train.batch_size",
+      f"{t.batch_size} is not divisible by the process count ({jax.process_count()})")
+  for key in ("steps", "log_every", "checkpoint_every"):
+    req(t[key] > 0, f"train.{key}", "must be positive")
+
+
 def evaluate(task: Task, state, eval_step, data_sharding, max_batches: int = 0) -> dict:
   """Sums of task.eval_sums over one pass of the eval data (its first max_batches, if set)."""
   sums = None

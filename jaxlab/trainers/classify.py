@@ -49,15 +49,11 @@ def vit_config(model: ml_collections.ConfigDict, image_shape, num_classes: int =
 
 
 def validate(cfg, mesh) -> None:
-  req = lambda condition, key, message: config_lib.require(cfg, condition, key, message)
-  req(cfg.learngene.mode in learngene.MODES, "learngene.mode",
-      f"{cfg.learngene.mode!r} is not one of {learngene.MODES}")
-  req(cfg.learngene.mode != "descendant" or cfg.learngene.gene_workdir, "learngene.gene_workdir",
-      "a descendant needs the workdir of an auxiliary (learngene) run")
+  req = config_lib.require
+  loop.validate(cfg, mesh)
+  learngene.validate(cfg)
   req(cfg.model.d_model % cfg.model.num_heads == 0, "model.num_heads",
       f"{cfg.model.num_heads} does not divide model.d_model={cfg.model.d_model}")
-  req(cfg.train.batch_size % mesh.shape.get("data", 1) == 0, "train.batch_size",
-      f"{cfg.train.batch_size} is not divisible by the mesh's data axis ({mesh.shape.get('data', 1)})")
   req(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha", "must be in [0, 1]")
   req(cfg.distill.tau > 0, "distill.tau", "must be positive")
 
@@ -147,7 +143,6 @@ def report(summary: dict) -> str:
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   validate(cfg, mesh)
-  sharding.layout_rules(cfg.sharding.layout, cfg.sharding.extra_rules)  # unknown layout fails here
   data = images.prepare_images(cfg.data.name, data_dir=cfg.data.data_dir or os.path.join(workdir, "data"),
                                source_dir=builtin.resolve_shared(cfg.data.source_dir, "data.source_dir"))
   tx = optim.adamw(cfg.optim, cfg.train.steps)

@@ -68,23 +68,12 @@ def model_config(cfg: ml_collections.ConfigDict, vocab_size: int) -> gpt.GPTConf
 
 def validate(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
   """Config mistakes that would otherwise surface deep inside compilation."""
-  req = lambda condition, key, message: config_lib.require(cfg, condition, key, message)
-  m, t = cfg.model, cfg.train
+  req, m, t = config_lib.require, cfg.model, cfg.train
+  loop.validate(cfg, mesh)
+  learngene.validate(cfg)
   req(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {sorted(DTYPES)}")
   req(m.d_model % m.num_heads == 0, "model.num_heads", f"{m.num_heads} does not divide model.d_model={m.d_model}")
   req(t.seq_len <= m.max_len, "train.seq_len", f"{t.seq_len} exceeds model.max_len={m.max_len}")
-  data_size = mesh.shape.get("data", 1)
-  req(t.batch_size % data_size == 0, "train.batch_size",
-      f"{t.batch_size} is not divisible by the mesh's data axis ({data_size})")
-  req(t.batch_size % jax.process_count() == 0, "train.batch_size",
-      f"{t.batch_size} is not divisible by the process count ({jax.process_count()})")
-  req(t.steps > 0, "train.steps", "must be positive")
-  req(cfg.learngene.mode in learngene.MODES, "learngene.mode",
-      f"{cfg.learngene.mode!r} is not one of {learngene.MODES}")
-  req(cfg.learngene.mode != "descendant" or cfg.learngene.gene_workdir, "learngene.gene_workdir",
-      "a descendant needs the workdir of an auxiliary (learngene) run")
-  for key in ("log_every", "checkpoint_every"):
-    req(t[key] > 0, f"train.{key}", "must be positive")
 
 
 def lm_loss_sums(logits, batch):
@@ -164,7 +153,6 @@ def export_hf(workdir: str, out_dir: str, step: int | None = None) -> str:
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   validate(cfg, mesh)
-  sharding.layout_rules(cfg.sharding.layout, cfg.sharding.extra_rules)  # unknown layout fails here
   files = resolve_files(cfg.data.files, workdir)
   data = text.prepare_text(files, data_dir=cfg.data.data_dir or os.path.join(workdir, "data"),
                            text_field=cfg.data.text_field, validation_fraction=cfg.data.validation_fraction)

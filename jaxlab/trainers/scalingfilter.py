@@ -37,11 +37,11 @@ def _trained(workdir: str, steps: int) -> bool:
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  config_lib.require(cfg, cfg.select.method in ("topk", "random", "ppl_gate"), "select.method",
+  config_lib.require(cfg.select.method in ("topk", "random", "ppl_gate"), "select.method",
                      f"{cfg.select.method!r}: the pipeline runs topk, random or ppl_gate "
                      "(dsir and classifier need extra corpora: use the CLI)")
   source = builtin.resolve_shared(cfg.score.input, "score.input")
-  config_lib.require(cfg, os.path.exists(source), "score.input", f"{source!r} does not exist")
+  config_lib.require(os.path.exists(source), "score.input", f"{source!r} does not exist")
   os.makedirs(workdir, exist_ok=True)
   config_lib.write(cfg, workdir)
   report = {}
