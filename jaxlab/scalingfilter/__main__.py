@@ -1,6 +1,11 @@
 """python -m jaxlab.scalingfilter {score, select, diversity} ...
 
-  score   --small PATH --large PATH --input FILE|DIR --output OUT.jsonl [--text-field F] [--id-field F]
+  score   --small PATH --large PATH --input SRC [SRC ...] --output OUT.jsonl|OUT_DIR
+          [--text-field F] [--id-field F] [--data-dir TFDS_DIR]
+          SRC: a .jsonl/.jsonl.gz/.parquet/.txt file, a directory of them, or tfds:NAME[:split]
+          (read with tfds.data_source from --data-dir; e.g. tfds:local_text/hXXXX --id-field index).
+          OUT.jsonl: one output file (one process). OUT_DIR: per-host sharding, each JAX process
+          scores every process_count-th input file into OUT_DIR/part-IIIII-of-NNNNN.jsonl.
   select  --scores OUT.jsonl --output KEPT.jsonl --method topk|threshold|temperature|random|ppl_gate|dsir|classifier
           [--k 70] [--threshold X] [--temperature T] [--input DOCS --text-field F --id-field F]
           [--target FILE] [--positives FILE --negatives FILE] [--seed 0]
@@ -27,12 +32,23 @@ def _texts(path: str, text_field: str, id_field: str) -> dict[str, str]:
 
 
 def cmd_score(args) -> int:
+  import jax
+  single = args.output.endswith(".jsonl")
+  if single and jax.process_count() > 1:
+    raise SystemExit(f"--output {args.output}: {jax.process_count()} processes need an output directory "
+                     "(one part per process)")
   small, large = score_lib.load_meta_model(args.small), score_lib.load_meta_model(args.large)
-  counts = score_lib.score_file(args.input, args.output, small, large, text_field=args.text_field,
-                                id_field=args.id_field, tokens_per_batch=args.tokens_per_batch)
+  common = dict(text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
+                tokens_per_batch=args.tokens_per_batch)
+  if single:
+    counts = score_lib.score_file(args.input, args.output, small, large, **common)
+    rejects = f"{args.output}.rejects.jsonl"
+  else:
+    counts = score_lib.score_sharded(args.input, args.output, small, large, **common)
+    rejects = score_lib.part_path(args.output, counts["process_index"], counts["process_count"]) + ".rejects.jsonl"
   print(json.dumps(counts))
   if counts["rejected"]:
-    print(f"rejected documents and reasons: {args.output}.rejects.jsonl", file=sys.stderr)
+    print(f"rejected documents and reasons: {rejects}", file=sys.stderr)
   return 0
 
 
@@ -83,8 +99,9 @@ def main(argv=None) -> int:
   s = sub.add_parser("score")
   s.add_argument("--small", required=True)
   s.add_argument("--large", required=True)
-  s.add_argument("--input", required=True)
+  s.add_argument("--input", required=True, nargs="+")
   s.add_argument("--output", required=True)
+  s.add_argument("--data-dir", default="", help="tfds data_dir for tfds:NAME inputs")
   s.add_argument("--text-field", default="text")
   s.add_argument("--id-field", default="id")
   s.add_argument("--tokens-per-batch", type=int, default=16384)

@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -105,14 +105,14 @@ def make_nll_fn(model: gpt.GPT, mesh):
 
 def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int,
                       tokens_per_batch: int, row_multiple: int, params) -> np.ndarray:
-  """[n_docs, 2] mean NLL per document under (small, large)."""
+  """[n_docs, len(nll_fns)] mean NLL per document under each model (small, large)."""
   spans = [windows(ids, context) for ids in docs]
   flat = [(d, w) for d, ws in enumerate(spans) for w in ws]
   lengths = [len(w) for _, w in flat]
   step = 16 if context >= 32 else 1
   plan = buckets.plan_batches(lengths, max(tokens_per_batch // context, 1), buckets.length_buckets(context, step),
                               row_multiple)
-  sums = np.zeros((len(docs), 2))
+  sums = np.zeros((len(docs), len(nll_fns)))
   for idx, padded_len, rows in plan:
     tokens = np.zeros((rows, padded_len), np.int32)
     lens = np.zeros((rows,), np.int32)
@@ -128,56 +128,150 @@ def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int,
 
 # ------------------------------------------------------------------------------ input
 
+DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt")
+TFDS_PREFIX = "tfds:"
+
+
 def _open_text(path: str):
   return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
 
 
-def read_documents(path: str, text_field: str = "text", id_field: str = "id") -> Iterator[tuple[str, Any]]:
-  """(id, text) pairs, or (id, RejectReason) for malformed records, from a .jsonl(.gz) or
-  .parquet file or a directory of .txt files (id = relative path)."""
+@dataclasses.dataclass(frozen=True)
+class InputFile:
+  """One unit of input: a data file (`name` is its path relative to the folder it was
+  found in, which prefixes fallback ids) or a tfds dataset `tfds:NAME[:split]`."""
+  path: str
+  name: str
+
+
+def expand_inputs(specs: Sequence[str]) -> list[InputFile]:
+  """Input specs -> the sorted list of input units. A directory stands for every
+  .jsonl, .jsonl.gz, .parquet and .txt file under it (recursively, sorted by relative
+  path); a .txt file is one document whose id is that relative path."""
+  if isinstance(specs, str):
+    specs = [specs]
+  out = []
+  for spec in specs:
+    if spec.startswith(TFDS_PREFIX):
+      out.append(InputFile(spec, spec))
+    elif os.path.isdir(spec):
+      found = sorted(os.path.relpath(os.path.join(root, f), spec) for root, _, files in os.walk(spec)
+                     for f in files if f.endswith(DATA_SUFFIXES))
+      if not found:
+        raise ValueError(f"{spec}: a directory with no {', '.join(DATA_SUFFIXES)} files")
+      out += [InputFile(os.path.join(spec, rel), rel) for rel in found]
+    elif os.path.isfile(spec):
+      if not spec.endswith(DATA_SUFFIXES):
+        raise ValueError(f"{spec}: expected one of {', '.join(DATA_SUFFIXES)}, a directory, or tfds:NAME[:split]")
+      out.append(InputFile(spec, os.path.basename(spec)))
+    else:
+      raise FileNotFoundError(f"{spec}: no such file or directory")
+  return out
+
+
+def parse_tfds_spec(spec: str) -> tuple[str, str]:
+  """`tfds:NAME[:split]` -> (NAME, split); NAME may carry a config and version
+  (`local_text/hXXXX/1.0.0`); the split defaults to train."""
+  name, _, split = spec.removeprefix(TFDS_PREFIX).partition(":")
+  if not name:
+    raise ValueError(f"{spec!r}: expected tfds:NAME[:split]")
+  return name, split or "train"
+
+
+def _decode_record(value):
+  """tfds data sources return text as bytes, nested features as dicts, numbers as numpy."""
+  if isinstance(value, dict):
+    return {k: _decode_record(v) for k, v in value.items()}
+  if isinstance(value, bytes):
+    try:
+      return value.decode("utf-8")
+    except UnicodeDecodeError:
+      return Reject("invalid_utf8")
+  if isinstance(value, np.generic):
+    return value.item()
+  if isinstance(value, np.ndarray) and value.ndim == 0:
+    return value.item()
+  return value
+
+
+def read_tfds(spec: str, text_field: str = "text", id_field: str = "id", data_dir: str | None = None,
+              ) -> Iterator[tuple[str, Any]]:
+  """(id, text) pairs from a prepared tfds dataset, read with `tfds.data_source` (array_record,
+  no TensorFlow). The id is the record's `id_field` when it has one, else `NAME/split:i`.
+  jaxlab's LocalText builder (jaxlab.data.text) is registered on import, so its datasets
+  open by name (`local_text/<config>`); use id_field=index for its record index."""
+  import tensorflow_datasets as tfds
+  from jaxlab.data import text as _registers_local_text  # noqa: F401
   from jaxlab.data.text import field_at
 
-  if os.path.isdir(path):
-    for root, _, files in sorted(os.walk(path)):
-      for name in sorted(files):
-        if name.endswith(".txt"):
-          full = os.path.join(root, name)
-          rel = os.path.relpath(full, path)
-          with open(full, "rb") as f:
-            raw = f.read()
-          try:
-            yield rel, raw.decode("utf-8")
-          except UnicodeDecodeError:
-            yield rel, Reject("invalid_utf8")
-  elif path.endswith(".parquet"):
-    import pyarrow.parquet as pq
-    table = pq.ParquetFile(path)
-    row = 0
-    for batch in table.iter_batches(columns=None):
-      for record in batch.to_pylist():
-        doc_id = record.get(id_field)
-        yield (str(doc_id) if doc_id is not None else f"{os.path.basename(path)}:{row}"), \
-            _text_or_reject(record, text_field, field_at)
-        row += 1
-  elif path.endswith((".jsonl", ".jsonl.gz")):
-    with _open_text(path) as f:
-      for line_no, raw in enumerate(f, 1):
-        fallback = f"{os.path.basename(path)}:{line_no}"
-        try:
-          record = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-          yield fallback, Reject("invalid_utf8")
-          continue
-        except json.JSONDecodeError:
-          yield fallback, Reject("bad_json")
-          continue
-        if not isinstance(record, dict):
-          yield fallback, Reject("not_object")
-          continue
-        doc_id = record.get(id_field)
-        yield (str(doc_id) if doc_id is not None else fallback), _text_or_reject(record, text_field, field_at)
+  name, split = parse_tfds_spec(spec)
+  source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
+  for i in range(len(source)):
+    record = _decode_record(source[i])
+    doc_id = record.get(id_field)
+    doc_id = str(doc_id) if doc_id is not None and not isinstance(doc_id, Reject) else f"{name}/{split}:{i}"
+    text = _text_or_reject(record, text_field, field_at)
+    yield doc_id, text
+
+
+def _read_jsonl(path: str, name: str, text_field: str, id_field: str, field_at) -> Iterator[tuple[str, Any]]:
+  with _open_text(path) as f:
+    for line_no, raw in enumerate(f, 1):
+      fallback = f"{name}:{line_no}"
+      try:
+        record = json.loads(raw.decode("utf-8"))
+      except UnicodeDecodeError:
+        yield fallback, Reject("invalid_utf8")
+        continue
+      except json.JSONDecodeError:
+        yield fallback, Reject("bad_json")
+        continue
+      if not isinstance(record, dict):
+        yield fallback, Reject("not_object")
+        continue
+      doc_id = record.get(id_field)
+      yield (str(doc_id) if doc_id is not None else fallback), _text_or_reject(record, text_field, field_at)
+
+
+def _read_parquet(path: str, name: str, text_field: str, id_field: str, field_at) -> Iterator[tuple[str, Any]]:
+  import pyarrow.parquet as pq
+  row = 0
+  for batch in pq.ParquetFile(path).iter_batches(columns=None):
+    for record in batch.to_pylist():
+      doc_id = record.get(id_field)
+      yield (str(doc_id) if doc_id is not None else f"{name}:{row}"), _text_or_reject(record, text_field, field_at)
+      row += 1
+
+
+def read_input(unit: InputFile, text_field: str = "text", id_field: str = "id",
+               data_dir: str | None = None) -> Iterator[tuple[str, Any]]:
+  """(id, text) pairs, or (id, Reject) for malformed records, of one input unit."""
+  from jaxlab.data.text import field_at
+
+  if unit.path.startswith(TFDS_PREFIX):
+    yield from read_tfds(unit.path, text_field, id_field, data_dir)
+  elif unit.path.endswith(".txt"):
+    with open(unit.path, "rb") as f:
+      raw = f.read()
+    try:
+      yield unit.name, raw.decode("utf-8")
+    except UnicodeDecodeError:
+      yield unit.name, Reject("invalid_utf8")
+  elif unit.path.endswith(".parquet"):
+    yield from _read_parquet(unit.path, unit.name, text_field, id_field, field_at)
+  elif unit.path.endswith((".jsonl", ".jsonl.gz")):
+    yield from _read_jsonl(unit.path, unit.name, text_field, id_field, field_at)
   else:
-    raise ValueError(f"{path}: expected .jsonl, .jsonl.gz, .parquet or a directory of .txt files")
+    raise ValueError(f"{unit.path}: expected one of {', '.join(DATA_SUFFIXES)} or tfds:NAME[:split]")
+
+
+def read_documents(path, text_field: str = "text", id_field: str = "id",
+                   data_dir: str | None = None) -> Iterator[tuple[str, Any]]:
+  """(id, text) pairs, or (id, Reject) for malformed records, from a .jsonl(.gz), .parquet
+  or .txt file, a directory of them (a .txt file is one document, id = relative path),
+  a tfds dataset `tfds:NAME[:split]` (with `data_dir`), or a list of these."""
+  for unit in expand_inputs(path):
+    yield from read_input(unit, text_field, id_field, data_dir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,6 +284,8 @@ def _text_or_reject(record: dict, text_field: str, field_at):
     text = field_at(record, text_field)
   except (KeyError, TypeError):
     return Reject("missing_field")
+  if isinstance(text, Reject):  # undecodable bytes from a tfds record
+    return text
   if not isinstance(text, str):
     return Reject("not_string")
   return text
@@ -210,10 +306,72 @@ def _completed_ids(path: str) -> set[str]:
   return {json.loads(line)["id"] for line in keep.splitlines() if line.strip()}
 
 
-def score_file(input_path: str, output_path: str, small: MetaModel, large: MetaModel, *, text_field: str = "text",
-               id_field: str = "id", tokens_per_batch: int = 16384, chunk_docs: int = 256, mesh=None,
-               stop_after_chunks: int = 0, progress: bool = True) -> dict:
-  """Score every document of `input_path` into `output_path` (resumable). Returns counts."""
+def score_file(input_path, output_path: str, small: MetaModel, large: MetaModel, *, text_field: str = "text",
+               id_field: str = "id", data_dir: str | None = None, **kwargs) -> dict:
+  """Score every document of `input_path` (a file, a directory, `tfds:NAME[:split]`, or a
+  list of these; see read_documents) into `output_path` (resumable). Returns counts."""
+  return score_documents(read_documents(input_path, text_field, id_field, data_dir), output_path, small, large,
+                         **kwargs)
+
+
+def shard_inputs(units: Sequence[InputFile], process_index: int, process_count: int) -> list[InputFile]:
+  """This process's input units: every process_count-th, starting at process_index."""
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} out of range for process_count {process_count}")
+  return list(units[process_index::process_count])
+
+
+def part_path(output_dir: str, process_index: int, process_count: int) -> str:
+  return os.path.join(output_dir, f"part-{process_index:05d}-of-{process_count:05d}.jsonl")
+
+
+def score_sharded(inputs, output_dir: str, small: MetaModel, large: MetaModel, *, text_field: str = "text",
+                  id_field: str = "id", data_dir: str | None = None, process_index: int | None = None,
+                  process_count: int | None = None, **kwargs) -> dict:
+  """Per-host scoring: the input units (files; a directory counts as its files) are split
+  over the JAX processes, each reading only its own (units[process_index::process_count]) and
+  writing `part-IIIII-of-NNNNN.jsonl` (+ .rejects.jsonl) under `output_dir`. Each process
+  scores with its local devices. The parts together hold one row (or reject) per document;
+  `read_parts` joins them and refuses an id that appears in two parts."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  mine = shard_inputs(expand_inputs(inputs), process_index, process_count)
+  os.makedirs(output_dir, exist_ok=True)
+  docs = (doc for unit in mine for doc in read_input(unit, text_field, id_field, data_dir))
+  if kwargs.get("mesh") is None and process_count > 1:
+    kwargs["mesh"] = sharding.make_mesh([("data", -1)], jax.local_devices())
+  counts = score_documents(docs, part_path(output_dir, process_index, process_count), small, large, **kwargs)
+  return {**counts, "process_index": process_index, "process_count": process_count,
+          "inputs": [u.name for u in mine]}
+
+
+def read_parts(output_dir: str) -> tuple[list[dict], list[dict]]:
+  """(rows, rejects) of every part under output_dir, in part order. Raises when the parts
+  are not from one run (mixed process counts, a part missing) or an id occurs twice."""
+  names = sorted(f for f in os.listdir(output_dir) if f.startswith("part-") and f.endswith(".jsonl")
+                 and not f.endswith(".rejects.jsonl"))
+  counts = {n.split("-of-")[1].removesuffix(".jsonl") for n in names}
+  if len(counts) != 1 or len(names) != int(counts.pop()):
+    raise ValueError(f"{output_dir}: incomplete or mixed parts {names}")
+  rows, rejects = [], []
+  for name in names:
+    path = os.path.join(output_dir, name)
+    rows += [json.loads(l) for l in open(path) if l.strip()]
+    if os.path.exists(path + ".rejects.jsonl"):
+      rejects += [json.loads(l) for l in open(path + ".rejects.jsonl") if l.strip()]
+  seen: dict[str, int] = {}
+  for r in rows + rejects:
+    seen[r["id"]] = seen.get(r["id"], 0) + 1
+  repeated = sorted(i for i, c in seen.items() if c > 1)
+  if repeated:
+    raise ValueError(f"{output_dir}: {len(repeated)} id(s) in more than one part, e.g. {repeated[:5]}")
+  return rows, rejects
+
+
+def score_documents(documents, output_path: str, small: MetaModel, large: MetaModel, *,
+                    tokens_per_batch: int = 16384, chunk_docs: int = 256, mesh=None, stop_after_chunks: int = 0,
+                    progress: bool = True) -> dict:
+  """Score (id, text-or-Reject) pairs into `output_path` (resumable). Returns counts."""
   check_pair(small, large)
   mesh = mesh if mesh is not None else sharding.make_mesh([("data", -1)])
   context = min(small.context, large.context)
@@ -263,7 +421,7 @@ def score_file(input_path: str, output_path: str, small: MetaModel, large: MetaM
                       refresh=False)
 
     chunk, chunks = [], 0
-    for doc_id, text in read_documents(input_path, text_field, id_field):
+    for doc_id, text in documents:
       if doc_id in seen:  # a repeated id: rejected once, also across a resume
         if doc_id + "#dup" not in done:
           reject(doc_id + "#dup", "duplicate_id")

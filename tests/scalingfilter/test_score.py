@@ -130,3 +130,67 @@ def test_cli_select_keeps_the_top_share(pair, tmp_path):
   assert sorted(kept) == sorted(r["id"] for r in best)
   with pytest.raises(SystemExit):
     cli.main(["select", "--scores", str(tmp_path / "s.jsonl"), "--output", "x", "--method", "dsir"])
+
+
+def test_tfds_input_gives_the_same_rows_as_jsonl(pair, tmp_path):
+  """The same documents as a JSONL file and as the platform's LocalText array_record dataset
+  built from it (read through tfds.data_source by the CLI) score to identical rows."""
+  from jaxlab.data import text as text_lib
+  from jaxlab.scalingfilter import __main__ as cli
+  small, large, texts = pair
+  docs = [t[: 50 + 23 * i] for i, t in enumerate(texts[:14])]
+  write_jsonl(tmp_path / "docs.jsonl", [{"id": i, "text": t} for i, t in enumerate(docs)])
+  data = text_lib.prepare_text([str(tmp_path / "docs.jsonl")], data_dir=str(tmp_path / "tfds"),
+                               validation_fraction=0.0)
+  name = "/".join(data.data_path.rstrip("/").split("/")[-3:-1])  # local_text/<config>
+  score.score_file(str(tmp_path / "docs.jsonl"), str(tmp_path / "from_jsonl.jsonl"), small, large, progress=False)
+  assert cli.main(["score", "--small", small.path, "--large", large.path, "--input", f"tfds:{name}:train",
+                   "--data-dir", str(tmp_path / "tfds"), "--id-field", "index",
+                   "--output", str(tmp_path / "from_tfds.jsonl")]) == 0
+  a = (tmp_path / "from_jsonl.jsonl").read_text().splitlines()
+  b = (tmp_path / "from_tfds.jsonl").read_text().splitlines()
+  assert len(a) == len(docs) and [json.loads(l) for l in a] == [json.loads(l) for l in b]
+  # no id field: ids fall back to NAME/split:i, nested fields are reached by dotted paths
+  got = list(score.read_documents(f"tfds:{name}", data_dir=str(tmp_path / "tfds"), id_field="nope"))
+  assert got[3] == (f"{name}/train:3", docs[3])
+  assert list(score.read_documents(f"tfds:{name}", text_field="index", data_dir=str(tmp_path / "tfds")))[0][1] == \
+      score.Reject("not_string")
+
+
+def test_per_host_shards_union_is_one_row_per_document(pair, tmp_path):
+  small, large, texts = pair
+  root = tmp_path / "in"
+  (root / "sub").mkdir(parents=True)
+  expected_ids = []
+  for f in range(5):  # 5 files over 3 processes: shards of 2, 2 and 1 files
+    records = [{"id": f"f{f}d{i}", "text": texts[5 * f + i][:60 + 30 * i]} for i in range(4)]
+    write_jsonl(root / f"part{f}.jsonl", records + ["{bad"])
+    expected_ids += [r["id"] for r in records]
+  (root / "sub" / "note.txt").write_text(texts[40][:200])
+  expected_ids.append("sub/note.txt")
+  whole, _ = tmp_path / "whole.jsonl", score.score_file(str(root), str(tmp_path / "whole.jsonl"), small, large,
+                                                        progress=False)
+  counts = [score.score_sharded([str(root)], str(tmp_path / "parts"), small, large, process_index=p,
+                                process_count=3, progress=False) for p in range(3)]
+  assert [c["inputs"] for c in counts] == [["part0.jsonl", "part3.jsonl"], ["part1.jsonl", "part4.jsonl"],
+                                           ["part2.jsonl", "sub/note.txt"]]
+  rows, rejects = score.read_parts(str(tmp_path / "parts"))
+  assert sorted(r["id"] for r in rows) == sorted(expected_ids)  # exactly one row per document
+  assert sorted(r["id"] for r in rejects) == [f"part{f}.jsonl:5" for f in range(5)]  # and one per bad line
+  assert sum(c["scored"] for c in counts) == len(expected_ids)
+  single = {r["id"]: r for r in map(json.loads, open(whole))}
+  for r in rows:
+    np.testing.assert_allclose(r["quality_factor"], single[r["id"]]["quality_factor"], rtol=5e-5)
+    assert r["n_tokens"] == single[r["id"]]["n_tokens"]
+  # the same id in files read by two processes is caught when the parts are joined
+  write_jsonl(root / "part5.jsonl", [{"id": "f0d0", "text": "again the same id here"}])
+  for p in range(2):
+    score.score_sharded([str(root)], str(tmp_path / "dup"), small, large, process_index=p, process_count=2,
+                        progress=False)
+  with pytest.raises(ValueError, match="more than one part"):
+    score.read_parts(str(tmp_path / "dup"))
+  (tmp_path / "dup" / "part-00001-of-00002.jsonl").unlink()
+  with pytest.raises(ValueError, match="incomplete"):
+    score.read_parts(str(tmp_path / "dup"))
+  with pytest.raises(ValueError, match="process_index"):
+    score.shard_inputs([], 3, 3)
