@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from jaxlab import config as config_lib
+from jaxlab import distributed
 from jaxlab.sharding import ShardingError
 from jaxlab.train.loop import NonFiniteError
 
@@ -29,6 +30,11 @@ def trainer_module(cfg):
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  try:  # joins the other processes (if the environment names any) before devices are used
+    distributed.initialize()
+  except distributed.DistributedError as e:
+    print(f"distributed setup error: {e}", file=sys.stderr)
+    return 2
   try:
     cfg = config_lib.load(args.config, args.overrides)
     module = trainer_module(cfg)
@@ -43,8 +49,10 @@ def main(argv=None) -> int:
   except NonFiniteError as e:
     print(f"stopped: {e}", file=sys.stderr)
     return 3
-  report = getattr(module, "report", None)
-  print(report(summary) if report else summary, flush=True)
+  import jax
+  if jax.process_index() == 0:  # one report per run, not one per process
+    report = getattr(module, "report", None)
+    print(report(summary) if report else summary, flush=True)
   return 0
 
 

@@ -9,7 +9,7 @@ import ml_collections
 import optax
 
 from jaxlab import config as config_lib
-from jaxlab import learngene, sharding
+from jaxlab import distributed, learngene, sharding
 from jaxlab.data import builtin, pipeline, text, tokenizer as tokenizer_lib
 from jaxlab.models import gpt
 from jaxlab.train import loop, optim
@@ -153,14 +153,15 @@ def export_hf(workdir: str, out_dir: str, step: int | None = None) -> str:
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   validate(cfg, mesh)
-  files = resolve_files(cfg.data.files, workdir)
-  data = text.prepare_text(files, data_dir=cfg.data.data_dir or os.path.join(workdir, "data"),
-                           text_field=cfg.data.text_field, validation_fraction=cfg.data.validation_fraction)
-  if jax.process_index() == 0:
-    rejected = sum(data.rejects.values())
-    print(f"data: {data.num_records} records; {rejected} rejected {dict(data.rejects)}"
-          + (f" -> {data.rejects_path}" if rejected else ""), flush=True)
-  tok = load_tokenizer(cfg, data, workdir)
+  with distributed.main_process_first("lm: data and tokenizer"):  # others reuse process 0's files
+    files = resolve_files(cfg.data.files, workdir)
+    data = text.prepare_text(files, data_dir=cfg.data.data_dir or os.path.join(workdir, "data"),
+                             text_field=cfg.data.text_field, validation_fraction=cfg.data.validation_fraction)
+    if jax.process_index() == 0:
+      rejected = sum(data.rejects.values())
+      print(f"data: {data.num_records} records; {rejected} rejected {dict(data.rejects)}"
+            + (f" -> {data.rejects_path}" if rejected else ""), flush=True)
+    tok = load_tokenizer(cfg, data, workdir)
   model = gpt.GPT(model_config(cfg, len(tok)))
   schedule = optim.schedule(cfg.optim, cfg.train.steps)
   summary = loop.run(cfg, workdir, make_task(cfg, model, tok, data), mesh, optim.adamw(cfg.optim, cfg.train.steps),
