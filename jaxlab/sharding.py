@@ -33,6 +33,17 @@ LAYOUTS: dict[str, dict[str, list]] = {
         "params": [(r".*", ())],
         "activations": [("batch", "data")],
     },
+    # ZeRO-1 style (FP8-LM O3): weights replicated, master weights and Adam moments split
+    # over `data` (each slice keeps its tensor's per-tensor scale, replicated).
+    "zero": {
+        "params": [
+            (r"opt_state/.*(master|mu|nu)/.*layers/.*kernel(/data)?$", (None, "data", None)),
+            (r"opt_state/.*(master|mu|nu)/.*(wte|wpe)/embedding(/data)?$", ("data", None)),
+            (r"opt_state/.*(master|mu|nu)/.*lm_head/kernel(/data)?$", ("data", None)),
+            (r".*", ()),
+        ],
+        "activations": [("batch", "data")],
+    },
     # FSDP / ZeRO-3: weights (and with them optimizer moments) split over `data`;
     # XLA all-gathers them for the matmul and reduce-scatters the gradients.
     "fsdp": {

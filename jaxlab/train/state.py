@@ -4,17 +4,49 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec as P
 
 
 class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
-  params: Any
+  params: Any       # as stored: FP32 by default, FP16/BF16/FP8 under an FP8-LM level
   opt_state: Any
-  model_state: Any  # non-param variable collections (e.g. FP8 scale state); {} if none
+  model_state: Any  # non-param variable collections (e.g. FP8 amax histories); {} if none
+  sync_state: Any = ()  # state of an explicit gradient sync (the FP8 all-reduce's scaling factor)
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+  """How parameters are stored and how gradients travel; the identity by default.
+
+  store(params)        full-precision initial params -> stored params
+  view(stored)         stored -> the params the model computes with (and is differentiated by)
+  encode_grads(grads)  gradients as they travel to the optimizer (e.g. FP8 with scales)
+  decode_grads(grads)  back to float for clipping and the optimizer
+  apply(stored, out)   stored params and the optimizer's output -> next stored params
+  """
+  store: Callable = lambda p: p
+  view: Callable = lambda p: p
+  encode_grads: Callable = lambda g: g
+  decode_grads: Callable = lambda g: g
+  apply: Callable = optax.apply_updates
+
+
+@dataclasses.dataclass(frozen=True)
+class GradSync:
+  """An explicit data-parallel gradient reduction, run inside `jax.shard_map` over `axis`.
+
+  init() -> state; sync(local_grads, state) -> (mean_grads, state, metrics), where the grads
+  are as `Precision.encode_grads` left them and the mean comes back decodable.
+  """
+  init: Callable
+  sync: Callable
+  axis: str = "data"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +60,12 @@ class Task:
   train_data                                  a grain IterDataset (checkpointed by the loop)
   eval_data() -> iterable of batches          a fresh pass over held-out data, or None
   units_per_batch: (name, count)              for throughput, e.g. ("tokens", B * T)
+  precision                                   storage/gradient formats (FP8-LM levels)
+  observed: {collection: update(old, obs)}    collections that receive observations through
+                                              their cotangent (FP8 amax); combined by max
+                                              over microbatches and data shards
+  grad_sync                                   explicit gradient all-reduce (None: XLA's own)
+  microbatches                                gradient accumulation steps per batch
   """
   init: Callable
   loss: Callable
@@ -36,35 +74,112 @@ class Task:
   train_data: Any
   eval_data: Callable | None
   units_per_batch: tuple[str, int]
+  precision: Precision = Precision()
+  observed: dict = dataclasses.field(default_factory=dict)
+  grad_sync: GradSync | None = None
+  microbatches: int = 1
 
 
 def init_state(task: Task, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
   variables = dict(task.init(rng))
-  params = variables.pop("params")
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state=variables)
+  params = task.precision.store(variables.pop("params"))
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state=variables,
+                    sync_state=task.grad_sync.init() if task.grad_sync else ())
+
+
+def _local_gradients(task: Task, view, model_state, batch, rng):
+  """Loss, metrics, updated collections, gradients and observations for one (local) batch,
+  accumulated over `task.microbatches` with lax.scan: gradients and metrics averaged,
+  observations combined by max."""
+  observed = {c: model_state[c] for c in task.observed if c in model_state}
+
+  def one(mb, mb_rng):
+    def loss_fn(view, observed):
+      return task.loss({"params": view, **model_state, **observed}, mb, mb_rng)
+    (loss, (metrics, updates)), (grads, obs) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+        view, observed)
+    return loss, metrics, updates, grads, obs
+
+  n = task.microbatches
+  if n == 1:
+    return one(batch, rng)
+  split = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+  first = jax.tree.map(lambda x: x[0], split)
+  shapes = jax.eval_shape(one, first, rng)
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def body(acc, inputs):
+    mb, i = inputs
+    out = one(mb, jax.random.fold_in(rng, i))
+    loss, metrics, updates, grads, obs = out
+    a_loss, a_metrics, _, a_grads, a_obs = acc
+    add = lambda a, b: a + b / n
+    return (add(a_loss, loss), jax.tree.map(add, a_metrics, metrics), updates,
+            jax.tree.map(add, a_grads, grads), jax.tree.map(jnp.maximum, a_obs, obs)), None
+
+  acc, _ = jax.lax.scan(body, zeros, (split, jnp.arange(n)))
+  return acc
+
+
+def _is_count(name: str) -> bool:
+  """Metrics are batch means, except counts ("tokens", "*_count"), which add up over shards."""
+  return name == "tokens" or name.endswith("_count")
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule | None = None):
-  """step(state, batch, rng) -> (state, metrics); rng is folded with the step number."""
+  """step(state, batch, rng) -> (state, metrics); rng is folded with the step number.
+
+  Without `task.grad_sync` the step is written for the whole batch and XLA inserts the
+  collectives its shardings need. With it, gradients are computed per data shard inside
+  `jax.shard_map` and reduced by `grad_sync` (e.g. the FP8 all-reduce); parameters are
+  replicated over that axis in this mode.
+  """
+  prec = task.precision
+
+  def gradients(state, batch, rng):
+    view = prec.view(state.params)
+    sync = task.grad_sync
+    if sync is None:
+      loss, metrics, updates, grads, obs = _local_gradients(task, view, state.model_state, batch, rng)
+      return loss, metrics, updates, prec.decode_grads(prec.encode_grads(grads)), obs, state.sync_state
+
+    def local(view, model_state, sync_state, batch, rng):
+      rng = jax.random.fold_in(rng, jax.lax.axis_index(sync.axis))
+      # The sync axis is manual in here: activations may no longer name it in constraints.
+      rules = [(name, None if axes == sync.axis else axes) for name, axes in nn.get_logical_axis_rules()]
+      with nn.logical_axis_rules(rules):
+        loss, metrics, updates, grads, obs = _local_gradients(task, view, model_state, batch, rng)
+      grads, sync_state, sync_metrics = sync.sync(prec.encode_grads(grads), sync_state)
+      mean = lambda x: jax.lax.pmean(x, sync.axis) if jnp.issubdtype(x.dtype, jnp.floating) else x
+      metrics = {k: jax.lax.psum(v, sync.axis) if _is_count(k) else mean(v) for k, v in metrics.items()}
+      obs = jax.tree.map(lambda x: jax.lax.pmax(x, sync.axis), obs)
+      return mean(loss), {**metrics, **sync_metrics}, jax.tree.map(mean, updates), grads, obs, sync_state
+
+    data = P(sync.axis)
+    fn = jax.shard_map(local, in_specs=(P(), P(), P(), data, P()), out_specs=P(), axis_names={sync.axis},
+                       check_vma=False)
+    loss, metrics, updates, grads, obs, sync_state = fn(view, state.model_state, state.sync_state, batch, rng)
+    return loss, metrics, updates, prec.decode_grads(grads), obs, sync_state
+
   def step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params):
-      return task.loss({"params": params, **state.model_state}, batch, rng)
-
-    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    loss, metrics, updates, grads, obs, sync_state = gradients(state, batch, rng)
+    out, opt_state = tx.update(grads, state.opt_state, prec.view(state.params))
+    params = prec.apply(state.params, out)
+    model_state = {**state.model_state, **updates}
+    for name, update in task.observed.items():
+      if name in obs:
+        model_state[name] = update(state.model_state[name], obs[name])
     metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
     if schedule is not None:
       metrics["learning_rate"] = schedule(state.step)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state={**state.model_state, **model_state})
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
+                              sync_state=sync_state)
     return new_state, metrics
   return step
 
 
 def make_eval_step(task: Task):
   def step(state: TrainState, batch: dict):
-    return task.eval_sums({"params": state.params, **state.model_state}, batch)
+    return task.eval_sums({"params": task.precision.view(state.params), **state.model_state}, batch)
   return step

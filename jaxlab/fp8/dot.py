@@ -1,0 +1,166 @@
+"""FP8 `dot_general` with a custom VJP, and the Flax module models inject as `dot_general_cls`.
+
+Forward: both operands in E4M3, GEMM accumulated in float32. Backward: the output gradient
+in E5M2; both backward GEMMs (input gradient g.W^T and weight gradient x^T.g) take FP8
+operands too. Operands enter each GEMM as `convert(fp8) * scalar scale`, the dequantize
+pattern XLA's GPU GEMM rewriter fuses into a cuBLASLt FP8 matmul with scale arguments.
+
+Recipes (`Recipe.scaling`):
+  delayed  per-tensor scales from an amax history of past steps (FP8-LM, Transformer Engine)
+  current  per-tensor scales from this step's amax
+  block    one scale per 1 x block activation tile and block x block weight tile (DeepSeek-V3),
+           FP32 accumulation per K-block; Dense-shaped contractions only
+
+Scale state. Delayed scaling keeps three amax histories per GEMM (input, kernel, output
+gradient) in the `fp8_meta` variable collection. The output-gradient amax is only known in
+the backward pass, so the histories enter the custom VJP as inputs and their "cotangent" is
+this step's observation: a vector that is zero except slot 0, which holds the amax. The train
+step turns observations into new histories with `update_meta` (pure, inside the jitted step;
+no Python state). Observations combine by max across microbatches and data shards (the step
+does this), and scanned layers each own a slice of the collection, so nn.scan and remat see
+ordinary inputs and outputs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxlab.fp8 import formats
+from jaxlab.fp8.formats import E4M3, E5M2
+
+COLLECTION = "fp8_meta"
+SCALINGS = ("delayed", "current", "block")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  scaling: str = "delayed"
+  history: int = 16          # amax history length (delayed)
+  margin: int = 0            # scale = amax * 2**margin / fmax
+  power_of_two: bool = False  # MS-AMP-style power-of-two scales
+  block: int = 128           # tile size (block)
+
+  def __post_init__(self):
+    if self.scaling not in SCALINGS:
+      raise ValueError(f"fp8.scaling={self.scaling!r} is not one of {SCALINGS}")
+
+
+def _scale(recipe: Recipe, history, x, dtype):
+  """Delayed: from the history of past steps (1.0 before any was recorded); current: from x."""
+  a = jnp.max(history) if recipe.scaling == "delayed" else formats.amax(x)
+  return formats.scale_for(a, dtype, recipe.margin, recipe.power_of_two)
+
+
+def _observation(history, value):
+  return jnp.zeros_like(history).at[0].set(value)
+
+
+def _dq(q, s, dtype):
+  return q.astype(dtype) * s.astype(dtype)
+
+
+def _fwd(x, w, meta, dims, recipe):
+  hx, hw, hg = meta if meta else (None, None, None)
+  cd = x.dtype
+  sx, sw = _scale(recipe, hx, x, E4M3), _scale(recipe, hw, w, E4M3)
+  qx, qw = formats.quantize(x, E4M3, sx), formats.quantize(w, E4M3, sw)
+  y = lax.dot_general(_dq(qx, sx, cd), _dq(qw, sw, cd), dims, preferred_element_type=jnp.float32)
+  res = (qx, qw, sx, sw, hg, formats.amax(x), formats.amax(w), meta)
+  return y.astype(cd), res
+
+
+def _bwd(dims, recipe, res, g):
+  qx, qw, sx, sw, hg, ax, aw, meta = res
+  cd = g.dtype
+  sg = _scale(recipe, hg, g, E5M2)
+  qg = formats.quantize(g, E5M2, sg)
+  # Both backward GEMMs are the transposes of the forward one, on FP8 operands.
+  _, vjp = jax.vjp(lambda a, b: lax.dot_general(a, b, dims, preferred_element_type=jnp.float32),
+                   _dq(qx, sx, cd), _dq(qw, sw, cd))
+  dx, dw = vjp(_dq(qg, sg, cd))
+  if meta:
+    hx, hw, _ = meta
+    obs = (_observation(hx, ax), _observation(hw, aw), _observation(hg, formats.amax(g)))
+  else:
+    obs = ()
+  return dx.astype(cd), dw.astype(cd), obs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def fp8_dot_general(x, w, meta, dims, recipe: Recipe):
+  """x . w per `dims` with per-tensor FP8 scaling; `meta` = (x, kernel, grad) amax
+  histories for delayed scaling, () for current scaling."""
+  return _fwd(x, w, meta, dims, recipe)[0]
+
+
+fp8_dot_general.defvjp(lambda x, w, meta, dims, recipe: _fwd(x, w, meta, dims, recipe), _bwd)
+
+
+# ------------------------------------------------------------------------- block scaling
+
+def _check_dense(x, w, dims):
+  (lc, rc), (lb, rb) = dims
+  if lb or rb or tuple(lc) != (x.ndim - 1,) or tuple(rc) != (0,) or w.ndim != 2:
+    raise ValueError(f"block scaling supports Dense-shaped contractions (x[..., K] . w[K, N]); got {dims}")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def block_dense(x, w, block: int, dims):
+  return _block_fwd(x, w, block, dims)[0]
+
+
+def _block_fwd(x, w, block, dims):
+  _check_dense(x, w, dims)
+  x2 = x.reshape(-1, x.shape[-1])
+  y = formats.block_dot(x2, w, E4M3, E4M3, block, b_cols=block)
+  return y.reshape(x.shape[:-1] + (w.shape[1],)).astype(x.dtype), (x2, w, x.shape)
+
+
+def _block_bwd(block, dims, res, g):
+  x2, w, x_shape = res
+  g2 = g.reshape(-1, g.shape[-1])
+  dx = formats.block_dot(g2, w.T, E5M2, E4M3, block, b_cols=block)     # 1 x block tiles of g along N
+  dw = formats.block_dot(x2.T, g2, E4M3, E5M2, block, b_cols=1)        # block x 1 tiles along tokens
+  return dx.reshape(x_shape).astype(g.dtype), dw.astype(w.dtype)
+
+
+block_dense.defvjp(_block_fwd, _block_bwd)
+
+
+# ---------------------------------------------------------------------- the Flax module
+
+def update_meta(meta, observations):
+  """New amax histories: shift each history by one and record this step's amax in slot 0.
+  A non-finite observation (an overflowing step) is not recorded."""
+  def one(history, obs):
+    amax = obs[..., :1]
+    shifted = jnp.concatenate([amax, history[..., :-1]], axis=-1)
+    return jnp.where(jnp.isfinite(amax), shifted, history)
+  return jax.tree.map(one, meta, observations)
+
+
+class Fp8DotGeneral(nn.Module):
+  """Drop-in `dot_general` for flax Dense (`dot_general_cls=functools.partial(Fp8DotGeneral,
+  recipe=...)`)."""
+  recipe: Recipe = Recipe()
+
+  @nn.compact
+  def __call__(self, x, w, dimension_numbers, precision=None, preferred_element_type=None):
+    del precision, preferred_element_type  # FP8 sets both
+    r = self.recipe
+    if r.scaling == "block":
+      return block_dense(x, w, r.block, dimension_numbers)
+    meta = ()
+    if r.scaling == "delayed":
+      zeros = lambda: jnp.zeros((r.history,), jnp.float32)
+      meta = tuple(self.variable(COLLECTION, f"{n}_amax_history", zeros).value for n in ("input", "kernel", "grad"))
+    return fp8_dot_general(x, w, meta, dimension_numbers, r)
+
+
+def dot_general_cls(recipe: Recipe):
+  return functools.partial(Fp8DotGeneral, recipe=recipe)

@@ -1,0 +1,131 @@
+"""FP8/FP16 storage formats with scales: quantize = scale, clip, cast.
+
+Convention: a quantized tensor `q` with scale `s` stands for `q * s`; quantizing `x` stores
+`cast(clip(x / s))`. With `s = amax / fmax` the largest magnitude lands on the format's
+largest finite value. Clipping comes before the cast because casting an out-of-range value
+to float8_e4m3fn gives NaN, not saturation; +-inf saturate to +-fmax, NaN stays NaN (so the
+loop's non-finite guard still sees it).
+
+`ScaledTensor` is a pytree (data, scale) for tensors kept in a narrow format between steps
+(FP8 weight gradients, Adam moments, O3 weights and master weights). Its scale is per
+tensor; for parameters stacked over layers (`.../layers/...`) "per tensor" means per layer,
+so the scale has shape (L, 1, ...).
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+
+E4M3 = jnp.float8_e4m3fn   # weights and activations, max 448
+E5M2 = jnp.float8_e5m2     # output gradients, max 57344
+FORMATS = {"e4m3": E4M3, "e5m2": E5M2, "float16": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float32}
+
+
+def fmax(dtype) -> float:
+  return float(ml_dtypes.finfo(dtype).max)
+
+
+def quantize(x: jax.Array, dtype, scale) -> jax.Array:
+  """cast(clip(x / scale)) in `dtype`; the division happens in float32."""
+  m = fmax(dtype)
+  return jnp.clip(x.astype(jnp.float32) / scale, -m, m).astype(dtype)
+
+
+def dequantize(q: jax.Array, scale, dtype=jnp.float32) -> jax.Array:
+  """q * scale computed in float32 (a tiny scale may not be representable in FP16), then cast."""
+  return (q.astype(jnp.float32) * scale).astype(dtype)
+
+
+def scale_for(amax, dtype, margin: int = 0, power_of_two: bool = False, fallback=1.0):
+  """The scale that maps `amax` to fmax(dtype) / 2**margin. A zero or non-finite amax keeps
+  `fallback`. Power-of-two scales (MS-AMP) round up, so amax still fits; they make
+  quantize/dequantize exact rescalings."""
+  amax = jnp.asarray(amax, jnp.float32)
+  s = amax * (2.0 ** margin) / fmax(dtype)
+  if power_of_two:
+    s = jnp.exp2(jnp.ceil(jnp.log2(jnp.where(s > 0, s, 1.0))))
+  ok = jnp.isfinite(amax) & (amax > 0)
+  return jnp.where(ok, s, jnp.asarray(fallback, jnp.float32))
+
+
+def amax(x: jax.Array, axes=None) -> jax.Array:
+  """max |x| over `axes` (all by default), ignoring NaN so one bad value cannot poison a
+  delayed-scaling history; +-inf still counts (and is then rejected by `scale_for`)."""
+  a = jnp.abs(x.astype(jnp.float32))
+  return jnp.max(jnp.where(jnp.isnan(a), 0.0, a), axis=axes, keepdims=axes is not None)
+
+
+@flax.struct.dataclass
+class ScaledTensor:
+  """`data` in a narrow dtype and the float32 `scale` it is multiplied by."""
+  data: jax.Array
+  scale: jax.Array
+
+  @property
+  def shape(self):
+    return self.data.shape
+
+  @property
+  def dtype(self):
+    return self.data.dtype
+
+  def dequantize(self, dtype=jnp.float32) -> jax.Array:
+    return dequantize(self.data, self.scale, dtype)
+
+
+def tensor_axes(x, stacked: bool) -> tuple[int, ...]:
+  """Axes one scale covers: all of them, or all but the leading layer axis."""
+  return tuple(range(1 if stacked and x.ndim > 1 else 0, x.ndim))
+
+
+def to_scaled(x: jax.Array, dtype, stacked: bool = False, margin: int = 0, power_of_two: bool = False) -> ScaledTensor:
+  """Per-tensor (per-layer when stacked) current scaling of `x` into `dtype`."""
+  s = scale_for(amax(x, tensor_axes(x, stacked)), dtype, margin, power_of_two)
+  return ScaledTensor(quantize(x, dtype, s), s)
+
+
+def is_scaled(x) -> bool:
+  return isinstance(x, ScaledTensor)
+
+
+def nbytes_per_element(dtype) -> int:
+  return np.dtype(dtype).itemsize
+
+
+# ---------------------------------------------------------------- block scaling (DeepSeek-V3)
+
+def _pad_to(x: jax.Array, axis: int, multiple: int) -> jax.Array:
+  pad = (-x.shape[axis]) % multiple
+  if not pad:
+    return x
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (0, pad)
+  return jnp.pad(x, widths)
+
+
+def block_dot(a: jax.Array, b: jax.Array, dtype_a, dtype_b, block: int, b_cols: int) -> jax.Array:
+  """a (M, K) @ b (K, N) with fine-grained scales and FP32 accumulation per block.
+
+  `a` gets one scale per row and K-block of `block` (a 1 x block tile); `b` one scale per
+  K-block and group of `b_cols` columns (block x block for a weight, block x 1 for an
+  activation). Each K-block's partial product is accumulated in float32 and multiplied by
+  its two scales before the sum over blocks, as DeepSeek-V3 promotes partial sums to FP32.
+  Dimensions that are not multiples are zero-padded (zeros change neither sums nor amax).
+  """
+  m, n = a.shape[0], b.shape[1]
+  a = _pad_to(a, 1, block)
+  b = _pad_to(_pad_to(b, 0, block), 1, b_cols)
+  kb = a.shape[1] // block
+  a3 = a.reshape(m, kb, block)
+  sa = scale_for(amax(a3, (2,)), dtype_a)                                   # (M, KB, 1)
+  qa = quantize(a3, dtype_a, sa)
+  b4 = b.reshape(kb, block, b.shape[1] // b_cols, b_cols)
+  sb = scale_for(amax(b4, (1, 3)), dtype_b)                                 # (KB, 1, NB, 1)
+  qb = quantize(b4, dtype_b, sb)
+  partial = jnp.einsum("mkc,kcnd->mknd", qa.astype(jnp.float32), qb.astype(jnp.float32),
+                       preferred_element_type=jnp.float32)                 # (M, KB, NB, b_cols)
+  out = jnp.sum(partial * sa[..., None] * sb[:, 0][None], axis=1)           # (M, NB, b_cols)
+  return out.reshape(m, -1)[:, :n]

@@ -1,0 +1,154 @@
+"""FP8-LM's levels as storage formats, and an AdamW whose moments and master weights live
+in them (an optax GradientTransformation).
+
+| level | GEMM | weight | weight grad | master | Adam m | Adam v |
+| none  | BF16 | BF16   | BF16        | FP32   | FP32   | FP32   |
+| O1    | FP8  | FP16   | FP8 (E4M3)  | -      | FP32   | FP32   |
+| O2    | FP8  | FP16   | FP8 (E4M3)  | -      | FP8    | FP16   |
+| O3    | FP8  | FP8    | FP8 (E4M3)  | FP16   | FP8    | FP16   |
+
+Narrow tensors carry a per-tensor (per-layer for stacked parameters) scale. The formats
+apply to matrices (kernels and embeddings, >99% of a GPT's parameters); biases and LayerNorm
+vectors stay FP32 with FP32 moments, as in MS-AMP.
+
+The optimizer returns the next *stored* parameters rather than additive updates: with FP16
+or FP8 weights, `w + u` must be computed in FP32 from the master (or the FP16 weight) and
+rounded once. `precision(level)` gives the train step the matching store/view/wire/apply
+functions (see train/state.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxlab.fp8 import formats
+from jaxlab.fp8.formats import E4M3, ScaledTensor
+from jaxlab.sharding import path_name
+from jaxlab.train.state import Precision
+
+F32, F16, BF16 = jnp.float32, jnp.float16, jnp.bfloat16
+
+
+@dataclasses.dataclass(frozen=True)
+class Level:
+  gemm_fp8: bool
+  weight: Any
+  grad: Any
+  master: Any   # None: the weights are the master copy
+  m: Any
+  v: Any
+
+
+LEVELS = {
+    "none": Level(gemm_fp8=False, weight=BF16, grad=BF16, master=F32, m=F32, v=F32),
+    "O1": Level(gemm_fp8=True, weight=F16, grad=E4M3, master=None, m=F32, v=F32),
+    "O2": Level(gemm_fp8=True, weight=F16, grad=E4M3, master=None, m=E4M3, v=F16),
+    "O3": Level(gemm_fp8=True, weight=E4M3, grad=E4M3, master=F16, m=E4M3, v=F16),
+}
+NARROW = (E4M3, F16)  # stored with a scale; BF16/FP32 have the range to go without
+
+
+def get_level(name: str) -> Level:
+  if name not in LEVELS:
+    raise ValueError(f"fp8.level={name!r} is not one of {sorted(LEVELS)}")
+  return LEVELS[name]
+
+
+def is_matrix(name: str) -> bool:
+  return name.rsplit("/", 1)[-1] in ("kernel", "embedding")
+
+
+def _stacked(name: str) -> bool:
+  return "/layers/" in f"/{name}/"
+
+
+def encode(x, dtype, name: str):
+  """x (float) -> `dtype` storage: a ScaledTensor for narrow formats, a cast otherwise."""
+  if dtype in NARROW:
+    return formats.to_scaled(x, dtype, stacked=_stacked(name))
+  return x.astype(dtype)
+
+
+def decode(x, dtype=F32):
+  return x.dequantize(dtype) if isinstance(x, ScaledTensor) else x.astype(dtype)
+
+
+def _map(fn, tree, *rest):
+  """tree_map with the parameter name, treating ScaledTensor as a leaf."""
+  return jax.tree_util.tree_map_with_path(lambda p, x, *r: fn(path_name(p), x, *r), tree, *rest,
+                                          is_leaf=formats.is_scaled)
+
+
+def decode_tree(tree, dtype=F32):
+  return jax.tree.map(lambda x: decode(x, dtype), tree, is_leaf=formats.is_scaled)
+
+
+class ScaledAdamState(NamedTuple):
+  count: jax.Array
+  mu: Any
+  nu: Any
+  master: Any  # () when the level has no master copy
+
+
+def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2=0.999, eps=1e-8,
+                 weight_decay=0.0) -> optax.GradientTransformation:
+  """AdamW with m, v and master weights in `level`'s formats; `update` returns the next
+  stored parameters (see the module docstring). Gradients may arrive as ScaledTensors.
+  Weight decay applies to kernels and embeddings only, as `train.optim.decay_mask`."""
+  fmt = lambda name, dtype: dtype if is_matrix(name) else F32
+
+  def init(params):
+    zeros = lambda name, p, dtype: encode(jnp.zeros(p.shape, F32), fmt(name, dtype), name)
+    master = _map(lambda n, p: encode(decode(p), fmt(n, level.master), n), params) if level.master is not None else ()
+    return ScaledAdamState(count=jnp.zeros((), jnp.int32),
+                           mu=_map(lambda n, p: zeros(n, p, level.m), params),
+                           nu=_map(lambda n, p: zeros(n, p, level.v), params), master=master)
+
+  def update(grads, state, params):
+    count = state.count + 1
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    c1, c2 = 1 - b1 ** count.astype(F32), 1 - b2 ** count.astype(F32)
+    base = state.master if level.master is not None else params
+
+    def one(name, g, m, v, w):
+      g = decode(g)
+      m32 = b1 * decode(m) + (1 - b1) * g
+      v32 = b2 * decode(v) + (1 - b2) * g * g
+      w32 = decode(w)
+      step = (m32 / c1) / (jnp.sqrt(v32 / c2) + eps)
+      if is_matrix(name):
+        step = step + weight_decay * w32
+      return encode(m32, fmt(name, level.m), name), encode(v32, fmt(name, level.v), name), w32 - lr * step
+
+    results = _map(one, grads, state.mu, state.nu, base)
+    is_triple = lambda x: isinstance(x, tuple) and len(x) == 3
+    pick = lambda i: jax.tree.map(lambda t: t[i], results, is_leaf=is_triple)
+    mu, nu, new = pick(0), pick(1), pick(2)
+    master = _map(lambda n, x: encode(x, fmt(n, level.master), n), new) if level.master is not None else ()
+    stored = _map(lambda n, x: encode(x, fmt(n, level.weight), n), new)
+    return stored, ScaledAdamState(count=count, mu=mu, nu=nu, master=master)
+
+  return optax.GradientTransformation(init, update)
+
+
+def precision(level: Level) -> Precision:
+  """Storage and gradient formats of `level` for the train step (train/state.py)."""
+  compute = F16 if level.weight == E4M3 else level.weight  # O3's FP8 weights are used as FP16
+  return Precision(
+      store=lambda params: _map(lambda n, p: encode(p, level.weight if is_matrix(n) else F32, n), params),
+      view=lambda stored: _map(lambda n, p: decode(p, compute) if is_matrix(n) else p, stored),
+      encode_grads=lambda grads: _map(lambda n, g: encode(g, level.grad, n) if is_matrix(n) else g, grads),
+      decode_grads=decode_tree,
+      apply=lambda stored, new: new)
+
+
+def optimizer(level: Level, schedule: optax.Schedule, cfg) -> optax.GradientTransformation:
+  """Global-norm clipping (on the decoded gradients) then the scaled AdamW. `cfg` is the
+  trainers' optim config (b1, b2, eps, weight_decay, grad_clip)."""
+  return optax.chain(
+      optax.clip_by_global_norm(cfg.grad_clip) if cfg.grad_clip > 0 else optax.identity(),
+      scaled_adamw(level, schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay))
