@@ -14,6 +14,7 @@ from jaxlab.data import builtin, pipeline, text, tokenizer as tokenizer_lib
 from jaxlab.models import gpt
 from jaxlab.train import loop, optim
 from jaxlab.train.state import Task
+from jaxlab import fp8
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -30,8 +31,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model = dict(num_layers=4, d_model=128, num_heads=4, mlp_dim=0, max_len=256, tied_embeddings=True,
                  dropout=0.0, dtype="float32", remat=False)
   c.train = dict(seq_len=128, batch_size=16, steps=400, log_every=25, eval_every=200, eval_batches=0,
-                 checkpoint_every=200, keep_checkpoints=3, stop_after=0)
+                 checkpoint_every=200, keep_checkpoints=3, stop_after=0, grad_accum=1)
   c.learngene = dict(mode="none", gene_workdir="", b_std=0.02)  # TLEG for GPT blocks (see trainers/classify.py)
+  c.fp8 = fp8.default_config()  # FP8-LM levels; "fp32" = plain FP32 training
   c.optim = dict(learning_rate=3e-3, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95,
                  eps=1e-8, grad_clip=1.0)
   return c
@@ -74,6 +76,7 @@ def validate(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
   req(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r} is not one of {sorted(DTYPES)}")
   req(m.d_model % m.num_heads == 0, "model.num_heads", f"{m.num_heads} does not divide model.d_model={m.d_model}")
   req(t.seq_len <= m.max_len, "train.seq_len", f"{t.seq_len} exceeds model.max_len={m.max_len}")
+  fp8.validate(cfg, mesh)
 
 
 def lm_loss_sums(logits, batch):
@@ -121,7 +124,8 @@ def make_task(cfg, model: gpt.GPT, tok, data: text.TextData) -> Task:
       init=init, loss=loss, eval_sums=eval_sums, summarize=summarize,
       train_data=pipeline.lm_dataset(data.train, shuffle=True, num_epochs=None, **common),
       eval_data=lambda: pipeline.lm_dataset(data.validation, shuffle=False, num_epochs=1, **common),
-      units_per_batch=("tokens", t.batch_size * t.seq_len))
+      units_per_batch=("tokens", t.batch_size * t.seq_len), microbatches=t.grad_accum,
+      **fp8.task_options(cfg.fp8))
 
 
 def load_tokenizer(cfg, data: text.TextData, workdir: str):
@@ -162,9 +166,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
       print(f"data: {data.num_records} records; {rejected} rejected {dict(data.rejects)}"
             + (f" -> {data.rejects_path}" if rejected else ""), flush=True)
     tok = load_tokenizer(cfg, data, workdir)
-  model = gpt.GPT(model_config(cfg, len(tok)))
+  model = gpt.GPT(model_config(cfg, len(tok)), dot_general_cls=fp8.dot_general_for(cfg.fp8))
   schedule = optim.schedule(cfg.optim, cfg.train.steps)
-  summary = loop.run(cfg, workdir, make_task(cfg, model, tok, data), mesh, optim.adamw(cfg.optim, cfg.train.steps),
+  summary = loop.run(cfg, workdir, make_task(cfg, model, tok, data), mesh, fp8.optimizer_for(cfg, schedule),
                      schedule)
   summary["rejects"] = dict(data.rejects)
   summary["tokenizer"] = tok
