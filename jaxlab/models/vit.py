@@ -2,6 +2,10 @@
 blocks (the shared block, non-causal), final LayerNorm, average pooling over patches
 (no class token), linear head.
 
+CLIP's vision tower is the same module with `pool="cls"` (a class token whose final
+state is the image feature), `pre_norm=True` (a LayerNorm before the blocks), no patch
+bias and `quick_gelu`; `num_classes=0` returns the pooled features without a head.
+
 The patch embedding is a Dense on flattened patches (equal to a stride-p convolution),
 so it takes the injectable `dot_general_cls` like every other projection.
 """
@@ -32,6 +36,14 @@ class ViTConfig:
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   remat: bool = False
+  pool: str = "mean"          # "mean" over patches (TLEG) or "cls" (a class token, as CLIP)
+  pre_norm: bool = False      # LayerNorm "ln_pre" before the blocks (CLIP's pre_layrnorm)
+  patch_bias: bool = True
+  activation: str = "gelu"
+
+  def __post_init__(self):
+    if self.pool not in ("mean", "cls"):
+      raise ValueError(f"ViTConfig.pool={self.pool!r}: use 'mean' or 'cls'")
 
   @property
   def num_patches(self) -> int:
@@ -39,7 +51,7 @@ class ViTConfig:
 
   def block(self) -> BlockConfig:
     return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
-                       causal=False, pre_ln=True, activation="gelu", layer_norm_eps=self.layer_norm_eps,
+                       causal=False, pre_ln=True, activation=self.activation, layer_norm_eps=self.layer_norm_eps,
                        dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
 
 
@@ -69,15 +81,24 @@ class ViT(nn.Module):
   @nn.compact
   def __call__(self, images, deterministic: bool = True):
     cfg = self.cfg
-    x = nn.Dense(cfg.d_model, dtype=cfg.dtype, param_dtype=cfg.param_dtype, dot_general_cls=self.dot_general_cls,
-                 kernel_init=nn.initializers.lecun_normal(), name="patch")(patchify(images, cfg.patch_size))
-    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, cfg.num_patches, cfg.d_model),
+    x = nn.Dense(cfg.d_model, use_bias=cfg.patch_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                 dot_general_cls=self.dot_general_cls, kernel_init=nn.initializers.lecun_normal(),
+                 name="patch")(patchify(images, cfg.patch_size))
+    if cfg.pool == "cls":
+      cls = self.param("cls", nn.initializers.normal(0.02), (1, 1, cfg.d_model), cfg.param_dtype)
+      x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (x.shape[0], 1, cfg.d_model)), x], axis=1)
+    pos = self.param("pos_embedding", nn.initializers.normal(0.02), (1, x.shape[1], cfg.d_model),
                      cfg.param_dtype)
     x = nn.Dropout(cfg.dropout)(x + pos.astype(x.dtype), deterministic=deterministic)
+    if cfg.pre_norm:
+      x = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="ln_pre")(x)
     x = Stack(cfg.block(), cfg.num_layers, self.dot_general_cls, remat=cfg.remat, name="encoder")(
         x, None, deterministic)
     x = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="ln_f")(x)
-    x = jnp.mean(x, axis=1)  # average pooling, as the TLEG reference (no class token)
+    # average pooling as the TLEG reference, or the class token's state as CLIP
+    x = x[:, 0] if cfg.pool == "cls" else jnp.mean(x, axis=1)
+    if cfg.num_classes == 0:  # features only (a tower of a two-tower model)
+      return constrain(x.astype(jnp.float32), ("batch", "embed"))
     logits = nn.Dense(cfg.num_classes, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="head",
                       kernel_init=nn.initializers.normal(0.02), dot_general_cls=self.dot_general_cls)(x)
     return constrain(logits.astype(jnp.float32), ("batch", "classes"))
