@@ -12,15 +12,20 @@ and `optimizer_for` are all a trainer needs.
 """
 from __future__ import annotations
 
+import functools
+
 import ml_collections
 import optax
+from flax.linen import fp8_ops
 
 from jaxlab import config as config_lib
 from jaxlab.fp8 import comm, dot, formats, memory, optim as fp8_optim
 from jaxlab.fp8.dot import Recipe
 from jaxlab.train import optim
 
-LEVEL_NAMES = ("fp32",) + tuple(fp8_optim.LEVELS)   # fp32: no mixed precision at all
+# fp32: no mixed precision at all; flax: the peer, flax.linen.fp8_ops (FP8 GEMM inputs with
+# delayed scaling, everything else as BF16 mixed precision "none").
+LEVEL_NAMES = ("fp32",) + tuple(fp8_optim.LEVELS) + ("flax",)
 
 
 def default_config() -> dict:
@@ -50,7 +55,9 @@ def recipe(f) -> Recipe:
 
 
 def dot_general_for(f):
-  """The models' `dot_general_cls`: FP8 GEMMs for O1/O2/O3, the default otherwise."""
+  """The models' `dot_general_cls`: FP8 GEMMs for O1/O2/O3 (and flax's for the peer)."""
+  if f.level == "flax":
+    return functools.partial(fp8_ops.Fp8DirectDotGeneralOp, amax_history_length=f.history)
   return dot.dot_general_cls(recipe(f)) if f.level in ("O1", "O2", "O3") else None
 
 
@@ -58,6 +65,9 @@ def task_options(f) -> dict:
   """Task fields (train/state.py) for the level: storage formats, amax observations, sync."""
   if f.level == "fp32":
     return {}
+  if f.level == "flax":  # flax returns the new scale state as the state's "gradient"
+    return dict(precision=fp8_optim.precision(fp8_optim.LEVELS["none"]),
+                observed={fp8_ops.OVERWRITE_WITH_GRADIENT: lambda old, new: new})
   return dict(precision=fp8_optim.precision(fp8_optim.get_level(f.level)),
               observed={dot.COLLECTION: dot.update_meta} if f.level != "none" and f.scaling == "delayed" else {},
               grad_sync=comm.fp8_grad_sync() if f.comm else None)
@@ -66,7 +76,8 @@ def task_options(f) -> dict:
 def optimizer_for(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
   if cfg.fp8.level == "fp32":
     return optim.adamw(cfg.optim, cfg.train.steps)
-  return fp8_optim.optimizer(fp8_optim.get_level(cfg.fp8.level), schedule, cfg.optim)
+  level = "none" if cfg.fp8.level == "flax" else cfg.fp8.level
+  return fp8_optim.optimizer(fp8_optim.get_level(level), schedule, cfg.optim)
 
 
 __all__ = ["Recipe", "comm", "dot", "formats", "memory", "fp8_optim", "default_config", "validate",
