@@ -7,28 +7,47 @@ the same tokenizer and data order (same seed, same data config, same batches).
   python -m jaxlab.scalingfilter score --small runs/sf/small --large runs/sf/large \
       --input ../shared/data/text/pile_sample.jsonl --text-field contents --output runs/sf/scores.jsonl
 
-Data: Shakespeare + Pride and Prejudice from ../shared/data, or `:small,builtin` /
-`:large,builtin` for the pydoc corpus on a fresh machine.
+The argument is `SIZE[,SOURCE[,SCALE]]`:
+  SIZE    small | large
+  SOURCE  '' : Shakespeare + Pride and Prejudice from ../shared/data
+          builtin : the pydoc corpus (a fresh machine, no ../shared)
+          clean : the experiment's clean corpus: Shakespeare, Pride and Prejudice, the 20
+                  CCNet head-bucket CommonCrawl documents (../shared) and the pydoc prose,
+                  10% held out (the validation split) for the selector experiment's eval
+  SCALE   '' : the default sizes | cpu : the 2-core sizes of bench/scalingfilter_experiment.py
 """
 from jaxlab.trainers import lm
 
+SHARED = ("shared:text/tinyshakespeare.txt", "shared:text/pride_and_prejudice.txt")
+CLEAN = SHARED + ("shared:text/cc_en_head-0091.jsonl", "shared:text/cc_en_head-0174.jsonl",
+                  "builtin:pydoc_topics")
+
 
 def get_config(arg=None):
-  size, _, source = (arg or "small").partition(",")
+  size, source, scale = ((arg or "small").split(",") + ["", ""])[:3]
   c = lm.default_config()
   if source == "builtin":
     c.data.files = ("builtin:pydoc_topics",)
   elif source == "":
-    c.data.files = ("shared:text/tinyshakespeare.txt", "shared:text/pride_and_prejudice.txt")
+    c.data.files = SHARED
+  elif source == "clean":
+    c.data.files = CLEAN
+    c.data.validation_fraction = 0.1
   else:
-    raise ValueError(f"unknown data source {source!r}; use '' (../shared) or 'builtin'")
-  c.tokenizer.vocab_size = 8192
-  if size == "small":
-    c.model.update(num_layers=2, d_model=128, num_heads=4)
-  elif size == "large":
-    c.model.update(num_layers=6, d_model=256, num_heads=8)
-  else:
+    raise ValueError(f"unknown data source {source!r}; use '' (../shared), 'builtin' or 'clean'")
+  if size not in ("small", "large"):
     raise ValueError(f"unknown meta-model size {size!r}; use small or large")
-  c.train.update(seq_len=128, batch_size=16, steps=1500, eval_every=500, checkpoint_every=500)
+  if scale == "":
+    c.tokenizer.vocab_size = 8192
+    c.model.update(num_layers=2, d_model=128, num_heads=4) if size == "small" else \
+        c.model.update(num_layers=6, d_model=256, num_heads=8)
+    c.train.update(seq_len=128, batch_size=16, steps=1500, eval_every=500, checkpoint_every=500)
+  elif scale == "cpu":
+    c.tokenizer.vocab_size = 4096
+    c.model.update(num_layers=1, d_model=64, num_heads=2, max_len=128) if size == "small" else \
+        c.model.update(num_layers=4, d_model=128, num_heads=4, max_len=128)
+    c.train.update(seq_len=128, batch_size=16, steps=400, eval_every=400, checkpoint_every=400, log_every=50)
+  else:
+    raise ValueError(f"unknown scale {scale!r}; use '' or cpu")
   c.lock()
   return c
