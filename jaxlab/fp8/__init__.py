@@ -21,7 +21,7 @@ from flax.linen import fp8_ops
 from jaxlab import config as config_lib
 from jaxlab.fp8 import comm, dot, formats, memory, optim as fp8_optim
 from jaxlab.fp8.dot import Recipe
-from jaxlab.train import optim
+from jaxlab.train import optim as train_optim
 
 # fp32: no mixed precision at all; flax: the peer, flax.linen.fp8_ops (FP8 GEMM inputs with
 # delayed scaling, everything else as BF16 mixed precision "none").
@@ -75,7 +75,7 @@ def task_options(f) -> dict:
 
 def optimizer_for(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
   if cfg.fp8.level == "fp32":
-    return optim.adamw(cfg.optim, cfg.train.steps)
+    return train_optim.adamw(cfg.optim, cfg.train.steps)
   level = "none" if cfg.fp8.level == "flax" else cfg.fp8.level
   return fp8_optim.optimizer(fp8_optim.get_level(level), schedule, cfg.optim)
 

@@ -84,23 +84,35 @@ def fp8_grad_sync(axis: str = "data") -> GradSync:
 
 # --------------------------------------------------------------- what a program moves
 
-_COLLECTIVE = re.compile(
-    r"=\s*(?P<types>\(?[a-z0-9\[\]{}, ]+?\)?)\s+(?P<op>all-reduce|all-gather|all-to-all|reduce-scatter|"
-    r"collective-permute)(?:-start)?\(")
-_SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+_OP = re.compile(r"\b(all-reduce|all-gather|all-to-all|reduce-scatter|collective-permute)(?:-start)?\(")
+_SHAPE = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "f8e4m3fn": 1, "f8e5m2": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2,
           "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
 
 
 def collectives(hlo_text: str) -> list[tuple[str, str, int]]:
-  """(op, element type, bytes of its result per device) for every collective in optimized HLO."""
+  """(op, element type, element count of its result per device) for every collective in
+  optimized HLO text (tuple results count each element)."""
   found = []
-  for match in _COLLECTIVE.finditer(hlo_text):
-    for dtype, dims in _SHAPE.findall(match.group("types")):
-      if dtype not in _BYTES:
-        continue
-      count = 1
-      for d in filter(None, dims.split(",")):
-        count *= int(d)
-      found.append((match.group("op"), dtype, count * _BYTES[dtype]))
+  for line in hlo_text.splitlines():
+    match = _OP.search(line)
+    if not match or " = " not in line[:match.start()]:
+      continue
+    types = line[line.index(" = ") + 3:match.start()]
+    for dtype, dims in _SHAPE.findall(types):
+      if dtype in _BYTES:
+        count = 1
+        for d in filter(None, dims.split(",")):
+          count *= int(d)
+        found.append((match.group(1), dtype, count))
   return found
+
+
+def wire_bytes(op: str, dtype: str, count: int, n: int, as_dtype: str | None = None) -> float:
+  """Bytes one device sends for a collective over n devices (ring algorithms): an all-reduce
+  sends 2(n-1)/n of its data, an all-gather or all-to-all (n-1)/n of its result. `as_dtype`
+  prices the elements in another type (CPU XLA widens BF16 reductions to F32)."""
+  size = count * _BYTES[as_dtype or dtype]
+  factor = {"all-reduce": 2 * (n - 1) / n, "all-gather": (n - 1) / n, "all-to-all": (n - 1) / n,
+            "reduce-scatter": n - 1, "collective-permute": 1.0}[op]
+  return factor * size

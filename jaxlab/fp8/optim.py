@@ -100,10 +100,13 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
   stored parameters (see the module docstring). Gradients may arrive as ScaledTensors.
   Weight decay applies to kernels and embeddings only, as `train.optim.decay_mask`."""
   fmt = lambda name, dtype: dtype if is_matrix(name) else F32
+  # Only matrices have a separate master copy; FP32 vectors are their own (an empty placeholder
+  # keeps the trees aligned).
+  _master = lambda name, x: encode(x, level.master, name) if is_matrix(name) else jnp.zeros((0,), F32)
 
   def init(params):
     zeros = lambda name, p, dtype: encode(jnp.zeros(p.shape, F32), fmt(name, dtype), name)
-    master = _map(lambda n, p: encode(decode(p), fmt(n, level.master), n), params) if level.master is not None else ()
+    master = _map(lambda n, p: _master(n, decode(p)), params) if level.master is not None else ()
     return ScaledAdamState(count=jnp.zeros((), jnp.int32),
                            mu=_map(lambda n, p: zeros(n, p, level.m), params),
                            nu=_map(lambda n, p: zeros(n, p, level.v), params), master=master)
@@ -112,7 +115,8 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
     count = state.count + 1
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     c1, c2 = 1 - b1 ** count.astype(F32), 1 - b2 ** count.astype(F32)
-    base = state.master if level.master is not None else params
+    base = (_map(lambda n, m, p: m if is_matrix(n) else p, state.master, params) if level.master is not None
+            else params)
 
     def one(name, g, m, v, w):
       g = decode(g)
@@ -128,7 +132,7 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
     is_triple = lambda x: isinstance(x, tuple) and len(x) == 3
     pick = lambda i: jax.tree.map(lambda t: t[i], results, is_leaf=is_triple)
     mu, nu, new = pick(0), pick(1), pick(2)
-    master = _map(lambda n, x: encode(x, fmt(n, level.master), n), new) if level.master is not None else ()
+    master = _map(_master, new) if level.master is not None else ()
     stored = _map(lambda n, x: encode(x, fmt(n, level.weight), n), new)
     return stored, ScaledAdamState(count=count, mu=mu, nu=nu, master=master)
 
