@@ -23,11 +23,11 @@ def get_config(arg=None):
     if part == "tiny":
       c.data.update(num_train=240, num_test=120, hpir_queries=20, hpir_set_size=2)
       c.model.update(image_layers=1, text_layers=1, d_model=32, embed_dim=32, max_len=16)
-      c.pretrain.train.update(batch_size=32, steps=6)
-      c.aesthetic.train.update(batch_size=32, steps=4)
+      c.pretrain.train.update(batch_size=32, steps=2)
+      c.aesthetic.train.update(batch_size=32, steps=2)
       c.aesthetic.update(hidden=(16,), dropout=(0.0,))
       c.preferences.update(rounds=1, gallery=120, top_k=8, u=2, v=2, stride=2)
-      c.dpo.train.update(batch_size=8, steps=4)
+      c.dpo.train.update(batch_size=8, steps=2)
       c.dpo.contrastive_batch = 16
       c.eval.batch_size = 64
     elif part == "no_rephrase":

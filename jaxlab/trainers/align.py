@@ -3,12 +3,14 @@
 Stages (each under the workdir; the training stages go through the shared loop, so they
 checkpoint, resume and skip when finished):
   pretrain/     contrastive pretraining of the two-tower model on captioned images
-  aesthetic/    the aesthetic MLP on the pretrained (frozen) image embeddings, MSE to ratings
+  aesthetic/    the aesthetic MLP on the pretrained model's image embeddings, MSE to ratings
   preferences   plain queries -> rephrased (rephrase.backend / style, cached in rephrase_cache/)
                 -> top-K from a random gallery per round -> re-rank by relevance (pretrained
                 model, original query) and aesthetics (the MLP) -> u x v grid -> pairs;
                 stored as a tfds dataset in preferences/
-  finetune/     ranked DPO against the frozen pretrained model (+ lambda * contrastive), or
+  finetune/     ranked DPO against the frozen pretrained model (+ lambda * contrastive; the
+                reference's log-probabilities over each record's fixed candidates are
+                constant, so they are computed once with the preferences and stored), or
                 dpo.objective=sft: contrastive fine-tuning on each query's top preferred image
   report.json   HPIR accuracy (plain, confidence-weighted), recall@1/5, the mean true
                 aesthetic of the top results, and the order-consistent aesthetic judge,
@@ -229,30 +231,30 @@ def aesthetic_model(cfg) -> aesthetic_lib.AestheticMLP:
   return aesthetic_lib.AestheticMLP(tuple(a.hidden), tuple(a.dropout), a.activation)
 
 
-def aesthetic_task(cfg, mcfg, train, frozen) -> Task:
-  mlp, tower = aesthetic_model(cfg), tt.TwoTower(mcfg)
+def aesthetic_task(cfg, mcfg, train, embeddings) -> Task:
+  """The MLP on the pretrained model's (fixed) image embeddings, MSE to the ratings."""
+  mlp = aesthetic_model(cfg)
 
   def init(rng):
-    return {"params": mlp.init(rng, jnp.zeros((1, mcfg.embed_dim)))["params"],
-            "frozen": jax.tree.map(jnp.asarray, frozen)}
+    return {"params": mlp.init(rng, jnp.zeros((1, mcfg.embed_dim)))["params"]}
 
   def loss(variables, batch, rng):
-    emb = jax.lax.stop_gradient(tt.embed_images(tower, variables["frozen"], batch["images"]))
-    value = aesthetic_lib.mse_loss(mlp, variables["params"], emb, batch["rating"], rng)
+    value = aesthetic_lib.mse_loss(mlp, variables["params"], batch["embeddings"], batch["rating"], rng)
     return value, ({}, {})
 
-  rows = Rows(images=train["images"], rating=train["rating"])
+  rows = Rows(embeddings=embeddings, rating=train["rating"])
   return Task(init=init, loss=loss, eval_sums=None, summarize=None, eval_data=None,
               train_data=_repeat(rows, cfg.seed + 1, cfg.aesthetic.train.batch_size),
               units_per_batch=("images", cfg.aesthetic.train.batch_size))
 
 
-def finetune_task(cfg, mcfg, train, prefs, reference, tok) -> Task:
+def finetune_task(cfg, mcfg, train, prefs, init_params, tok) -> Task:
   """Ranked DPO (or SFT on the top preferred image) + lambda * contrastive on train pairs."""
   model, d = tt.TwoTower(mcfg), cfg.dpo
   q_tokens, q_mask = testbed_lib.encode(tok, [testbed_lib._text(prefs[i]["query"]) for i in range(len(prefs))],
                                         mcfg.text.max_len)
   candidates = np.stack([prefs[i]["candidates"] for i in range(len(prefs))])
+  ref_logp = np.stack([prefs[i]["ref_logp"] for i in range(len(prefs))])
   pairs = np.asarray(prefs[0]["pairs"])
   images = train["images"]
   n_pair = d.contrastive_batch // d.train.batch_size or 1
@@ -260,6 +262,7 @@ def finetune_task(cfg, mcfg, train, prefs, reference, tok) -> Task:
   def example(i, rec):
     j = np.random.default_rng([cfg.seed, i]).integers(0, len(images), n_pair)  # contrastive pairs, by index
     return {"q_tokens": q_tokens[rec], "q_mask": q_mask[rec], "cand_images": images[candidates[rec]],
+            "ref_logp": ref_logp[rec],
             "pairs": pairs, "images": images[j], "tokens": train["tokens"][j], "mask": train["mask"][j]}
 
   ds = grain.MapDataset.range(len(prefs)).shuffle(seed=cfg.seed + 2).repeat(None).map_with_index(example)
@@ -268,31 +271,29 @@ def finetune_task(cfg, mcfg, train, prefs, reference, tok) -> Task:
 
   def init(rng):
     del rng
-    return {"params": jax.tree.map(jnp.asarray, reference), "reference": jax.tree.map(jnp.asarray, reference)}
+    return {"params": jax.tree.map(jnp.asarray, init_params)}
 
-  def log_probs(params, batch):
-    b, n = batch["cand_images"].shape[:2]
-    q = tt.embed_texts(model, params, batch["q_tokens"], batch["q_mask"])
-    c = tt.embed_images(model, params, batch["cand_images"].reshape((b * n,) + batch["cand_images"].shape[2:]))
-    return q, c.reshape(b, n, -1), dpo_lib.candidate_log_probs(q, c.reshape(b, n, -1), jnp.exp(params["logit_scale"]))
+  flat = lambda x: x.reshape((-1,) + x.shape[2:])
 
   def loss(variables, batch, rng):
+    """One forward over [candidates; contrastive images] and [queries; captions]."""
     del rng
     params = variables["params"]
-    q, cands, logp = log_probs(params, batch)
+    b, n = batch["cand_images"].shape[:2]
+    cand = flat(batch["cand_images"])
+    img, txt, scale, bias = model.apply({"params": params}, jnp.concatenate([cand, flat(batch["images"])]),
+                                        jnp.concatenate([batch["q_tokens"], flat(batch["tokens"])]),
+                                        jnp.concatenate([batch["q_mask"], flat(batch["mask"])]))
+    cands, q = img[:b * n].reshape(b, n, -1), txt[:b]
+    logp = dpo_lib.candidate_log_probs(q, cands, scale)
     metrics = {}
     if d.objective == "dpo":
-      _, _, ref_logp = log_probs(variables["reference"], batch)
-      value, acc = dpo_lib.dpo_loss(logp, jax.lax.stop_gradient(ref_logp), batch["pairs"], d.beta, d.label_smoothing)
+      value, acc = dpo_lib.dpo_loss(logp, batch["ref_logp"], batch["pairs"], d.beta, d.label_smoothing)
       metrics["pair_accuracy"] = acc
     else:  # sft: the top preferred image (grid cell 0) is the query's positive
-      value = tt.softmax_contrastive_loss(cands[:, 0], q, jnp.exp(params["logit_scale"]),
-                                          positives=_same_tokens(batch["q_tokens"]))
-    flat = lambda x: x.reshape((-1,) + x.shape[2:])
-    img, txt, scale, bias = model.apply({"params": params}, flat(batch["images"]), flat(batch["tokens"]),
-                                        flat(batch["mask"]))
-    contrastive = tt.contrastive_loss(cfg.pretrain.loss, img, txt, scale, bias, cfg.pretrain.label_smoothing,
-                                      _same_tokens(flat(batch["tokens"])))
+      value = tt.softmax_contrastive_loss(cands[:, 0], q, scale, positives=_same_tokens(batch["q_tokens"]))
+    contrastive = tt.contrastive_loss(cfg.pretrain.loss, img[b * n:], txt[b:], scale, bias,
+                                      cfg.pretrain.label_smoothing, _same_tokens(flat(batch["tokens"])))
     metrics.update(preference_loss=value, contrastive=contrastive)
     return value + d.contrastive_weight * contrastive, (metrics, {})
 
@@ -332,28 +333,32 @@ def make_backend(cfg) -> rephrase_lib.Backend | None:
       max_concurrency=r.max_concurrency))
 
 
-def build_preferences(cfg, workdir, mcfg, params, mlp_params, train, tok):
+def build_preferences(cfg, workdir, mcfg, params, mlp_params, train, img_emb, tok):
   """Rephrase -> retrieve -> re-rank -> grid -> pairs, stored as a tfds dataset."""
   p, r = cfg.preferences, cfg.rephrase
   queries = [testbed_lib.query_for(c) for c in testbed_lib.CONTENTS]
   backend = make_backend(cfg)
   rephrased = (list(queries) if backend is None else
                rephrase_lib.rephrase(queries, r.style, backend, os.path.join(workdir, "rephrase_cache"), r.k))
-  key = json.dumps([backend.name if backend else "none", r.style, r.k, p.to_dict(), cfg.seed, rephrased])
-  name = "prefs_" + hashlib.sha256(key.encode()).hexdigest()[:12]
-  img_emb = embed_images(mcfg, params, train["images"])
-  q_emb = embed_texts(mcfg, params, tok, queries, mcfg.text.max_len)
-  r_emb = embed_texts(mcfg, params, tok, rephrased, mcfg.text.max_len)
+  bs = cfg.eval.batch_size
+  q_emb = embed_texts(mcfg, params, tok, queries, mcfg.text.max_len, bs)
+  r_emb = embed_texts(mcfg, params, tok, rephrased, mcfg.text.max_len, bs)
   aes = np.asarray(aesthetic_lib.score(aesthetic_model(cfg), mlp_params, jnp.asarray(img_emb)))
+  # what the records depend on, the models included (by a fingerprint of their outputs)
+  key = json.dumps([backend.name if backend else "none", r.style, r.k, p.to_dict(), cfg.seed, rephrased,
+                    np.round(img_emb[:16], 5).tolist(), np.round(q_emb, 5).tolist(), np.round(aes[:16], 5).tolist()])
+  name = "prefs_" + hashlib.sha256(key.encode()).hexdigest()[:12]
   rng = np.random.default_rng(cfg.seed + 3)
-  out_q, out_r, out_c = [], [], []
+  out_q, out_r, out_c, out_ref = [], [], [], []
+  scale = float(np.exp(np.asarray(params["logit_scale"])))
   for _ in range(p.rounds):
     gallery = rng.choice(len(img_emb), p.gallery, replace=False)
     top = gallery[pref_lib.top_k(r_emb @ img_emb[gallery].T, p.top_k)]     # [Q, K] train indices
     for qi, cands in enumerate(top):
       grid = pref_lib.build_grid(cands, img_emb[cands] @ q_emb[qi], aes[cands], p.u, p.v, p.stride)
       out_q.append(queries[qi]); out_r.append(rephrased[qi]); out_c.append(grid)
-  prefs = pref_lib.write_preferences(os.path.join(workdir, "preferences"), name, out_q, out_r, out_c,
+      out_ref.append(np.asarray(dpo_lib.candidate_log_probs(q_emb[qi][None], img_emb[grid][None], scale))[0])
+  prefs = pref_lib.write_preferences(os.path.join(workdir, "preferences"), name, out_q, out_r, out_c, out_ref,
                                      pref_lib.grid_pairs(p.u, p.v))
   truth = train["aesthetic"][np.asarray(out_c)]
   stats = {"records": len(out_q), "pairs_per_record": int(len(pref_lib.grid_pairs(p.u, p.v))),
@@ -408,17 +413,19 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   pre = stage("pretrain", lambda: pretrain_task(cfg, mcfg, train))
   if not pre["finished"]:
     return {"workdir": workdir, "finished": False, "report": {"stopped": "pretrain"}}
-  aes = stage("aesthetic", lambda: aesthetic_task(cfg, mcfg, train, pre["params"]))
+  bs = cfg.eval.batch_size
+  train_emb = embed_images(mcfg, pre["params"], train["images"], bs)
+  aes = stage("aesthetic", lambda: aesthetic_task(cfg, mcfg, train, train_emb))
   if not aes["finished"]:
     return {"workdir": workdir, "finished": False, "report": {"stopped": "aesthetic"}}
-  prefs, pref_stats = build_preferences(cfg, workdir, mcfg, pre["params"], aes["params"], train, tok)
+  prefs, pref_stats = build_preferences(cfg, workdir, mcfg, pre["params"], aes["params"], train, train_emb, tok)
   fine = stage("finetune", lambda: finetune_task(cfg, mcfg, train, prefs, pre["params"], tok))
   if not fine["finished"]:
     return {"workdir": workdir, "finished": False, "report": {"stopped": "finetune"}}
 
   mlp = aesthetic_model(cfg)
   aes_scores = np.asarray(aesthetic_lib.score(mlp, aes["params"], jnp.asarray(
-      embed_images(mcfg, pre["params"], test["images"]))))
+      embed_images(mcfg, pre["params"], test["images"], bs))))
   before, top_before = evaluate(cfg, mcfg, pre["params"], test, records, tok)
   after, top_after = evaluate(cfg, mcfg, fine["params"], test, records, tok)
   judge = judge_lib.aesthetic_judge(lambda idx: aes_scores[np.asarray(idx)])

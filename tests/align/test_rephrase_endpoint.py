@@ -201,20 +201,22 @@ def test_vision_judge_sends_images_and_parses(env):
       vj("q", a, b)
 
 
-def test_local_gpt_greedy_matches_unpadded_reference(tmp_path):
-  from jaxlab.data import tokenizer as tokenizer_lib
+def test_local_gpt_greedy_matches_unpadded_reference():
+  import transformers
+
+  from jaxlab.data import testbed
   from jaxlab.models.gpt import GPT, GPTConfig
-  cfg = GPTConfig(vocab_size=300, max_len=64, num_layers=1, d_model=32, num_heads=2)
+  tok = transformers.PreTrainedTokenizerFast(tokenizer_object=testbed.word_tokenizer(), eos_token="[EOS]",
+                                             pad_token="[PAD]", unk_token="[UNK]")
+  cfg = GPTConfig(vocab_size=len(tok), max_len=96, num_layers=1, d_model=32, num_heads=2)
   params = jax.jit(GPT(cfg).init)(jax.random.key(1), jnp.zeros((1, 8), jnp.int32))["params"]
   prompt = [5, 17, 42, 7]
-  got = rephrase.greedy_generate(cfg, params, prompt, 6)
+  got = rephrase.greedy_generate(cfg, params, prompt, 3)
   ids = list(prompt)
   apply = jax.jit(GPT(cfg).apply)
-  for _ in range(6):  # reference: the whole unpadded sequence each step
+  for _ in range(3):  # reference: the whole unpadded sequence each step
     ids.append(int(np.argmax(np.asarray(apply({"params": params}, jnp.asarray([ids])))[0, -1])))
   assert got == ids[len(prompt):]
-  tok = tokenizer_lib.train_bpe(["a red circle on a plain background"] * 20, vocab_size=300,
-                                out_dir=str(tmp_path / "tok"))
   backend = rephrase.gpt_backend(cfg, params, tok, max_new_tokens=4)
   out = rephrase.rephrase(["a red circle"], "details", backend)
   assert isinstance(out[0], str) and out[0]

@@ -32,14 +32,14 @@ def test_sigmoid_contrastive_hand_values():
 
 def test_vit_defaults_unchanged_and_cls_features():
   cfg = ViTConfig(num_classes=10, image_size=8, patch_size=4, channels=1, num_layers=1, d_model=16, num_heads=2)
-  params = ViT(cfg).init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+  params = jax.eval_shape(ViT(cfg).init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
   assert set(params) == {"patch", "pos_embedding", "encoder", "ln_f", "head"}
   assert params["pos_embedding"].shape == (1, 4, 16)
   feat_cfg = ViTConfig(num_classes=0, image_size=8, patch_size=4, channels=1, num_layers=1, d_model=16, num_heads=2,
                        pool="cls", pre_norm=True, patch_bias=False)
-  v = ViT(feat_cfg).init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+  v = jax.eval_shape(ViT(feat_cfg).init, jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
   assert v["params"]["pos_embedding"].shape == (1, 5, 16) and "bias" not in v["params"]["patch"]
-  assert ViT(feat_cfg).apply(v, jnp.ones((3, 8, 8, 1))).shape == (3, 16)
+  assert jax.eval_shape(ViT(feat_cfg).apply, v, jnp.ones((3, 8, 8, 1))).shape == (3, 16)
   with pytest.raises(ValueError, match="pool"):
     ViTConfig(num_classes=0, pool="max")
 
@@ -77,8 +77,8 @@ def test_clip_parity_with_transformers(tmp_path):
     out = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
              pixel_values=torch.tensor(pixels))
   model = tt.TwoTower(cfg)
-  img, txt, scale, _ = model.apply({"params": params}, jnp.asarray(pixels.transpose(0, 2, 3, 1)),
-                                   jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, jnp.int32))
+  img, txt, scale, _ = jax.jit(model.apply)({"params": params}, jnp.asarray(pixels.transpose(0, 2, 3, 1)),
+                                            jnp.asarray(tokens, jnp.int32), jnp.asarray(mask, jnp.int32))
   np.testing.assert_allclose(np.asarray(img), out.image_embeds.numpy(), atol=1e-5)
   np.testing.assert_allclose(np.asarray(txt), out.text_embeds.numpy(), atol=1e-5)
   np.testing.assert_allclose(np.asarray(scale * img @ txt.T), out.logits_per_image.numpy(), atol=1e-4)

@@ -1,0 +1,149 @@
+"""Testbed rendering and labels, the real preference fixture through the same loaders,
+the aesthetic MLP, and the align trainer end to end on a tiny config."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlab import config as config_lib
+from jaxlab.align import aesthetic, hpir, judge
+from jaxlab.data import testbed
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG = os.path.join(REPO, "configs", "align", "testbed.py")
+
+
+def test_render_follows_the_factors():
+  rng = np.random.default_rng(0)
+  clean = testbed.render("red square", (1.0, 1.0, 1.0), 16, rng)
+  # centred, sharp, harmonious: red centre, neutral corner, no noise
+  assert tuple(clean[8, 8]) == (230, 26, 26) and tuple(clean[0, 0]) == (235, 230, 217)
+  noisy = testbed.render("red square", (1.0, 0.0, 1.0), 16, rng)
+  assert np.abs(noisy.astype(int) - clean.astype(int)).mean() > 5
+  skewed = testbed.render("red square", (0.0, 1.0, 1.0), 16, rng)
+  red = np.all(skewed == clean[8, 8], axis=-1)
+  ys, xs = np.nonzero(red)
+  assert np.hypot(ys.mean() + 0.5 - 8, xs.mean() + 0.5 - 8) > 3   # pushed off-centre
+
+
+def test_captions_tokens_and_hpir_labels(tmp_path):
+  tb = testbed.prepare_testbed(str(tmp_path), num_train=16, num_test=200, hpir_queries=60, hpir_set_size=2)
+  rec = tb.test[0]
+  assert rec["image"].shape == (16, 16, 3) and rec["image"].dtype == np.uint8
+  truth = np.asarray(rec["factors"]).mean()
+  assert float(rec["aesthetic"]) == pytest.approx(truth, rel=1e-6)
+  caption = testbed._text(rec["caption"])
+  assert caption.startswith(testbed.query_for(testbed._text(rec["content"])))
+  tok = testbed.word_tokenizer()
+  tokens, mask = testbed.encode(tok, ["a red circle , sharp", "a weird red circle"], 8)
+  vocab = tok.get_vocab()
+  assert tokens[0].tolist() == [vocab[w] for w in ("a", "red", "circle", ",", "sharp", "[EOS]")] + [0, 0]
+  assert tokens[1, 1] == vocab["[UNK]"] and mask.sum(1).tolist() == [6, 5]
+  records = hpir.load_hpir(tb.hpir_path)   # the generic HPIR loader reads the testbed's labels
+  assert len(records) == 60
+  aes = {testbed._text(tb.test[i]["id"]): float(tb.test[i]["aesthetic"]) for i in range(len(tb.test))}
+  agree = np.mean([(np.mean([aes[i] for i in r.results_a]) > np.mean([aes[i] for i in r.results_b]))
+                   == (r.choice == "a") for r in records])
+  assert 0.7 < agree < 1.0                                   # drawn from the truth, with noise
+  assert {r.confidence for r in records} <= {0.6, 0.8, 1.0}
+  with pytest.raises(ValueError, match="num_test must be positive"):
+    testbed.prepare_testbed(str(tmp_path), num_test=0)
+
+
+def test_real_preference_fixture_through_the_loaders(shared_data, tmp_path):
+  folder = shared_data / "images" / "preference_example"
+  images, records = testbed.load_ranking_folder(str(folder), image_size=16)
+  assert sorted(images) == ["1.webp", "2.webp", "3.webp", "4.webp"]
+  assert all(im.shape == (16, 16, 3) and im.dtype == np.uint8 for im in images.values())
+  path = hpir.write_hpir(str(tmp_path / "fixture.jsonl"), records)
+  loaded = hpir.load_hpir(path)
+  assert loaded == records and len(loaded) == 6 and {r.choice for r in loaded} == {"a", "b"}
+  reward = json.loads((folder / "ranking.json").read_text())["reference_reward"]
+  # the published rewards agree with the published human order: accuracy 1, reversed 0
+  assert hpir.evaluate_hpir(loaded, lambda q, ids: np.array([reward[i] for i in ids]))["accuracy"] == 1.0
+  assert hpir.evaluate_hpir(loaded, lambda q, ids: np.array([-reward[i] for i in ids]))["accuracy"] == 0.0
+  j = judge.aesthetic_judge(lambda ids: np.array([reward[i] for i in ids]))
+  assert [judge.order_consistent(j, r.query, r.results_a, r.results_b) for r in loaded] == [r.choice for r in loaded]
+  # and the pixels go through the two-tower model
+  from jaxlab.models import two_tower as tt
+  from jaxlab.models.vit import ViTConfig
+  cfg = tt.TwoTowerConfig(vision=ViTConfig(num_classes=0, image_size=16, patch_size=4, channels=3, num_layers=1,
+                                           d_model=16, num_heads=2), text=tt.TextConfig(vocab_size=8, num_layers=1,
+                                                                                        d_model=16, num_heads=2),
+                          embed_dim=8)
+  pixels = jnp.asarray(np.stack(list(images.values())), jnp.float32) / 255.0
+  emb = jax.jit(tt.TwoTower(cfg).init_with_output)(jax.random.key(0), pixels, jnp.ones((4, 4), jnp.int32),
+                                                   jnp.ones((4, 4), jnp.int32))[0][0]
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=1), 1.0, rtol=1e-5)
+
+
+def test_aesthetic_mlp_laion_shape_and_normalisation():
+  mlp = aesthetic.AestheticMLP()
+  params = jax.eval_shape(mlp.init, jax.random.key(0), jnp.zeros((1, 768)))["params"]
+  assert [params[f"dense_{i}"]["kernel"].shape for i in range(4)] == [(768, 1024), (1024, 128), (128, 64), (64, 16)]
+  assert params["out"]["kernel"].shape == (16, 1)
+  small = aesthetic.AestheticMLP(hidden=(4,), dropout=(0.0,))
+  p = jax.jit(small.init)(jax.random.key(0), jnp.zeros((1, 3)))["params"]
+  e = jnp.array([[3.0, 4.0, 0.0]])
+  # no nonlinearity (LAION): score = W2 (W1 e/|e| + b1) + b2, on the unit vector
+  u = e / 5.0
+  want = (u @ p["dense_0"]["kernel"] + p["dense_0"]["bias"]) @ p["out"]["kernel"] + p["out"]["bias"]
+  np.testing.assert_allclose(np.asarray(jax.jit(aesthetic.score, static_argnums=0)(small, p, e)),
+                             np.asarray(want[:, 0]), rtol=1e-5)
+  assert float(aesthetic.mse_loss(small, p, e, want[:, 0])) == pytest.approx(0.0, abs=1e-10)
+
+
+def _load(*overrides, arg="tiny"):
+  return config_lib.load(f"{CONFIG}:{arg}", list(overrides))
+
+
+def test_config_mistakes_fail_before_work_naming_the_key(tmp_path):
+  from jaxlab.trainers import align
+  with pytest.raises(config_lib.ConfigError, match="did you mean 'preferences.top_k'"):
+    _load("preferences.topk=3")
+  cases = [("preferences.top_k=3", "preferences.top_k: 3 < 7 needed for a 2 x 2 grid"),
+           ("dpo.train.batch_size=7", "dpo.train.batch_size: 7 is not divisible"),
+           ("rephrase.backend=claude", "rephrase.backend"), ("rephrase.style=poem", "rephrase.style"),
+           ("pretrain.loss=hinge", "pretrain.loss"), ("model.patch_size=3", "model.patch_size"),
+           ("pretrain.workdir=/nonexistent", "pretrain.workdir")]
+  for override, msg in cases:
+    with pytest.raises(config_lib.ConfigError, match=msg):
+      align.train_and_evaluate(_load(override), str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")     # nothing prepared, nothing compiled
+
+
+def _cli(workdir, *overrides):
+  """`python -m jaxlab.main` in a fresh process, as a user runs it: 8 simulated devices and,
+  to keep this test's many small XLA compiles cheap, LLVM optimisation level 0."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8 "
+             "--xla_backend_optimization_level=0")
+  return subprocess.run([sys.executable, "-m", "jaxlab.main", "--config", f"{CONFIG}:tiny", "--workdir", workdir,
+                         *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_trainer_end_to_end_tiny(tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ("dpo.train.log_every=1", "pretrain.train.log_every=1")
+  run = _cli(workdir, *args)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "HPIR accuracy" in run.stdout and "r@1" in run.stdout
+  report = json.load(open(os.path.join(workdir, "report.json")))
+  assert report["preferences"]["records"] == 24 and report["preferences"]["pairs_per_record"] == 5
+  assert report["preferences"]["rephrased_example"] == "a red circle , sharp , centred , harmonious"
+  for side in ("before", "after"):
+    assert 0.0 <= report[side]["accuracy"] <= 1.0 and report[side]["count"] == 20
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "finetune", "metrics.jsonl"))]
+  first = next(r for r in rows if "preference_loss" in r)
+  assert first["step"] == 1
+  assert first["preference_loss"] == pytest.approx(math.log(2), rel=1e-5)   # policy == reference at step 0
+  # a rerun skips every finished stage and reports the same numbers
+  run = _cli(workdir, *args)
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert run.stdout.count("finished already") == 3
+  assert json.load(open(os.path.join(workdir, "report.json")))["after"] == report["after"]
