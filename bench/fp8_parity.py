@@ -1,0 +1,141 @@
+"""FP8-LM loss parity: the same small GPT on real text (Shakespeare + Pride and Prejudice
+from ../shared/data), the same steps, initialisation and data order (one seed), trained at
+every level: fp32, none (BF16 mixed precision, the baseline), O1, O2, O3, O2 with
+DeepSeek-V3 block scaling, and flax.linen.fp8_ops (the peer). Each run goes through the
+trainer's functional API (`jaxlab.trainers.lm.train_and_evaluate`) with configs/fp8/gpt.py.
+
+  nice -n 10 python bench/fp8_parity.py [--steps 300 --workdir /tmp/fp8_parity]
+
+Prints the final held-out loss of each run and its relative gap to BF16, saves the loss
+curves of all runs as one PNG, and ends with `max_rel_gap=<..>` over the FP8-LM levels
+(O1, O2, O3, O2-block). The goal (issue 3): every FP8 level within 0.5% of BF16.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax
+
+import fp8_common
+from jaxlab import config as config_lib
+from jaxlab.train import metrics as metrics_lib
+from jaxlab.trainers import lm
+
+# (run name, config argument level, overrides)
+RUNS = (
+    ("fp32", "fp32", {}),
+    ("none", "none", {}),
+    ("O1", "O1", {}),
+    ("O2", "O2", {}),
+    ("O3", "O3", {}),
+    ("O2-block", "O2", {"fp8.scaling": "block"}),
+    ("flax", "flax", {}),
+)
+FP8_LEVELS = ("O1", "O2", "O3", "O2-block")
+GOAL = 0.005
+
+
+def run_config(level: str, args, overrides: dict, shared: str | None):
+  c = config_lib.load(f"configs/fp8/gpt.py:{level},tiny")
+  c.model.update(num_layers=args.layers, d_model=args.d_model, num_heads=args.heads, max_len=args.seq)
+  c.tokenizer.vocab_size = args.vocab
+  c.train.update(seq_len=args.seq, batch_size=args.batch, steps=args.steps, log_every=args.log_every,
+                 eval_every=args.steps, eval_batches=args.eval_batches, checkpoint_every=args.steps)
+  c.optim.update(learning_rate=args.lr, warmup_steps=args.steps // 10)
+  c.fp8.block = args.block
+  if shared:  # the first run's tokenizer and prepared data: identical inputs for every run
+    c.tokenizer.path = os.path.join(shared, "tokenizer")
+    c.data.data_dir = os.path.join(shared, "data")
+  for key, value in overrides.items():
+    config_lib.apply_overrides(c, [f"{key}={value}"])
+  return c
+
+
+def plot(curves: dict, png: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for name, points in curves.items():
+    steps, losses = zip(*points)
+    for ax in axes:
+      ax.plot(steps, losses, label=name, lw=1.2, ls="--" if name in ("fp32", "flax") else "-")
+  tail = [l for pts in curves.values() for s, l in pts if s >= max(s for s, _ in pts) * 0.5]
+  axes[1].set_ylim(min(tail) - 0.02, max(tail) + 0.02)
+  axes[1].set_xlim(max(s for pts in curves.values() for s, _ in pts) * 0.5, None)
+  axes[0].set_title("train loss")
+  axes[1].set_title("train loss, second half")
+  for ax in axes:
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  axes[0].legend()
+  fig.tight_layout()
+  fig.savefig(png, dpi=100)
+  plt.close(fig)
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--workdir", default="/tmp/fp8_parity")
+  p.add_argument("--steps", type=int, default=300)
+  p.add_argument("--layers", type=int, default=2)
+  p.add_argument("--d-model", type=int, default=128)
+  p.add_argument("--heads", type=int, default=4)
+  p.add_argument("--seq", type=int, default=64)
+  p.add_argument("--batch", type=int, default=16)
+  p.add_argument("--vocab", type=int, default=2048)
+  p.add_argument("--lr", type=float, default=3e-3)
+  p.add_argument("--block", type=int, default=64)
+  p.add_argument("--log-every", type=int, default=10)
+  p.add_argument("--eval-batches", type=int, default=40)
+  p.add_argument("--only", default="", help="comma-separated run names (default: all)")
+  args = p.parse_args()
+
+  patched = fp8_common.patch_fp8_bwd_if_needed()
+  print(f"GPT {args.layers} layers, d_model {args.d_model}, {args.heads} heads, seq {args.seq}, batch {args.batch}, "
+        f"BPE vocab {args.vocab}, {args.steps} steps, AdamW lr {args.lr}, seed 0; data: tinyshakespeare + "
+        f"pride_and_prejudice (../shared/data), held-out loss over {args.eval_batches} batches; block scaling "
+        f"tiles {args.block}; {os.cpu_count()} CPUs, {jax.devices()[0].platform}; jax {jax.__version__}")
+  if patched:
+    print("note: jaxlab.fp8.dot._bwd fails with bfloat16 compute; runs use the workaround in bench/fp8_common.py")
+
+  runs = [r for r in RUNS if not args.only or r[0] in args.only.split(",")]
+  os.makedirs(args.workdir, exist_ok=True)
+  shared, results, curves = None, {}, {}
+  for name, level, overrides in runs:
+    workdir = os.path.join(args.workdir, name)
+    shutil.rmtree(workdir, ignore_errors=True)  # the loop resumes from a workdir: start clean
+    cfg = run_config(level, args, overrides, shared)
+    t0 = time.perf_counter()
+    summary = lm.train_and_evaluate(cfg, workdir)
+    seconds = time.perf_counter() - t0
+    shared = shared or workdir
+    rows = metrics_lib.read_rows(summary["metrics_path"])
+    curves[name] = [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]
+    results[name] = (summary["loss"], seconds)
+    print(f"  {name:9s} held-out loss {summary['loss']:.4f}  ({seconds:.0f} s)", flush=True)
+
+  png = os.path.join(args.workdir, "fp8_parity_loss.png")
+  plot(curves, png)
+  base = results.get("none", (None,))[0]
+  print(f"\n{'run':10s} {'held-out loss':>14s} {'rel. gap to none':>17s} {'time':>7s}")
+  for name, (loss, seconds) in results.items():
+    gap = f"{(loss - base) / base:+.3%}" if base else "-"
+    print(f"{name:10s} {loss:14.4f} {gap:>17s} {seconds:6.0f}s")
+  print(f"loss curves: {png}")
+  gaps = {n: abs(results[n][0] - base) / base for n in FP8_LEVELS if n in results and base}
+  worst = max(gaps.values()) if gaps else float("nan")
+  met = "met" if worst <= GOAL else "NOT met"
+  print(f"goal |gap| <= {GOAL:.1%} for every FP8 level (O1, O2, O3, O2-block): {met}")
+  print(f"max_rel_gap={worst:.4f}")
+
+
+if __name__ == "__main__":
+  main()
