@@ -105,7 +105,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Sequence[str]) ->
     if isinstance(node[leaf], ml_collections.ConfigDict):
       raise ConfigError(f"{key} is a group of keys; override its members, e.g. {key}.<name>=...")
     with node.ignore_type():
-      node[leaf] = _coerce(key, node[leaf], _parse_value(text))
+      # A string key takes the text as written: `fp8.level=none` is the level "none", not None.
+      old = node[leaf]
+      node[leaf] = text.strip() if isinstance(old, str) else _coerce(key, old, _parse_value(text))
   cfg.lock()
   return cfg
 

@@ -81,3 +81,9 @@ def test_resolved_config_written(tmp_path):
   cfg = config_lib.load(QUICKSTART, ["train.steps=3"])
   path = config_lib.write(cfg, str(tmp_path))
   assert json.load(open(path))["train"]["steps"] == 3
+
+
+def test_string_keys_take_the_text_as_written(tmp_path):
+  # "none" is an FP8 level name, not Python's None.
+  cfg = config_lib.load(str(REPO / "configs" / "quickstart.py") + ":toy", ["fp8.level=none", "model.dtype=bfloat16"])
+  assert cfg.fp8.level == "none" and cfg.model.dtype == "bfloat16"

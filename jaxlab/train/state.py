@@ -158,6 +158,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
     data = P(sync.axis)
     fn = jax.shard_map(local, in_specs=(P(), P(), P(), data, P()), out_specs=P(), axis_names={sync.axis},
                        check_vma=False)
+    batch = jax.lax.with_sharding_constraint(batch, data)  # shard_map needs it split over the axis
     loss, metrics, updates, grads, obs, sync_state = fn(view, state.model_state, state.sync_state, batch, rng)
     return loss, metrics, updates, prec.decode_grads(grads), obs, sync_state
 
