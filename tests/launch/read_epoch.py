@@ -1,6 +1,6 @@
 """Run by test_multiprocess.py as N cooperating processes (python -m jaxlab.distributed):
 each joins the runtime, builds the LM trainer's training pipeline for its own
-jax.process_index() and reads two epochs, recording which records it read.
+jax.process_index() and reads one epoch, then two, recording which records it read.
 
   read_epoch.py OUT_DIR DATA_FILE DATA_DIR TOKENIZER_DIR
 """
@@ -44,13 +44,15 @@ class Recording:
 def main(out_dir, data_file, data_dir, tokenizer_dir):
   data = text.prepare_text([data_file], data_dir=data_dir, text_field="body")
   tok = Tokenizer(tokenizer_dir)
-  source = Recording(data.train)
-  ds = pipeline.lm_dataset(source, tok, seq_len=32, batch_size=4, seed=0, shuffle=True, num_epochs=2,
-                           process_index=jax.process_index(), process_count=jax.process_count())
-  batches = sum(1 for _ in ds)
+  out = {"num_records": len(data.train), "process_count": jax.process_count()}
+  for epochs in (1, 2):
+    source = Recording(data.train)
+    ds = pipeline.lm_dataset(source, tok, seq_len=32, batch_size=4, seed=0, shuffle=True, num_epochs=epochs,
+                             process_index=jax.process_index(), process_count=jax.process_count())
+    out[f"batches_{epochs}"] = sum(1 for _ in ds)
+    out[f"read_{epochs}"] = source.read
   with open(os.path.join(out_dir, f"process_{jax.process_index()}.json"), "w") as f:
-    json.dump({"read": source.read, "num_records": len(data.train), "batches": batches,
-               "process_count": jax.process_count()}, f)
+    json.dump(out, f)
 
 
 if __name__ == "__main__":

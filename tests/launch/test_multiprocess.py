@@ -6,6 +6,7 @@ first checkpoint, relaunched with the same command, resumes, and finishes; its f
 parameters and losses are then compared with a 1 process x 8 devices run of the same
 config on the same global batches, done in this process.
 """
+import collections
 import dataclasses
 import json
 import os
@@ -207,14 +208,13 @@ def test_every_example_is_read_once_per_epoch_across_processes(run, tmp_path):
   assert result.returncode == 0, result.stdout
   reads = [json.load(open(tmp_path / f"process_{i}.json")) for i in range(2)]
   n = reads[0]["num_records"]
-  assert all(r["process_count"] == 2 for r in reads)
-  for epoch in range(2):
-    seen = []
-    for r in reads:
-      per_epoch = len(r["read"]) // 2
-      assert len(r["read"]) == 2 * per_epoch
-      seen += r["read"][epoch * per_epoch:(epoch + 1) * per_epoch]
-    assert sorted(seen) == list(range(n)), f"epoch {epoch}: records missed or read twice"
-  assert set(reads[0]["read"]).isdisjoint(reads[1]["read"])
-  assert reads[0]["read"][:len(reads[0]["read"]) // 2] != reads[0]["read"][len(reads[0]["read"]) // 2:], \
-      "the second epoch should be reshuffled"
+  assert all(r["process_count"] == 2 for r in reads) and n > 10
+  # One epoch: every record exactly once, each by one process. (Reads are logged by
+  # grain's reader threads, so positions in the log do not mark epoch boundaries.)
+  assert sorted(reads[0]["read_1"] + reads[1]["read_1"]) == list(range(n))
+  assert set(reads[0]["read_1"]).isdisjoint(reads[1]["read_1"])
+  assert abs(len(reads[0]["read_1"]) - len(reads[1]["read_1"])) <= 1
+  # Two epochs: every record exactly twice, both times by the same process.
+  assert collections.Counter(reads[0]["read_2"] + reads[1]["read_2"]) == {i: 2 for i in range(n)}
+  assert set(reads[0]["read_2"]) == set(reads[0]["read_1"])
+  assert all(r["batches_1"] > 0 for r in reads)
