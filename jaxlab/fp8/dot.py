@@ -92,13 +92,19 @@ def _bwd(dims, recipe, res, g):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def fp8_dot_general(x, w, meta, dims, recipe: Recipe):
-  """x . w per `dims` with per-tensor FP8 scaling; `meta` = (x, kernel, grad) amax
-  histories for delayed scaling, () for current scaling."""
+def _fp8_dot(x, w, meta, dims, recipe: Recipe):
   return _fwd(x, w, meta, dims, recipe)[0]
 
 
-fp8_dot_general.defvjp(lambda x, w, meta, dims, recipe: _fwd(x, w, meta, dims, recipe), _bwd)
+_fp8_dot.defvjp(lambda x, w, meta, dims, recipe: _fwd(x, w, meta, dims, recipe), _bwd)
+
+
+def fp8_dot_general(x, w, meta, dims, recipe: Recipe):
+  """x . w per `dims` with per-tensor FP8 scaling; `meta` = (x, kernel, grad) amax
+  histories for delayed scaling, () for current scaling. Operands are first promoted to a
+  common dtype, the precision of the dequantized GEMM inputs and of the output."""
+  dtype = jnp.promote_types(x.dtype, w.dtype)
+  return _fp8_dot(x.astype(dtype), w.astype(dtype), meta, dims, recipe)
 
 
 # ------------------------------------------------------------------------- block scaling
@@ -110,8 +116,14 @@ def _check_dense(x, w, dims):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def block_dense(x, w, block: int, dims):
+def _block_dense(x, w, block: int, dims):
   return _block_fwd(x, w, block, dims)[0]
+
+
+def block_dense(x, w, block: int, dims):
+  """x[..., K] . w[K, N] with 1 x block activation tiles and block x block weight tiles."""
+  dtype = jnp.promote_types(x.dtype, w.dtype)
+  return _block_dense(x.astype(dtype), w.astype(dtype), block, dims)
 
 
 def _block_fwd(x, w, block, dims):
@@ -129,7 +141,7 @@ def _block_bwd(block, dims, res, g):
   return dx.reshape(x_shape).astype(g.dtype), dw.astype(w.dtype)
 
 
-block_dense.defvjp(_block_fwd, _block_bwd)
+_block_dense.defvjp(_block_fwd, _block_bwd)
 
 
 # ---------------------------------------------------------------------- the Flax module
