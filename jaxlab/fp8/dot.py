@@ -82,7 +82,7 @@ def _bwd(dims, recipe, res, g):
   # Both backward GEMMs are the transposes of the forward one, on FP8 operands.
   _, vjp = jax.vjp(lambda a, b: lax.dot_general(a, b, dims, preferred_element_type=jnp.float32),
                    _dq(qx, sx, cd), _dq(qw, sw, cd))
-  dx, dw = vjp(_dq(qg, sg, cd))
+  dx, dw = vjp(_dq(qg, sg, jnp.float32))  # the GEMM's output is float32: so is its cotangent (exact)
   if meta:
     hx, hw, _ = meta
     obs = (_observation(hx, ax), _observation(hw, aw), _observation(hg, formats.amax(g)))

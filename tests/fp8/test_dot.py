@@ -58,6 +58,15 @@ def test_current_scaling_forward_and_gradients():
   assert float(jnp.max(jnp.abs(y - x @ w))) > 1e-3
 
 
+def test_bfloat16_compute_dtype():
+  x, w, g = (t.astype(jnp.bfloat16) for t in _inputs(5))
+  f = lambda x, w: dot.fp8_dot_general(x, w, (), DIMS, dot.Recipe("current"))
+  y, dx, dw = _grads(f, x, w, g)
+  assert y.dtype == dx.dtype == dw.dtype == jnp.bfloat16
+  ref = np.asarray(x.astype(jnp.float32)) @ np.asarray(w.astype(jnp.float32))
+  assert np.linalg.norm(np.asarray(y, np.float32) - ref) / np.linalg.norm(ref) < 0.06
+
+
 def test_delayed_scaling_matches_flax_fp8_ops():
   x, w, g = _inputs(1)
   hist = lambda a: jnp.zeros((8,), jnp.float32).at[3].set(a)  # past amaxes, not this step's
