@@ -19,7 +19,7 @@ import ml_collections
 import optax
 
 from jaxlab import checkpoint, config as config_lib, sharding
-from jaxlab import learngene
+from jaxlab import fp8, learngene
 from jaxlab.data import builtin, images
 from jaxlab.models import vit
 from jaxlab.train import loop, optim
@@ -36,7 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.learngene = dict(mode="none", gene_workdir="", b_std=0.02, reinit_head=False)
   c.distill = dict(teacher_workdir="", alpha=1.0, tau=1.0)
   c.train = dict(batch_size=64, steps=1000, log_every=50, eval_every=250, eval_batches=0, checkpoint_every=500,
-                 keep_checkpoints=2, stop_after=0)
+                 keep_checkpoints=2, stop_after=0, grad_accum=1)
+  c.fp8 = fp8.default_config()  # FP8-LM levels for the ViT's GEMMs and optimizer
   c.optim = dict(learning_rate=1e-3, warmup_steps=50, min_lr_ratio=0.0, weight_decay=0.05, b1=0.9, b2=0.999,
                  eps=1e-8, grad_clip=1.0)
   return c
@@ -56,11 +57,13 @@ def validate(cfg, mesh) -> None:
       f"{cfg.model.num_heads} does not divide model.d_model={cfg.model.d_model}")
   req(0.0 <= cfg.distill.alpha <= 1.0, "distill.alpha", "must be in [0, 1]")
   req(cfg.distill.tau > 0, "distill.tau", "must be positive")
+  fp8.validate(cfg, mesh)
 
 
 def make_task(cfg, data: images.ImageData) -> Task:
   t, mode = cfg.train, cfg.learngene.mode
-  model = vit.ViT(vit_config(cfg.model, data.image_shape, data.num_classes))
+  model = vit.ViT(vit_config(cfg.model, data.image_shape, data.num_classes),
+                  dot_general_cls=fp8.dot_general_for(cfg.fp8))
   depth = cfg.model.num_layers
   dummy = jnp.zeros((1,) + data.image_shape, jnp.float32)
   stack = learngene.find_stack(jax.eval_shape(model.init, jax.random.key(0), dummy)["params"])
@@ -75,22 +78,23 @@ def make_task(cfg, data: images.ImageData) -> Task:
   def init(rng):
     init_rng, gene_rng = jax.random.split(rng)
     # reinit_head: transfer to a new task keeps the body, not the classifier
-    params = learngene.initial_params(mode, model.init(init_rng, dummy)["params"], gene_rng, depth=depth,
-                                      b_std=cfg.learngene.b_std, gene=gene,
-                                      keep_fresh=("head",) if cfg.learngene.reinit_head else ())
-    variables = {"params": params}
+    variables = dict(model.init(init_rng, dummy))  # params, plus FP8 scale state if any
+    variables["params"] = learngene.initial_params(mode, variables["params"], gene_rng, depth=depth,
+                                                   b_std=cfg.learngene.b_std, gene=gene,
+                                                   keep_fresh=("head",) if cfg.learngene.reinit_head else ())
     if teacher is not None:
       variables["teacher"] = jax.tree.map(jnp.asarray, teacher_params)  # frozen, kept in the train state
     return variables
 
-  def forward(params, images_, rng=None):
-    full = learngene.model_params(mode, params, depth, stack)
+  def forward(variables, images_, rng=None):
+    model_vars = {k: v for k, v in variables.items() if k != "teacher"}
+    model_vars["params"] = learngene.model_params(mode, variables["params"], depth, stack)
     deterministic = rng is None or cfg.model.dropout == 0.0
-    return model.apply({"params": full}, images_, deterministic=deterministic,
+    return model.apply(model_vars, images_, deterministic=deterministic,
                        rngs=None if deterministic else {"dropout": rng})
 
   def loss(variables, batch, rng):
-    logits = forward(variables["params"], batch["images"], rng)
+    logits = forward(variables, batch["images"], rng)
     metrics = {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["labels"])}
     if teacher is not None:
       teacher_logits = teacher.apply({"params": variables["teacher"]}, batch["images"])
@@ -102,7 +106,7 @@ def make_task(cfg, data: images.ImageData) -> Task:
     return value, (metrics, {})
 
   def eval_sums(variables, batch):
-    logits = forward(variables["params"], batch["images"])
+    logits = forward(variables, batch["images"])
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"])
     correct = (jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)
     return {"correct": jnp.sum(correct * batch["mask"]), "nll": jnp.sum(nll * batch["mask"]),
@@ -119,7 +123,7 @@ def make_task(cfg, data: images.ImageData) -> Task:
       train_data=images.image_dataset(data.train, batch_size=local_batch, seed=cfg.seed, **shard),
       eval_data=lambda: images.image_dataset(data.test, batch_size=local_batch, seed=0, shuffle=False,
                                              num_epochs=1, **shard),
-      units_per_batch=("images", t.batch_size))
+      units_per_batch=("images", t.batch_size), microbatches=t.grad_accum, **fp8.task_options(cfg.fp8))
 
 
 def parameters_stored(cfg, data: images.ImageData) -> int:
@@ -145,7 +149,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   validate(cfg, mesh)
   data = images.prepare_images(cfg.data.name, data_dir=cfg.data.data_dir or os.path.join(workdir, "data"),
                                source_dir=builtin.resolve_shared(cfg.data.source_dir, "data.source_dir"))
-  tx = optim.adamw(cfg.optim, cfg.train.steps)
-  summary = loop.run(cfg, workdir, make_task(cfg, data), mesh, tx, optim.schedule(cfg.optim, cfg.train.steps))
+  schedule = optim.schedule(cfg.optim, cfg.train.steps)
+  summary = loop.run(cfg, workdir, make_task(cfg, data), mesh, fp8.optimizer_for(cfg, schedule), schedule)
   summary["parameters_stored"] = parameters_stored(cfg, data)
   return summary

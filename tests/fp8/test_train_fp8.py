@@ -119,3 +119,18 @@ def test_compiled_step_moves_gradients_as_8bit_data(tmp_path):
   # Matrices move 1 byte an element each way instead of BF16's 2; FP32 vectors and scalars
   # remain (measured on this toy GPT: 0.61 of the baseline's bytes).
   assert fp8_bytes < 0.7 * bf16_bytes, (fp8_bytes, bf16_bytes)
+
+
+def test_vit_trains_under_o2_through_the_same_trainer_options(tmp_path):
+  """The classify trainer takes the same fp8 config: the ViT's GEMMs run in FP8, its
+  weights and moments sit in O2's formats, and it learns digits."""
+  from jaxlab.trainers import classify
+  spec = str(pathlib.Path(__file__).resolve().parents[2] / "configs" / "learngene" / "vit.py") + ":scratch"
+  cfg = config_lib.load(spec, ["fp8.level=O2", "fp8.scaling=current", "model.num_layers=2", "model.d_model=32",
+                               "train.steps=40", "train.batch_size=32", "train.eval_every=0", "train.log_every=20",
+                               "train.checkpoint_every=40", "optim.learning_rate=3e-3", "optim.warmup_steps=5",
+                               f"data.data_dir={tmp_path / 'data'}"])
+  summary = classify.train_and_evaluate(cfg, str(tmp_path / "vit"))
+  head = summary["state"].params["head"]["kernel"]
+  assert isinstance(head, formats.ScaledTensor) and head.data.dtype == jnp.float16
+  assert summary["accuracy"] > 0.2  # 10 classes: chance is 0.1 (40 steps of a 2-layer ViT)
