@@ -204,7 +204,7 @@ def column(source, key: str) -> np.ndarray | list:
 def hpir_labels(source, n: int, set_size: int, annotators: int, noise: float, seed: int) -> list:
   """HPIR records over `source` (a test split) drawn from its aesthetic ground truth."""
   rng = np.random.default_rng(seed)
-  ids = [_text(x) for x in column(source, "id")]
+  ids = [as_text(x) for x in column(source, "id")]
   content = np.asarray(column(source, "content_id"))
   truth = np.asarray(column(source, "aesthetic"))
   usable = [c for c in range(len(CONTENTS)) if np.sum(content == c) >= 2 * set_size]
@@ -224,7 +224,7 @@ def hpir_labels(source, n: int, set_size: int, annotators: int, noise: float, se
   return out
 
 
-def _text(x) -> str:
+def as_text(x) -> str:
   return x.decode() if isinstance(x, bytes) else str(x)
 
 

@@ -61,13 +61,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = dict(data_dir="", num_train=4000, num_test=1000, image_size=16, desc_prob=0.5, rating_noise=0.08,
                 hpir_queries=400, hpir_set_size=4, hpir_annotators=5, hpir_noise=0.1)
   c.model = dict(patch_size=4, image_layers=2, text_layers=2, d_model=64, num_heads=2, embed_dim=64, max_len=24)
-  c.pretrain = dict(loss="softmax", label_smoothing=0.1, workdir="", **_train(128, 1500, 2e-3))
-  c.aesthetic = dict(hidden=(64, 16), dropout=(0.1, 0.0), activation="none", workdir="", **_train(128, 600, 1e-3))
+  c.pretrain = dict(loss="softmax", label_smoothing=0.1, workdir="", **_train(64, 1000, 2e-3))
+  c.aesthetic = dict(hidden=(64, 16), dropout=(0.1, 0.0), activation="none", workdir="", **_train(128, 400, 1e-3))
   c.rephrase = dict(backend="offline", style="details", k=3, model="", base_url_env="OPENAI_BASE_URL",
                     api_key_env="OPENAI_API_KEY", timeout=30.0, retries=3, max_concurrency=4, gpt_workdir="")
-  c.preferences = dict(rounds=40, gallery=1000, top_k=40, u=3, v=3, stride=2)
+  c.preferences = dict(rounds=30, gallery=1000, top_k=40, u=3, v=3, stride=2)
   c.dpo = dict(objective="dpo", beta=0.5, label_smoothing=0.1, contrastive_weight=1.0, contrastive_batch=64,
-               **_train(16, 300, 2e-4))
+               **_train(16, 200, 2e-4))
   c.eval = dict(top_k=4, batch_size=256)
   return c
 
@@ -157,17 +157,22 @@ class Rows:
 def load_split(source, tok, max_len: int) -> dict:
   """A testbed split as host arrays: images in [0, 1], caption tokens, ids, truth."""
   cols = {k: testbed_lib.column(source, k) for k in ("id", "image", "caption", "content_id", "aesthetic", "rating")}
-  captions = [testbed_lib._text(x) for x in cols["caption"]]
+  captions = [testbed_lib.as_text(x) for x in cols["caption"]]
   tokens, mask = testbed_lib.encode(tok, captions, max_len)
-  return {"ids": [testbed_lib._text(x) for x in cols["id"]], "images": cols["image"].astype(np.float32) / 255.0,
+  return {"ids": [testbed_lib.as_text(x) for x in cols["id"]], "images": cols["image"].astype(np.float32) / 255.0,
           "captions": captions, "tokens": tokens, "mask": mask, "content_id": np.asarray(cols["content_id"]),
           "aesthetic": np.asarray(cols["aesthetic"]), "rating": np.asarray(cols["rating"], np.float32)}
 
 
-def _repeat(rows: Rows, seed: int, batch_size: int) -> grain.IterDataset:
-  ds = grain.MapDataset.source(rows).shuffle(seed=seed).repeat(None)
+def _batches(ds: grain.MapDataset, batch_size: int) -> grain.IterDataset:
+  """This process's share of an endless shuffled MapDataset, in local batches of the global batch_size."""
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)).batch(
-      batch_size, drop_remainder=True)
+      batch_size // jax.process_count(), drop_remainder=True)
+
+
+def _repeat(rows: Rows, seed: int, batch_size: int) -> grain.IterDataset:
+  ds = grain.MapDataset.source(rows)[jax.process_index()::jax.process_count()]
+  return _batches(ds.shuffle(seed=seed).repeat(None), batch_size)
 
 
 # ---------------------------------------------------------------------------- model helpers
@@ -251,7 +256,7 @@ def aesthetic_task(cfg, mcfg, train, embeddings) -> Task:
 def finetune_task(cfg, mcfg, train, prefs, init_params, tok) -> Task:
   """Ranked DPO (or SFT on the top preferred image) + lambda * contrastive on train pairs."""
   model, d = tt.TwoTower(mcfg), cfg.dpo
-  q_tokens, q_mask = testbed_lib.encode(tok, [testbed_lib._text(prefs[i]["query"]) for i in range(len(prefs))],
+  q_tokens, q_mask = testbed_lib.encode(tok, [testbed_lib.as_text(prefs[i]["query"]) for i in range(len(prefs))],
                                         mcfg.text.max_len)
   candidates = np.stack([prefs[i]["candidates"] for i in range(len(prefs))])
   ref_logp = np.stack([prefs[i]["ref_logp"] for i in range(len(prefs))])
@@ -265,9 +270,8 @@ def finetune_task(cfg, mcfg, train, prefs, init_params, tok) -> Task:
             "ref_logp": ref_logp[rec],
             "pairs": pairs, "images": images[j], "tokens": train["tokens"][j], "mask": train["mask"][j]}
 
-  ds = grain.MapDataset.range(len(prefs)).shuffle(seed=cfg.seed + 2).repeat(None).map_with_index(example)
-  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)).batch(
-      d.train.batch_size, drop_remainder=True)
+  ds = grain.MapDataset.range(len(prefs))[jax.process_index()::jax.process_count()]
+  ds = _batches(ds.shuffle(seed=cfg.seed + 2).repeat(None).map_with_index(example), d.train.batch_size)
 
   def init(rng):
     del rng

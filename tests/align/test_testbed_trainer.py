@@ -38,8 +38,8 @@ def test_captions_tokens_and_hpir_labels(tmp_path):
   assert rec["image"].shape == (16, 16, 3) and rec["image"].dtype == np.uint8
   truth = np.asarray(rec["factors"]).mean()
   assert float(rec["aesthetic"]) == pytest.approx(truth, rel=1e-6)
-  caption = testbed._text(rec["caption"])
-  assert caption.startswith(testbed.query_for(testbed._text(rec["content"])))
+  caption = testbed.as_text(rec["caption"])
+  assert caption.startswith(testbed.query_for(testbed.as_text(rec["content"])))
   tok = testbed.word_tokenizer()
   tokens, mask = testbed.encode(tok, ["a red circle , sharp", "a weird red circle"], 8)
   vocab = tok.get_vocab()
@@ -47,7 +47,7 @@ def test_captions_tokens_and_hpir_labels(tmp_path):
   assert tokens[1, 1] == vocab["[UNK]"] and mask.sum(1).tolist() == [6, 5]
   records = hpir.load_hpir(tb.hpir_path)   # the generic HPIR loader reads the testbed's labels
   assert len(records) == 60
-  aes = {testbed._text(tb.test[i]["id"]): float(tb.test[i]["aesthetic"]) for i in range(len(tb.test))}
+  aes = {testbed.as_text(tb.test[i]["id"]): float(tb.test[i]["aesthetic"]) for i in range(len(tb.test))}
   agree = np.mean([(np.mean([aes[i] for i in r.results_a]) > np.mean([aes[i] for i in r.results_b]))
                    == (r.choice == "a") for r in records])
   assert 0.7 < agree < 1.0                                   # drawn from the truth, with noise
@@ -70,17 +70,12 @@ def test_real_preference_fixture_through_the_loaders(shared_data, tmp_path):
   assert hpir.evaluate_hpir(loaded, lambda q, ids: np.array([-reward[i] for i in ids]))["accuracy"] == 0.0
   j = judge.aesthetic_judge(lambda ids: np.array([reward[i] for i in ids]))
   assert [judge.order_consistent(j, r.query, r.results_a, r.results_b) for r in loaded] == [r.choice for r in loaded]
-  # and the pixels go through the two-tower model
-  from jaxlab.models import two_tower as tt
-  from jaxlab.models.vit import ViTConfig
-  cfg = tt.TwoTowerConfig(vision=ViTConfig(num_classes=0, image_size=16, patch_size=4, channels=3, num_layers=1,
-                                           d_model=16, num_heads=2), text=tt.TextConfig(vocab_size=8, num_layers=1,
-                                                                                        d_model=16, num_heads=2),
-                          embed_dim=8)
+  # and the pixels go through the image tower
+  from jaxlab.models.vit import ViT, ViTConfig
+  vit = ViT(ViTConfig(num_classes=0, image_size=16, patch_size=4, channels=3, num_layers=1, d_model=16, num_heads=2))
   pixels = jnp.asarray(np.stack(list(images.values())), jnp.float32) / 255.0
-  emb = jax.jit(tt.TwoTower(cfg).init_with_output)(jax.random.key(0), pixels, jnp.ones((4, 4), jnp.int32),
-                                                   jnp.ones((4, 4), jnp.int32))[0][0]
-  np.testing.assert_allclose(np.linalg.norm(np.asarray(emb), axis=1), 1.0, rtol=1e-5)
+  feats = jax.jit(vit.init_with_output)(jax.random.key(0), pixels)[0]
+  assert feats.shape == (4, 16) and np.all(np.isfinite(np.asarray(feats)))
 
 
 def test_aesthetic_mlp_laion_shape_and_normalisation():
@@ -142,8 +137,3 @@ def test_trainer_end_to_end_tiny(tmp_path):
   first = next(r for r in rows if "preference_loss" in r)
   assert first["step"] == 1
   assert first["preference_loss"] == pytest.approx(math.log(2), rel=1e-5)   # policy == reference at step 0
-  # a rerun skips every finished stage and reports the same numbers
-  run = _cli(workdir, *args)
-  assert run.returncode == 0, run.stderr[-3000:]
-  assert run.stdout.count("finished already") == 3
-  assert json.load(open(os.path.join(workdir, "report.json")))["after"] == report["after"]
