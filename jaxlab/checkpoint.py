@@ -44,16 +44,20 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any, data_iter: 
 
 
 def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
-  """(step, params) of a run's latest (or given) checkpoint on this process's first device,
-  without knowing its optimizer, whatever devices and processes saved it (a run on 2 hosts
-  x 4 devices restores on a laptop): for teachers, learngenes and exports."""
+  """(step, params) of a run's latest (or given) checkpoint in host (CPU) memory, without
+  knowing its optimizer, whatever devices and processes saved it (a run on 2 hosts x 4
+  devices restores on a laptop): for teachers, learngenes and exports."""
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   mngr = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {directory}")
   metadata = mngr.item_metadata(step)["state"]
-  one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:  # host memory: a teacher trained on many accelerators need not fit on one
+    device = jax.devices("cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS without cpu
+    device = jax.local_devices()[0]
+  one_device = jax.sharding.SingleDeviceSharding(device)
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), metadata)
   state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
   return step, state["params"]

@@ -259,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for env in envs:
       print(" ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()) + " " + shlex.join(command))
     return 0
+  def stop(signum, frame):  # a terminated launcher takes its processes with it
+    raise KeyboardInterrupt
+  signal.signal(signal.SIGTERM, stop)
   return launch_local(args.processes, command, devices_per_process=args.devices_per_process,
                       port=args.port or None, heartbeat_timeout=args.heartbeat_timeout)
 
