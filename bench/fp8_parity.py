@@ -23,7 +23,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax
 
-import fp8_common
 from jaxlab import config as config_lib
 from jaxlab.train import metrics as metrics_lib
 from jaxlab.trainers import lm
@@ -98,19 +97,10 @@ def main():
   p.add_argument("--only", default="", help="comma-separated run names (default: all)")
   args = p.parse_args()
 
-  patched = fp8_common.patch_fp8_bwd_if_needed()
-  # jaxlab.fp8.optim keeps a zero-size placeholder as the master copy of every vector at
-  # levels none and O3, which orbax refuses to save ("Cannot save arrays with zero size");
-  # this benchmark needs no checkpoints, so it skips saving (reported to the FP8 owner).
-  from jaxlab import checkpoint
-  checkpoint.save = lambda *a, **k: None
   print(f"GPT {args.layers} layers, d_model {args.d_model}, {args.heads} heads, seq {args.seq}, batch {args.batch}, "
         f"BPE vocab {args.vocab}, {args.steps} steps, AdamW lr {args.lr}, seed 0; data: tinyshakespeare + "
         f"pride_and_prejudice (../shared/data), held-out loss over {args.eval_batches} batches; block scaling "
         f"tiles {args.block}; {os.cpu_count()} CPUs, {jax.devices()[0].platform}; jax {jax.__version__}")
-  print("note: checkpoint saving is switched off in this benchmark (zero-size master placeholders, see source)")
-  if patched:
-    print("note: jaxlab.fp8.dot._bwd fails with bfloat16 compute; runs use the workaround in bench/fp8_common.py")
 
   runs = [r for r in RUNS if not args.only or r[0] in args.only.split(",")]
   os.makedirs(args.workdir, exist_ok=True)

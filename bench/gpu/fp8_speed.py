@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import fp8_common
 from jaxlab import config as config_lib, fp8
 from jaxlab.models import gpt
 from jaxlab.train import optim
@@ -111,14 +110,11 @@ def main():
     args.layers, args.d_model, args.heads, args.mlp, args.seq, args.batch, args.vocab = 2, 64, 2, 256, 64, 4, 512
     args.warmup, args.steps = 1, 3
 
-  patched = fp8_common.patch_fp8_bwd_if_needed()
   dev = jax.devices()[0]
   gpu = dev.platform == "gpu"
   print(f"GPT blocks: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, mlp {args.mlp}, seq {args.seq}, "
         f"batch {args.batch}, vocab {args.vocab}, remat {args.remat}; bfloat16 compute; {dev.device_kind} "
         f"({dev.platform}); jax {jax.__version__}")
-  if patched:
-    print("note: jaxlab.fp8.dot._bwd fails with bfloat16 compute; using the workaround in bench/fp8_common.py")
   flops = model_flops_per_step(args.layers, args.d_model, args.mlp, args.vocab, args.seq, args.batch)
   print(f"model FLOPs per step {flops:.3e}; MFU against the H100 SXM dense BF16 peak, {PEAK_BF16 / 1e12:.0f} TFLOP/s"
         + ("" if gpu else " (no GPU: MFU is not meaningful here)"))

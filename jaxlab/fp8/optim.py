@@ -100,9 +100,9 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
   stored parameters (see the module docstring). Gradients may arrive as ScaledTensors.
   Weight decay applies to kernels and embeddings only, as `train.optim.decay_mask`."""
   fmt = lambda name, dtype: dtype if is_matrix(name) else F32
-  # Only matrices have a separate master copy; FP32 vectors are their own (an empty placeholder
-  # keeps the trees aligned).
-  _master = lambda name, x: encode(x, level.master, name) if is_matrix(name) else jnp.zeros((0,), F32)
+  # Only matrices have a separate master copy; FP32 vectors are their own (a one-element
+  # placeholder keeps the trees aligned: orbax refuses zero-size arrays).
+  _master = lambda name, x: encode(x, level.master, name) if is_matrix(name) else jnp.zeros((1,), F32)
 
   def init(params):
     zeros = lambda name, p, dtype: encode(jnp.zeros(p.shape, F32), fmt(name, dtype), name)
