@@ -30,10 +30,7 @@ from jaxlab.trainers import lm
 VOCAB = 50257
 LEVELS = ("fp32", "none", "O1", "O2", "O3")
 RANKS = 8
-# The zero preset splits embeddings' moments along the vocabulary, which 50257 does not divide
-# by 8 (ShardingError); this extra rule (a sharding.extra_rules override) splits wte's along
-# d_model instead.
-EXTRA_RULES = ((r"opt_state/.*(master|mu|nu)/.*wte/embedding(/data)?$", (None, "data")),)
+
 
 
 def abstract_state(level: str):
@@ -86,13 +83,11 @@ def main():
 
   # O3 with sharding.layout=zero over 8 data ranks: master, m, v split, weights and grads replicated.
   mesh = sharding.make_mesh((("data", RANKS), ("model", 1)))
-  rules = sharding.layout_rules("zero", EXTRA_RULES)
+  rules = sharding.layout_rules("zero")
   per_dev = sharded_bytes(states["O3"], mesh, rules)
   o3 = results["O3"]
   split = {k: v / n for k, v in per_dev.items()}
   total_dev = o3["weights"] + o3["gradients"] + sum(split.values())
-  print(f"note: sharding.layout=zero alone fails on vocab {VOCAB} over {RANKS} ranks; with sharding.extra_rules="
-        f"{EXTRA_RULES!r}")
   print(f"O3, sharding.layout=zero over {RANKS} data ranks, per device: weights {o3['weights']:.3f} + gradients "
         f"{o3['gradients']:.3f} (replicated) + master {split['master']:.3f} + m {split['mu']:.3f} + v {split['nu']:.3f}"
         f" = {total_dev:.3f} bytes/param ({total_dev * n / 2**30:.2f} GiB per device; master+m+v "
