@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-base
 PARITY := $(VENV)/.installed-parity
 WORKDIR ?= runs/quickstart
 
-.PHONY: demo test parity bench clean-venv
+.PHONY: demo test slow parity bench clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,10 @@ demo: $(STAMP)
 	$(PY) -m jaxlab.main --config configs/quickstart.py --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+slow: $(STAMP)
+	$(PY) -m pytest -q -n 2 --dist loadfile -m slow
 
 parity: $(PARITY)
 	$(PY) -m pytest -q -m parity

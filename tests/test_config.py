@@ -63,7 +63,7 @@ def test_semantic_errors_name_the_key(tmp_path):
   for override, message in [("model.num_heads=3", "model.num_heads: 3 does not divide model.d_model=128"),
                             ("train.seq_len=1024", "train.seq_len: 1024 exceeds model.max_len=256"),
                             ("model.dtype=fp9", "model.dtype: 'fp9' is not one of"),
-                            ("sharding.layout=zero", "sharding.layout='zero' is not one of"),
+                            ("sharding.layout=zeta", "sharding.layout='zeta' is not one of"),
                             ("mesh=(('data', 3), ('model', 2))", "needs 6 devices but 8 are available"),
                             ("data.files=('missing.txt',)", "data.files: 'missing.txt' does not exist")]:
     cfg = config_lib.load(QUICKSTART, [override])

@@ -23,7 +23,10 @@ def test_there_are_notebooks():
   assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "fp8", "learngene", "scalingfilter", "align"}
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+# The quickstart runs in `make test`; the method notebooks (one XLA compile per training run
+# each) run in `make slow`, which CI runs too.
+@pytest.mark.parametrize("path", [pytest.param(p, marks=() if p.stem == "quickstart" else pytest.mark.slow)
+                                  for p in NOTEBOOKS], ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs(path, tmp_path, monkeypatch):
   nb = nbformat.read(path, as_version=4)
   first_code = next(c for c in nb.cells if c.cell_type == "code")

@@ -117,4 +117,4 @@ def test_mesh_device_mismatch():
 
 def test_unknown_layout():
   with pytest.raises(sharding.ShardingError, match="sharding.layout='zero'"):
-    sharding.layout_rules("zero")
+    sharding.layout_rules("zeta")

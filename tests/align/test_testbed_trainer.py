@@ -122,6 +122,7 @@ def _cli(workdir, *overrides):
                          *overrides], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_trainer_end_to_end_tiny(tmp_path):
   workdir = str(tmp_path / "run")
   args = ("dpo.train.log_every=1", "pretrain.train.log_every=1")

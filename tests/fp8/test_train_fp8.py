@@ -6,6 +6,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxlab import config as config_lib
 from jaxlab.fp8 import comm, formats
@@ -107,6 +108,7 @@ def _compiled_step(tmp_path, *overrides):
   return comm.collectives(out["compiled"].as_text())
 
 
+@pytest.mark.slow
 def test_compiled_step_moves_gradients_as_8bit_data(tmp_path):
   n = 8
   fp8_ops = _compiled_step(tmp_path, *O2_COMM)
@@ -121,6 +123,7 @@ def test_compiled_step_moves_gradients_as_8bit_data(tmp_path):
   assert fp8_bytes < 0.7 * bf16_bytes, (fp8_bytes, bf16_bytes)
 
 
+@pytest.mark.slow
 def test_vit_trains_under_o2_through_the_same_trainer_options(tmp_path):
   """The classify trainer takes the same fp8 config: the ViT's GEMMs run in FP8, its
   weights and moments sit in O2's formats, and it learns digits."""
@@ -134,3 +137,22 @@ def test_vit_trains_under_o2_through_the_same_trainer_options(tmp_path):
   head = summary["state"].params["head"]["kernel"]
   assert isinstance(head, formats.ScaledTensor) and head.data.dtype == jnp.float16
   assert summary["accuracy"] > 0.2  # 10 classes: chance is 0.1 (40 steps of a 2-layer ViT)
+
+
+@pytest.mark.parametrize("level", ["none", "O3"])
+def test_levels_with_master_weights_save_and_restore(tmp_path, level):
+  """Every array of a none/O3 optimizer state (FP16 or FP32 masters, placeholders for
+  vectors) goes through orbax in its own dtype."""
+  import optax
+  from jaxlab import checkpoint
+  from jaxlab.fp8 import optim as fo
+  params = {"layers": {"fc": {"kernel": jnp.ones((2, 4, 8)) * 0.02, "bias": jnp.zeros((2, 8))}}}
+  prec, tx = fo.precision(fo.LEVELS[level]), fo.scaled_adamw(fo.LEVELS[level], optax.constant_schedule(1e-3))
+  stored = prec.store(params)
+  state = {"params": stored, "opt": tx.init(stored)}
+  mngr = checkpoint.manager(str(tmp_path / "ckpt"))
+  checkpoint.save(mngr, 1, state)
+  mngr.wait_until_finished()
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  _, restored = checkpoint.restore_latest(checkpoint.manager(str(tmp_path / "ckpt")), abstract)
+  _assert_bitwise_equal(restored, state)

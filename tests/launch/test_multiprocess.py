@@ -28,6 +28,8 @@ from jaxlab.models import gpt
 from jaxlab.train import loop, metrics as metrics_lib, optim
 from jaxlab.trainers import lm
 
+pytestmark = pytest.mark.slow  # real multi-process launches: `make slow`
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch" / "multiprocess.sh"
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
