@@ -116,5 +116,5 @@ def test_mesh_device_mismatch():
 
 
 def test_unknown_layout():
-  with pytest.raises(sharding.ShardingError, match="sharding.layout='zero'"):
+  with pytest.raises(sharding.ShardingError, match="sharding.layout='zeta'"):
     sharding.layout_rules("zeta")
