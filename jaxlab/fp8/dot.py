@@ -70,7 +70,8 @@ def _fwd(x, w, meta, dims, recipe):
   sx, sw = _scale(recipe, hx, x, E4M3), _scale(recipe, hw, w, E4M3)
   qx, qw = formats.quantize(x, E4M3, sx), formats.quantize(w, E4M3, sw)
   y = lax.dot_general(_dq(qx, sx, cd), _dq(qw, sw, cd), dims, preferred_element_type=jnp.float32)
-  res = (qx, qw, sx, sw, hg, formats.amax(x), formats.amax(w), meta)
+  observed = (formats.amax(x), formats.amax(w)) if meta else (None, None)  # only delayed scaling records
+  res = (qx, qw, sx, sw, hg, *observed, meta)
   return y.astype(cd), res
 
 

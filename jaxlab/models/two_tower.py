@@ -45,11 +45,6 @@ from jaxlab.models.block import BlockConfig, Stack
 from jaxlab.models.vit import ViT, ViTConfig
 from jaxlab.sharding import constrain
 
-# CLIP's activation. Registered in the shared block's activation table (its extension
-# point) rather than special-cased here; TODO(block owner): move into block.py.
-block_lib.ACTIVATIONS.setdefault("quick_gelu", lambda x: x * jax.nn.sigmoid(1.702 * x))
-
-
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
   vocab_size: int
