@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from jaxlab import checkpoint, config as config_lib, sharding
+from jaxlab import checkpoint, config as config_lib, distributed, sharding
 from jaxlab import fp8, learngene
 from jaxlab.data import builtin, images
 from jaxlab.models import vit
@@ -147,8 +147,9 @@ def report(summary: dict) -> str:
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(cfg.mesh)
   validate(cfg, mesh)
-  data = images.prepare_images(cfg.data.name, data_dir=cfg.data.data_dir or os.path.join(workdir, "data"),
-                               source_dir=builtin.resolve_shared(cfg.data.source_dir, "data.source_dir"))
+  with distributed.main_process_first("classify: data"):  # others reuse process 0's prepared files
+    data = images.prepare_images(cfg.data.name, data_dir=cfg.data.data_dir or os.path.join(workdir, "data"),
+                                 source_dir=builtin.resolve_shared(cfg.data.source_dir, "data.source_dir"))
   schedule = optim.schedule(cfg.optim, cfg.train.steps)
   summary = loop.run(cfg, workdir, make_task(cfg, data), mesh, fp8.optimizer_for(cfg, schedule), schedule)
   summary["parameters_stored"] = parameters_stored(cfg, data)
