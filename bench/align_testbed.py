@@ -2,8 +2,9 @@
 
   1. pretrain the two-tower model (contrastive) and the aesthetic model; measure HPIR
      accuracy and recall@1 ("before")
-  2. full method: queries rephrased (offline expander, style `details`), top-K retrieved,
-     re-ranked by relevance and aesthetics into a u x v grid, ranked DPO + contrastive
+  2. full method: queries rephrased (offline expander, style `details`); top-K retrieved
+     and cut into the rows of a u x v grid by the rephrased query, each row sorted by
+     the aesthetic model; ranked DPO on the original query + contrastive
   3. ablations on the same pretrained and aesthetic models: no rephrasing; plain
      fine-tuning (contrastive on each query's top preferred image) instead of DPO
 
@@ -49,9 +50,11 @@ def main() -> None:
   print()
   print(f"aesthetic model: Pearson r with the true aesthetic score on test images = "
         f"{first['aesthetic_model_corr']:.3f}")
-  print(f"preferences: {first['preferences']['records']} records x {first['preferences']['pairs_per_record']} pairs; "
-        f"mean true aesthetic of the top grid cell {first['preferences']['true_aesthetic_top_cell']:.3f} "
-        f"vs the whole grid {first['preferences']['true_aesthetic_grid']:.3f}")
+  p = first["preferences"]
+  print(f"preferences: {p['records']} records x {p['pairs_per_record']} pairs; mean true aesthetic of the top grid "
+        f"cell {p['true_aesthetic_top_cell']:.3f} vs the whole grid {p['true_aesthetic_grid']:.3f}; "
+        f"{p['relevant_share']:.2f} of the candidates show the query's content; same-content pairs right by the "
+        f"true aesthetic: {p['same_content_pair_accuracy']:.3f}")
   head = f"{'model':32s}{'HPIR acc':>10s}{'HPIR wtd':>10s}{'R@1':>8s}{'R@5':>8s}{'top-4 aes':>11s}" \
          f"{'judge W/T/L vs pretrained':>28s}{'time s':>8s}"
   print(head)

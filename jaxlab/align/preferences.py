@@ -1,7 +1,8 @@
 """Preference pairs from retrieval: top-K -> re-rank -> stride sample -> u x v grid -> pairs.
 
 For one query: take the top-K candidates (by the retrieval model on the rephrased query),
-order them by semantic relevance (to the original query), keep every `stride`-th one
+order them by relevance (the trainer uses the rephrased query: what the user asked for
+plus its aesthetic expectations), keep every `stride`-th one
 until u * v are sampled, cut them into u rows of v in that relevance order (row 0 the
 most relevant), and sort each row by aesthetic score (column 0 the most aesthetic).
 
@@ -54,6 +55,21 @@ def build_grid(candidates: np.ndarray, relevance: np.ndarray, aesthetic: np.ndar
   rows = order.reshape(u, v)
   rows = np.take_along_axis(rows, np.argsort(-aesthetic[rows], axis=1, kind="stable"), axis=1)
   return candidates[rows.reshape(-1)]
+
+
+def grid_stats(grids: np.ndarray, query_content: np.ndarray, truth: np.ndarray, content: np.ndarray,
+               pairs: np.ndarray) -> dict:
+  """Diagnostics of stored grids against the testbed's ground truth (never used to
+  train): grids [R, N] image ids, query_content [R] the content each query asks for,
+  truth / content [images] -> the mean true aesthetic of the top cell and of the grid,
+  the share of candidates showing the query's content, and the share of same-content
+  pairs whose winner has the higher true aesthetic."""
+  a, c = truth[grids], content[grids]
+  same = c[:, pairs[:, 0]] == c[:, pairs[:, 1]]
+  right = a[:, pairs[:, 0]] > a[:, pairs[:, 1]]
+  return {"true_aesthetic_top_cell": float(a[:, 0].mean()), "true_aesthetic_grid": float(a.mean()),
+          "relevant_share": float(np.mean(c == query_content[:, None])),
+          "same_content_pair_accuracy": float(np.sum(right & same) / max(np.sum(same), 1))}
 
 
 def top_k(sims: np.ndarray, k: int) -> np.ndarray:

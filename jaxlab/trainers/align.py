@@ -6,7 +6,8 @@ checkpoint, resume and skip when finished):
   aesthetic/    the aesthetic MLP on the pretrained model's image embeddings, MSE to ratings
   preferences   plain queries -> rephrased (rephrase.backend / style, cached in rephrase_cache/)
                 -> top-K from a random gallery per round -> re-rank by relevance (pretrained
-                model, original query) and aesthetics (the MLP) -> u x v grid -> pairs;
+                model, rephrased query: the query with its aesthetic expectations) and
+                aesthetics (the MLP) -> u x v grid -> pairs on the ORIGINAL query;
                 stored as a tfds dataset in preferences/
   finetune/     ranked DPO against the frozen pretrained model (+ lambda * contrastive; the
                 reference's log-probabilities over each record's fixed candidates are
@@ -61,13 +62,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.data = dict(data_dir="", num_train=4000, num_test=1000, image_size=16, desc_prob=0.5, rating_noise=0.08,
                 hpir_queries=400, hpir_set_size=4, hpir_annotators=5, hpir_noise=0.1)
   c.model = dict(patch_size=4, image_layers=2, text_layers=2, d_model=64, num_heads=2, embed_dim=64, max_len=24)
-  c.pretrain = dict(loss="softmax", label_smoothing=0.1, workdir="", **_train(64, 1000, 2e-3))
-  c.aesthetic = dict(hidden=(64, 16), dropout=(0.1, 0.0), activation="none", workdir="", **_train(128, 400, 1e-3))
+  # a retriever that tells the contents apart needs ~1,500 steps of 128 pairs; label smoothing
+  # only slows it (same-content captions are already soft negatives)
+  c.pretrain = dict(loss="softmax", label_smoothing=0.0, workdir="", **_train(128, 1500, 2e-3))
+  # the LAION-style linear head underfits these small embeddings (Pearson r 0.58 vs 0.61 with relu)
+  c.aesthetic = dict(hidden=(64, 16), dropout=(0.1, 0.0), activation="relu", workdir="", **_train(128, 1500, 3e-3))
   c.rephrase = dict(backend="offline", style="details", k=3, model="", base_url_env="OPENAI_BASE_URL",
                     api_key_env="OPENAI_API_KEY", timeout=30.0, retries=3, max_concurrency=4, gpt_workdir="")
   c.preferences = dict(rounds=30, gallery=1000, top_k=40, u=3, v=3, stride=2)
+  # 400 steps at 4e-4: picked among 7 settings by HPIR accuracy on records over train images
   c.dpo = dict(objective="dpo", beta=0.5, label_smoothing=0.1, contrastive_weight=1.0, contrastive_batch=64,
-               **_train(16, 200, 2e-4))
+               **_train(16, 400, 4e-4))
   c.eval = dict(top_k=4, batch_size=256)
   return c
 
@@ -349,7 +354,7 @@ def build_preferences(cfg, workdir, mcfg, params, mlp_params, train, img_emb, to
   r_emb = embed_texts(mcfg, params, tok, rephrased, mcfg.text.max_len, bs)
   aes = np.asarray(aesthetic_lib.score(aesthetic_model(cfg), mlp_params, jnp.asarray(img_emb)))
   # what the records depend on, the models included (by a fingerprint of their outputs)
-  key = json.dumps([backend.name if backend else "none", r.style, r.k, p.to_dict(), cfg.seed, rephrased,
+  key = json.dumps(["rows by rephrased relevance", backend.name if backend else "none", r.style, r.k, p.to_dict(), cfg.seed, rephrased,
                     np.round(img_emb[:16], 5).tolist(), np.round(q_emb, 5).tolist(), np.round(aes[:16], 5).tolist()])
   name = "prefs_" + hashlib.sha256(key.encode()).hexdigest()[:12]
   rng = np.random.default_rng(cfg.seed + 3)
@@ -359,15 +364,17 @@ def build_preferences(cfg, workdir, mcfg, params, mlp_params, train, img_emb, to
     gallery = rng.choice(len(img_emb), p.gallery, replace=False)
     top = gallery[pref_lib.top_k(r_emb @ img_emb[gallery].T, p.top_k)]     # [Q, K] train indices
     for qi, cands in enumerate(top):
-      grid = pref_lib.build_grid(cands, img_emb[cands] @ q_emb[qi], aes[cands], p.u, p.v, p.stride)
+      # relevance to the rephrased query: relevance to the plain one runs against the
+      # aesthetic expectations inside the rephrased top-K (the plain-caption images win)
+      grid = pref_lib.build_grid(cands, img_emb[cands] @ r_emb[qi], aes[cands], p.u, p.v, p.stride)
       out_q.append(queries[qi]); out_r.append(rephrased[qi]); out_c.append(grid)
       out_ref.append(np.asarray(dpo_lib.candidate_log_probs(q_emb[qi][None], img_emb[grid][None], scale))[0])
   prefs = pref_lib.write_preferences(os.path.join(workdir, "preferences"), name, out_q, out_r, out_c, out_ref,
                                      pref_lib.grid_pairs(p.u, p.v))
-  truth = train["aesthetic"][np.asarray(out_c)]
   stats = {"records": len(out_q), "pairs_per_record": int(len(pref_lib.grid_pairs(p.u, p.v))),
            "rephrased_example": rephrased[0],
-           "true_aesthetic_top_cell": float(truth[:, 0].mean()), "true_aesthetic_grid": float(truth.mean())}
+           **pref_lib.grid_stats(np.asarray(out_c), np.asarray([queries.index(q) for q in out_q]),
+                                 train["aesthetic"], train["content_id"], pref_lib.grid_pairs(p.u, p.v))}
   return prefs, stats
 
 

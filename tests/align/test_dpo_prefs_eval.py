@@ -77,6 +77,18 @@ def test_build_grid_hand_case():
   assert preferences.top_k(sims, 3).tolist() == [[1, 3, 2]]
 
 
+def test_grid_stats_hand_case():
+  # two 1 x 2 grids (pair: cell 0 over cell 1) over 4 images; query contents 0 and 1
+  truth = np.array([0.9, 0.1, 0.2, 0.8])
+  content = np.array([0, 0, 1, 1])
+  grids = np.array([[0, 1], [2, 1]])
+  s = preferences.grid_stats(grids, np.array([0, 1]), truth, content, preferences.grid_pairs(1, 2))
+  assert s["true_aesthetic_top_cell"] == pytest.approx(0.55)
+  assert s["true_aesthetic_grid"] == pytest.approx(0.325)
+  assert s["relevant_share"] == pytest.approx(0.75)       # images 0, 1 for query 0; image 2 for query 1
+  assert s["same_content_pair_accuracy"] == pytest.approx(1.0)   # only grid 0's pair is same-content
+
+
 def _records(confs, choices):
   return [hpir.HPIRRecord(f"q{i}", ("x",), ("y",), c, f) for i, (f, c) in enumerate(zip(confs, choices))]
 
