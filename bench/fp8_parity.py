@@ -4,7 +4,7 @@ every level: fp32, none (BF16 mixed precision, the baseline), O1, O2, O3, O2 wit
 DeepSeek-V3 block scaling, and flax.linen.fp8_ops (the peer). Each run goes through the
 trainer's functional API (`jaxlab.trainers.lm.train_and_evaluate`) with configs/fp8/gpt.py.
 
-  nice -n 10 python bench/fp8_parity.py [--steps 300 --seeds 0,1,2 --workdir /tmp/fp8_parity]
+  nice -n 10 python bench/fp8_parity.py [--steps 400 --seeds 0,1,2 --workdir /tmp/fp8_parity]
 
 Prints the final held-out loss of each run (the mean over seeds) and its relative gap to
 BF16 with the per-seed gaps beside it, saves the loss curves of the first seed as one PNG,
@@ -88,7 +88,7 @@ def plot(curves: dict, png: str) -> None:
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--workdir", default="/tmp/fp8_parity")
-  p.add_argument("--steps", type=int, default=300)
+  p.add_argument("--steps", type=int, default=400)
   p.add_argument("--layers", type=int, default=2)
   p.add_argument("--d-model", type=int, default=128)
   p.add_argument("--heads", type=int, default=4)
@@ -99,7 +99,7 @@ def main():
   p.add_argument("--block", type=int, default=64)
   p.add_argument("--log-every", type=int, default=10)
   p.add_argument("--eval-batches", type=int, default=40)
-  p.add_argument("--seeds", default="0", help="comma-separated seeds (initialisation and data order); "
+  p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (initialisation and data order); "
                  "every run uses each seed, and the gaps compare means over seeds")
   p.add_argument("--only", default="", help="comma-separated run names (default: all)")
   args = p.parse_args()
