@@ -69,18 +69,21 @@ class GPT(nn.Module):
   dot_general_cls: Any = None
 
   @nn.compact
-  def __call__(self, tokens, deterministic: bool = True):
+  def __call__(self, tokens, deterministic: bool = True, positions=None, segment_ids=None):
+    """Packed rows: `positions` [B, T] restart at each document and `segment_ids` [B, T]
+    keep attention within a document; both default to one sequence a row."""
     cfg = self.cfg
     init = nn.initializers.normal(0.02)
     wte = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=init, dtype=cfg.dtype,
                    param_dtype=cfg.param_dtype, name="wte")
     wpe = nn.Embed(cfg.max_len, cfg.d_model, embedding_init=nn.initializers.normal(0.01), dtype=cfg.dtype,
                    param_dtype=cfg.param_dtype, name="wpe")
-    positions = jnp.arange(tokens.shape[-1])[None]
+    positions = jnp.arange(tokens.shape[-1])[None] if positions is None else positions
+    mask = None if segment_ids is None else segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
     x = wte(tokens) + wpe(positions)
     x = nn.Dropout(cfg.dropout)(x, deterministic=deterministic)
     x = Stack(cfg.block(), cfg.num_layers, self.dot_general_cls,
-              out_std=0.02 / math.sqrt(2 * cfg.num_layers), remat=cfg.remat, name="decoder")(x, None, deterministic)
+              out_std=0.02 / math.sqrt(2 * cfg.num_layers), remat=cfg.remat, name="decoder")(x, mask, deterministic)
     x = nn.LayerNorm(cfg.layer_norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="ln_f")(x)
     if cfg.tied_embeddings:
       logits = wte.attend(x)

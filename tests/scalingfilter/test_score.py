@@ -194,3 +194,40 @@ def test_per_host_shards_union_is_one_row_per_document(pair, tmp_path):
     score.read_parts(str(tmp_path / "dup"))
   with pytest.raises(ValueError, match="process_index"):
     score.shard_inputs([], 3, 3)
+
+
+def test_packing_plan_by_hand():
+  assert score.row_lengths(1024, 128) == (128, 192, 256, 384, 512, 768, 1024)
+  assert score.row_lengths(32, 16) == (16, 24, 32) and score.row_lengths(32, 64) == (32,)
+  rows = score.pack_rows([5, 3, 9, 2, 4], capacities=(8, 12, 16))
+  # longest first; the 9 opens a 12-slot row whose spare room takes the 3
+  assert rows == [(12, [2, 1]), (8, [0, 3]), (8, [4])]
+  assert score.batch_sizes(11, 4, 1) == [4, 4, 2, 1]
+  assert score.batch_sizes(5, 4, 2) == [4, 2] and score.batch_sizes(0, 4, 1) == []
+  plan = score.plan_packed([30, 20, 10, 6, 6, 5, 31], context=32, pack_len=16, tokens_per_batch=64, row_multiple=1)
+  assert plan == [(16, [[2, 3], [4, 5]], 2), (24, [[1]], 1), (32, [[6], [0]], 2)]
+
+
+def test_packed_scoring_equals_one_document_per_row(pair):
+  """Rows holding several documents (positions restart, attention stays inside a document)
+  give each document the NLL it gets alone in an unmasked, unpacked forward pass."""
+  small, large, texts = pair
+  enc = small.tokenizer.backend_tokenizer
+  docs = [np.asarray(enc.encode(t[:15 + 9 * i]).ids, np.int32) for i, t in enumerate(texts[:16])]
+  docs = [d for d in docs if len(d) >= 2] + [np.asarray(enc.encode(texts[30][:300]).ids, np.int32)]  # + windows
+  lengths = [len(w) for d in docs for w in score.windows(d, small.context)]
+  plan = score.plan_packed(lengths, context=small.context, pack_len=small.context, tokens_per_batch=128,
+                           row_multiple=1)
+  assert max(len(row) for _, rows, _ in plan for row in rows) >= 3  # really packed
+  mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
+  fns = tuple(score.make_nll_fn(m.model, mesh) for m in (small, large))
+  packed = score.score_token_lists(docs, fns, context=small.context, tokens_per_batch=128, row_multiple=1,
+                                   params=(small.params, large.params), pack_len=small.context)
+  for m, meta in enumerate((small, large)):
+    forward = jax.jit(lambda x: meta.model.apply({"params": meta.params}, x))
+    for d, ids in enumerate(docs):
+      total = 0.0
+      for w in score.windows(ids, meta.context):
+        logp = jax.nn.log_softmax(forward(jnp.asarray(w[None, :-1])))[0]
+        total -= float(jnp.sum(logp[jnp.arange(len(w) - 1), w[1:]]))
+      np.testing.assert_allclose(packed[d, m], total / (len(ids) - 1), atol=1e-5)
