@@ -42,6 +42,12 @@ class Server:
         try:
           status, reply, delay = outer.behaviour(n, body, self.headers)
           time.sleep(delay)
+        finally:
+          # Leave the count before replying: once the client has the reply it may send its
+          # next request, which must not overlap this one in the count.
+          with outer.lock:
+            outer.in_flight -= 1
+        try:
           self.send_response(status)
           self.send_header("Content-Type", "application/json")
           self.send_header("Content-Length", str(len(reply)))
@@ -49,9 +55,6 @@ class Server:
           self.wfile.write(reply)
         except (BrokenPipeError, ConnectionResetError):
           pass
-        finally:
-          with outer.lock:
-            outer.in_flight -= 1
 
     self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     self.httpd.daemon_threads = True
