@@ -21,7 +21,7 @@ def get_config(arg=None):
   c = align.default_config()
   for part in filter(None, (arg or "").split(",")):
     if part == "tiny":
-      c.data.update(num_train=240, num_test=120, hpir_queries=20, hpir_set_size=2)
+      c.data.update(num_train=240, num_val=120, num_test=120, hpir_queries=20, hpir_set_size=2)
       c.model.update(image_layers=1, text_layers=1, d_model=32, embed_dim=32, max_len=16)
       c.pretrain.train.update(batch_size=32, steps=2)
       c.aesthetic.train.update(batch_size=32, steps=2)

@@ -13,8 +13,11 @@ web alt-text, some noisy aesthetic words: each factor is described with probabil
 `desc_prob`, by its good word (>= 0.6) or bad word (<= 0.4). A `rating` (ground truth
 plus Gaussian noise, clipped to [0, 1]) plays the role of a human aesthetic rating.
 
-HPIR labels: for a content query, two disjoint result sets of `set_size` test images of
-that content; `annotators` simulated people each prefer the set with the higher mean
+Splits: train (pretraining, the aesthetic model, preference galleries), validation (for
+choosing settings: its images enter no grid and no training) and test (reported).
+
+HPIR labels (validation and test each have their own): for a content query, two disjoint
+result sets of `set_size` images of that content; `annotators` simulated people each prefer the set with the higher mean
 ground truth after adding N(0, noise) to the difference; the choice is the majority,
 the confidence the majority's share.
 """
@@ -102,7 +105,7 @@ def caption_for(content: str, factors, rng: np.random.Generator, desc_prob: floa
   return " , ".join([query_for(content)] + words)
 
 
-def generate(n: int, size: int, seed: int, desc_prob: float = 0.5, rating_noise: float = 0.08) -> dict:
+def generate(n: int, size: int, seed, desc_prob: float = 0.5, rating_noise: float = 0.08) -> dict:
   """n examples as arrays: image, caption, content, content_id, factors, aesthetic, rating."""
   rng = np.random.default_rng(seed)
   content_id = rng.integers(0, len(CONTENTS), n)
@@ -122,6 +125,7 @@ def generate(n: int, size: int, seed: int, desc_prob: float = 0.5, rating_noise:
 @dataclasses.dataclass
 class TestbedConfig(tfds.core.BuilderConfig):
   num_train: int = 4000
+  num_val: int = 1000
   num_test: int = 1000
   image_size: int = 16
   seed: int = 0
@@ -129,8 +133,9 @@ class TestbedConfig(tfds.core.BuilderConfig):
   rating_noise: float = 0.08
 
 
-def config_name(num_train, num_test, image_size, seed, desc_prob, rating_noise) -> str:
-  return f"s{image_size}_n{num_train}_{num_test}_seed{seed}_d{desc_prob:g}_r{rating_noise:g}".replace(".", "p")
+def config_name(num_train, num_val, num_test, image_size, seed, desc_prob, rating_noise) -> str:
+  return (f"s{image_size}_n{num_train}_{num_val}_{num_test}_seed{seed}_d{desc_prob:g}_r{rating_noise:g}"
+          .replace(".", "p"))
 
 
 class AlignTestbed(tfds.core.GeneratorBasedBuilder):
@@ -155,8 +160,10 @@ class AlignTestbed(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager  # generated locally
     c = self.builder_config
-    return {split: self._generate_examples(split, n, c.seed * 2 + k)
-            for k, (split, n) in enumerate((("train", c.num_train), ("test", c.num_test)))}
+    # train and test keep their integer seeds; validation's [seed, 2] is a different stream
+    seeds = {"train": c.seed * 2, "test": c.seed * 2 + 1, "validation": [c.seed, 2]}
+    return {split: self._generate_examples(split, n, seeds[split])
+            for split, n in (("train", c.num_train), ("validation", c.num_val), ("test", c.num_test))}
 
   def _generate_examples(self, split, n, seed):
     c = self.builder_config
@@ -168,32 +175,39 @@ class AlignTestbed(tfds.core.GeneratorBasedBuilder):
 @dataclasses.dataclass(frozen=True)
 class Testbed:
   train: object           # tfds data sources (random access)
+  validation: object
   test: object
   image_size: int
   hpir_path: str          # HPIR-format labels over the test split
+  hpir_val_path: str      # ... and over the validation split
 
 
-def prepare_testbed(data_dir: str, *, num_train: int = 4000, num_test: int = 1000, image_size: int = 16,
+def prepare_testbed(data_dir: str, *, num_train: int = 4000, num_val: int = 1000, num_test: int = 1000,
+                    image_size: int = 16,
                     seed: int = 0, desc_prob: float = 0.5, rating_noise: float = 0.08, hpir_queries: int = 400,
                     hpir_set_size: int = 4, hpir_annotators: int = 5, hpir_noise: float = 0.1) -> Testbed:
   """Build (once) the array_record dataset and its HPIR labels; open them."""
-  for key, value in (("num_train", num_train), ("num_test", num_test), ("image_size", image_size)):
+  for key, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
+                     ("image_size", image_size)):
     if value <= 0:
       raise ValueError(f"testbed {key} must be positive, got {value}")
   tfds.disable_progress_bar()
-  name = config_name(num_train, num_test, image_size, seed, desc_prob, rating_noise)
-  cfg = TestbedConfig(name=name, num_train=num_train, num_test=num_test, image_size=image_size, seed=seed,
-                      desc_prob=desc_prob, rating_noise=rating_noise)
+  name = config_name(num_train, num_val, num_test, image_size, seed, desc_prob, rating_noise)
+  cfg = TestbedConfig(name=name, num_train=num_train, num_val=num_val, num_test=num_test, image_size=image_size,
+                      seed=seed, desc_prob=desc_prob, rating_noise=rating_noise)
   builder = AlignTestbed(config=cfg, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare()
-  train, test = builder.as_data_source(split="train"), builder.as_data_source(split="test")
-  hpir_path = os.path.join(data_dir, f"hpir_{name}_q{hpir_queries}_k{hpir_set_size}_a{hpir_annotators}"
-                                     f"_n{hpir_noise:g}.jsonl".replace("0.", "0p"))
-  if not os.path.exists(hpir_path):
-    records = hpir_labels(test, hpir_queries, hpir_set_size, hpir_annotators, hpir_noise, seed=seed + 1)
-    hpir.write_hpir(hpir_path + ".tmp", records)
-    os.replace(hpir_path + ".tmp", hpir_path)
-  return Testbed(train=train, test=test, image_size=image_size, hpir_path=hpir_path)
+  splits = {split: builder.as_data_source(split=split) for split in ("train", "validation", "test")}
+  paths = {}
+  for split, label_seed in (("test", seed + 1), ("validation", [seed, 3])):
+    paths[split] = os.path.join(data_dir, f"hpir_{name}_{split}_q{hpir_queries}_k{hpir_set_size}_a{hpir_annotators}"
+                                          f"_n{hpir_noise:g}.jsonl".replace("0.", "0p"))
+    if not os.path.exists(paths[split]):
+      records = hpir_labels(splits[split], hpir_queries, hpir_set_size, hpir_annotators, hpir_noise, label_seed)
+      hpir.write_hpir(paths[split] + ".tmp", records)
+      os.replace(paths[split] + ".tmp", paths[split])
+  return Testbed(train=splits["train"], validation=splits["validation"], test=splits["test"], image_size=image_size,
+                 hpir_path=paths["test"], hpir_val_path=paths["validation"])
 
 
 def column(source, key: str) -> np.ndarray | list:
@@ -201,15 +215,16 @@ def column(source, key: str) -> np.ndarray | list:
   return values if isinstance(values[0], (str, bytes)) else np.stack(values)
 
 
-def hpir_labels(source, n: int, set_size: int, annotators: int, noise: float, seed: int) -> list:
-  """HPIR records over `source` (a test split) drawn from its aesthetic ground truth."""
+def hpir_labels(source, n: int, set_size: int, annotators: int, noise: float, seed) -> list:
+  """HPIR records over `source` (a validation or test split) drawn from its aesthetic ground truth."""
   rng = np.random.default_rng(seed)
   ids = [as_text(x) for x in column(source, "id")]
   content = np.asarray(column(source, "content_id"))
   truth = np.asarray(column(source, "aesthetic"))
   usable = [c for c in range(len(CONTENTS)) if np.sum(content == c) >= 2 * set_size]
   if not usable:
-    raise ValueError(f"no content has {2 * set_size} test images: raise num_test or lower hpir_set_size")
+    raise ValueError(f"no content has {2 * set_size} images in the split: raise num_val / num_test or lower "
+                     f"hpir_set_size")
   out = []
   for _ in range(n):
     c = usable[rng.integers(len(usable))]

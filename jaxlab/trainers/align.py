@@ -13,7 +13,8 @@ checkpoint, resume and skip when finished):
                 reference's log-probabilities over each record's fixed candidates are
                 constant, so they are computed once with the preferences and stored), or
                 dpo.objective=sft: contrastive fine-tuning on each query's top preferred image
-  report.json   HPIR accuracy (plain, confidence-weighted), recall@1/5, the mean true
+  report.json   on the test split (and on validation, for choosing settings):
+                HPIR accuracy (plain, confidence-weighted), recall@1/5, the mean true
                 aesthetic of the top results, and the order-consistent aesthetic judge,
                 before (pretrained) and after (fine-tuned)
 
@@ -59,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.mesh = (("data", -1), ("model", 1))
   c.sharding = dict(layout="dp", extra_rules=())
-  c.data = dict(data_dir="", num_train=4000, num_test=1000, image_size=16, desc_prob=0.5, rating_noise=0.08,
+  c.data = dict(data_dir="", num_train=4000, num_val=1000, num_test=1000, image_size=16, desc_prob=0.5, rating_noise=0.08,
                 hpir_queries=400, hpir_set_size=4, hpir_annotators=5, hpir_noise=0.1)
   c.model = dict(patch_size=4, image_layers=2, text_layers=2, d_model=64, num_heads=2, embed_dim=64, max_len=24)
   # a retriever that tells the contents apart needs ~1,500 steps of 128 pairs; label smoothing
@@ -113,7 +114,7 @@ def validate(cfg, mesh) -> None:
   req(m.d_model % m.num_heads == 0, "model.num_heads", f"{m.num_heads} does not divide model.d_model={m.d_model}")
   req(d.image_size % m.patch_size == 0, "model.patch_size",
       f"{m.patch_size} does not divide data.image_size={d.image_size}")
-  for key in ("num_train", "num_test", "image_size", "hpir_queries", "hpir_set_size", "hpir_annotators"):
+  for key in ("num_train", "num_val", "num_test", "image_size", "hpir_queries", "hpir_set_size", "hpir_annotators"):
     req(d[key] > 0, f"data.{key}", "must be positive")
   req(cfg.pretrain.loss in ("softmax", "sigmoid"), "pretrain.loss", f"{cfg.pretrain.loss!r}: use softmax or sigmoid")
   req(0.0 <= cfg.pretrain.label_smoothing < 1.0, "pretrain.label_smoothing", "must be in [0, 1)")
@@ -404,14 +405,14 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   config_lib.write(cfg, workdir)
   d = cfg.data
   tb = testbed_lib.prepare_testbed(
-      d.data_dir or os.path.join(workdir, "data"), num_train=d.num_train, num_test=d.num_test,
+      d.data_dir or os.path.join(workdir, "data"), num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
       image_size=d.image_size, seed=cfg.seed, desc_prob=d.desc_prob, rating_noise=d.rating_noise,
       hpir_queries=d.hpir_queries, hpir_set_size=d.hpir_set_size, hpir_annotators=d.hpir_annotators,
       hpir_noise=d.hpir_noise)
   tok = testbed_lib.word_tokenizer()
   mcfg = model_config(cfg.model, d.image_size, tok.get_vocab_size(), cfg.pretrain.loss)
-  train, test = (load_split(s, tok, cfg.model.max_len) for s in (tb.train, tb.test))
-  records = hpir.load_hpir(tb.hpir_path)
+  train, val, test = (load_split(s, tok, cfg.model.max_len) for s in (tb.train, tb.validation, tb.test))
+  records, val_records = hpir.load_hpir(tb.hpir_path), hpir.load_hpir(tb.hpir_val_path)
 
   def stage(name, task_fn):
     src = cfg[name].workdir if name in ("pretrain", "aesthetic") else ""
@@ -440,9 +441,13 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
       embed_images(mcfg, pre["params"], test["images"], bs))))
   before, top_before = evaluate(cfg, mcfg, pre["params"], test, records, tok)
   after, top_after = evaluate(cfg, mcfg, fine["params"], test, records, tok)
+  # settings are chosen on the validation split (its images are in no grid), reported on test
+  val_before, _ = evaluate(cfg, mcfg, pre["params"], val, val_records, tok)
+  val_after, _ = evaluate(cfg, mcfg, fine["params"], val, val_records, tok)
   judge = judge_lib.aesthetic_judge(lambda idx: aes_scores[np.asarray(idx)])
   content_q = [testbed_lib.query_for(c) for c in testbed_lib.CONTENTS]
-  report = {"before": before, "after": after, "preferences": pref_stats,
+  report = {"before": before, "after": after, "val_before": val_before, "val_after": val_after,
+            "preferences": pref_stats,
             "judge_after_vs_before": judge_lib.compare(judge, content_q, list(top_after), list(top_before)),
             "aesthetic_model_corr": float(np.corrcoef(aes_scores, test["aesthetic"])[0, 1])}
   with open(os.path.join(workdir, "report.json"), "w") as f:
@@ -459,6 +464,9 @@ def report(summary: dict) -> str:
   for key in ("accuracy", "weighted_accuracy", "r@1", "r@5", "top_true_aesthetic", "top_relevant"):
     name = {"accuracy": "HPIR accuracy", "weighted_accuracy": "HPIR weighted"}.get(key, key)
     lines.append(f"{name:22s}{b[key]:10.4f}{a[key]:10.4f}")
+  vb, va = r["val_before"], r["val_after"]
+  lines.append(f"{'validation HPIR / R@1':22s}{vb['accuracy']:10.4f}{va['accuracy']:10.4f}"
+               f"  /{vb['r@1']:8.4f}{va['r@1']:10.4f}")
   j = r["judge_after_vs_before"]
   lines.append(f"aesthetic judge, after vs before: win {j['win']:.3f} tie {j['tie']:.3f} loss {j['loss']:.3f}")
   lines.append(f"report: {os.path.join(summary['workdir'], 'report.json')}")

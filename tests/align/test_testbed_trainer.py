@@ -33,7 +33,8 @@ def test_render_follows_the_factors():
 
 
 def test_captions_tokens_and_hpir_labels(tmp_path):
-  tb = testbed.prepare_testbed(str(tmp_path), num_train=16, num_test=200, hpir_queries=60, hpir_set_size=2)
+  tb = testbed.prepare_testbed(str(tmp_path), num_train=16, num_val=160, num_test=200, hpir_queries=60,
+                               hpir_set_size=2)
   rec = tb.test[0]
   assert rec["image"].shape == (16, 16, 3) and rec["image"].dtype == np.uint8
   truth = np.asarray(rec["factors"]).mean()
@@ -52,6 +53,15 @@ def test_captions_tokens_and_hpir_labels(tmp_path):
                    == (r.choice == "a") for r in records])
   assert 0.7 < agree < 1.0                                   # drawn from the truth, with noise
   assert {r.confidence for r in records} <= {0.6, 0.8, 1.0}
+  # validation: its own images (none of test's) and its own labels over them
+  assert len(tb.validation) == 160
+  val_ids = {testbed.as_text(tb.validation[i]["id"]) for i in range(160)}
+  assert all(i.startswith("validation-") for i in val_ids)
+  val_images = np.stack([tb.validation[i]["image"] for i in range(160)]).reshape(160, -1)
+  test_images = np.stack([tb.test[i]["image"] for i in range(200)]).reshape(200, -1)
+  assert not (val_images[:, None, :] == test_images[None, :, :]).all(-1).any()
+  val_records = hpir.load_hpir(tb.hpir_val_path)
+  assert len(val_records) == 60 and all(set(r.results_a + r.results_b) <= val_ids for r in val_records)
   with pytest.raises(ValueError, match="num_test must be positive"):
     testbed.prepare_testbed(str(tmp_path), num_test=0)
 
