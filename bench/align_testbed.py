@@ -10,7 +10,8 @@
 
   nice -n 10 python bench/align_testbed.py [--workdir runs/bench_align] [key=value ...]
 
-Overrides go to every run (e.g. dpo.train.steps=200). Prints a table and, last,
+Overrides go to every run (e.g. dpo.train.steps=200; pretrain.workdir=RUN/full/pretrain
+aesthetic.workdir=RUN/full/aesthetic reuse the models of an earlier run). Prints a table and, last,
 `hpir_before=.. hpir_after=.. r1_before=.. r1_after=..` for the full method.
 """
 from __future__ import annotations
@@ -33,7 +34,9 @@ def main() -> None:
   parser.add_argument("overrides", nargs="*")
   args = parser.parse_args()
   full_dir = os.path.join(args.workdir, "full")
-  reuse = [f"pretrain.workdir={full_dir}/pretrain", f"aesthetic.workdir={full_dir}/aesthetic"]
+  # the ablations reuse the full run's pretrained and aesthetic models (or those given)
+  reuse = [f"{stage}.workdir={full_dir}/{stage}" for stage in ("pretrain", "aesthetic")
+           if not any(o.startswith(f"{stage}.workdir=") for o in args.overrides)]
   runs = [("full (rephrase + DPO)", "", full_dir, []),
           ("no rephrasing + DPO", "no_rephrase", os.path.join(args.workdir, "no_rephrase"), reuse),
           ("rephrase + plain fine-tuning", "sft", os.path.join(args.workdir, "sft"), reuse)]
@@ -55,17 +58,18 @@ def main() -> None:
         f"cell {p['true_aesthetic_top_cell']:.3f} vs the whole grid {p['true_aesthetic_grid']:.3f}; "
         f"{p['relevant_share']:.2f} of the candidates show the query's content; same-content pairs right by the "
         f"true aesthetic: {p['same_content_pair_accuracy']:.3f}")
+  print("test split (reported); validation split (settings are chosen on it; its images are in no grid):")
   head = f"{'model':32s}{'HPIR acc':>10s}{'HPIR wtd':>10s}{'R@1':>8s}{'R@5':>8s}{'top-4 aes':>11s}" \
-         f"{'judge W/T/L vs pretrained':>28s}{'time s':>8s}"
+         f"{'judge W/T/L':>16s}{'val HPIR':>10s}{'val R@1':>9s}{'time s':>8s}"
   print(head)
-  b = first["before"]
+  b, vb = first["before"], first["val_before"]
   print(f"{'pretrained':32s}{b['accuracy']:10.3f}{b['weighted_accuracy']:10.3f}{b['r@1']:8.3f}{b['r@5']:8.3f}"
-        f"{b['top_true_aesthetic']:11.3f}{'':>28s}")
+        f"{b['top_true_aesthetic']:11.3f}{'':>16s}{vb['accuracy']:10.3f}{vb['r@1']:9.3f}")
   for name, rep, secs in reports:
-    a, j = rep["after"], rep["judge_after_vs_before"]
+    a, va, j = rep["after"], rep["val_after"], rep["judge_after_vs_before"]
     jt = f"{j['win']:.2f}/{j['tie']:.2f}/{j['loss']:.2f}"
     print(f"{name:32s}{a['accuracy']:10.3f}{a['weighted_accuracy']:10.3f}{a['r@1']:8.3f}{a['r@5']:8.3f}"
-          f"{a['top_true_aesthetic']:11.3f}{jt:>28s}{secs:8.0f}")
+          f"{a['top_true_aesthetic']:11.3f}{jt:>16s}{va['accuracy']:10.3f}{va['r@1']:9.3f}{secs:8.0f}")
   a = first["after"]
   print(f"hpir_before={b['accuracy']:.4f} hpir_after={a['accuracy']:.4f} r1_before={b['r@1']:.4f} "
         f"r1_after={a['r@1']:.4f}")
