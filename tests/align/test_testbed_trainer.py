@@ -148,3 +148,16 @@ def test_trainer_end_to_end_tiny(tmp_path):
   first = next(r for r in rows if "preference_loss" in r)
   assert first["step"] == 1
   assert first["preference_loss"] == pytest.approx(math.log(2), rel=1e-5)   # policy == reference at step 0
+
+
+def test_gallery_recall_is_the_mean_over_disjoint_galleries():
+  from jaxlab.trainers.align import gallery_recall
+  content = np.array([0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0])
+  img = np.eye(2)[content]
+  cap = img.copy()
+  cap[[6, 7]] = cap[[7, 6]]      # second gallery: captions 6 and 7 point at the other content
+  cap[8:] = 1 - cap[8:]          # the partial third gallery (3 images) is wrong everywhere...
+  out = gallery_recall(cap, img, content, gallery=4, ks=(1,))
+  assert out == {"r@1": pytest.approx((1.0 + 0.5) / 2)}   # ...and left out
+  # a split smaller than the gallery is one gallery
+  assert gallery_recall(cap[:3], img[:3], content[:3], gallery=4, ks=(1,)) == {"r@1": 1.0}
