@@ -15,7 +15,8 @@ JAXLAB_DISTRIBUTED=off|auto|explicit|slurm|tpu forces a choice. JAXLAB_HEARTBEAT
 (seconds, default 100) bounds how long the others run on after a process dies: JAX's
 coordination service then stops every process with "the JAX distributed service detected
 fatal errors", instead of letting them hang in a collective. JAXLAB_INIT_TIMEOUT (default
-300) bounds the wait for all processes to join.
+300) bounds the wait for all processes to join, JAXLAB_BARRIER_TIMEOUT (default 86400)
+a `barrier`.
 
 `python -m jaxlab.distributed --processes N -- COMMAND ...` starts N processes of COMMAND
 on this machine (coordinator on 127.0.0.1, simulated CPU devices, gloo collectives): a
@@ -107,13 +108,31 @@ def initialize(environ: Mapping[str, str] | None = None) -> tuple[str, dict] | N
   return chosen
 
 
-def barrier(name: str) -> None:
-  """Wait until every process gets here (a no-op for one process)."""
-  import jax
-  from jax.experimental import multihost_utils
+_barriers = 0  # every process passes the same barriers in the same order: same keys
 
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+
+def barrier(name: str) -> None:
+  """Wait until every process gets here (a no-op for one process). Polls the coordination
+  service's key-value store instead of running a device collective: gloo gives up after
+  30 s, too short for one process's data preparation or scoring, and a short sleep keeps
+  Ctrl-C working. JAXLAB_BARRIER_TIMEOUT (seconds, default 86400) bounds the wait."""
+  import jax
+  from jax._src import distributed as jax_distributed
+
+  global _barriers
+  count = jax.process_count()
+  if count == 1:
+    return
+  _barriers += 1
+  client = jax_distributed.global_state.client
+  prefix = f"jaxlab/barrier/{_barriers}/{name}/"
+  client.key_value_set(prefix + str(jax.process_index()), "here")
+  deadline = time.monotonic() + _int_var(os.environ, "JAXLAB_BARRIER_TIMEOUT", 86400)
+  while len(client.key_value_dir_get(prefix)) < count:
+    if time.monotonic() > deadline:
+      raise DistributedError(f"barrier {name!r}: only {len(client.key_value_dir_get(prefix))} of {count} "
+                             "processes arrived before JAXLAB_BARRIER_TIMEOUT")
+    time.sleep(0.2)
 
 
 @contextlib.contextmanager

@@ -4,15 +4,24 @@ checkpoints, scoring from its output file), so a rerun continues where it stoppe
 
 Layout under the workdir: small/ and large/ (LM runs; large reuses small's tokenizer),
 scores.jsonl (+ .rejects.jsonl), kept.jsonl, report.json.
+
+Several processes (jaxlab.distributed): all train the pair together. Scoring is sharded
+by input FILE (a directory counts as its files): process i scores files i, i+N, ... with
+its own devices into score_parts/part-IIIII-of-NNNNN.jsonl (resumable), so a single input
+file is scored by process 0 alone while the others wait. Once every part is done,
+process 0 joins them into scores.jsonl (+ .rejects.jsonl) in input order, the same file
+one process writes; then process 0 alone selects, measures diversity and writes the
+report, and the others wait for it before returning their own scoring counts.
 """
 from __future__ import annotations
 
 import json
 import os
 
+import jax
 import ml_collections
 
-from jaxlab import checkpoint, config as config_lib
+from jaxlab import checkpoint, config as config_lib, distributed
 from jaxlab.data import builtin
 from jaxlab.scalingfilter import score as score_lib
 from jaxlab.trainers import lm
@@ -43,7 +52,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   source = builtin.resolve_shared(cfg.score.input, "score.input")
   config_lib.require(os.path.exists(source), "score.input", f"{source!r} does not exist")
   os.makedirs(workdir, exist_ok=True)
-  config_lib.write(cfg, workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    config_lib.write(cfg, workdir)
   report = {}
   small_dir, large_dir = os.path.join(workdir, "small"), os.path.join(workdir, "large")
   for name, run_dir, run_cfg in (("small", small_dir, cfg.small), ("large", large_dir, cfg.large)):
@@ -56,9 +67,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
       report[f"{name}_held_out_loss"] = summary.get("loss")
 
   scores_path = os.path.join(workdir, "scores.jsonl")
-  small, large = score_lib.load_meta_model(small_dir), score_lib.load_meta_model(large_dir)
-  report["score"] = score_lib.score_file(source, scores_path, small, large, text_field=cfg.score.text_field,
-                                         id_field=cfg.score.id_field, tokens_per_batch=cfg.score.tokens_per_batch)
+  report["score"] = _score(cfg, source, workdir, scores_path)
+  if not is_main:  # process 0 alone selects and reports; wait so that no process exits before it
+    distributed.barrier("scalingfilter: report")
+    return {"report": report, "workdir": workdir}
 
   kept_path = os.path.join(workdir, "kept.jsonl")
   if not os.path.exists(kept_path):
@@ -77,7 +89,41 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
       report[f"vendi_{name}"] = {k: v for k, v in result.items() if k != "vendi_groups"}
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
+  distributed.barrier("scalingfilter: report")
   return {"report": report, "workdir": workdir}
+
+
+def _score(cfg: ml_collections.ConfigDict, source: str, workdir: str, scores_path: str) -> dict:
+  """Scoring counts (this process's own when there are several; see the module docstring)."""
+  kwargs = dict(text_field=cfg.score.text_field, id_field=cfg.score.id_field,
+                tokens_per_batch=cfg.score.tokens_per_batch)
+  if jax.process_count() > 1 and os.path.exists(scores_path):  # joined by an earlier run
+    return {"joined_already": scores_path}
+  small = score_lib.load_meta_model(os.path.join(workdir, "small"))
+  large = score_lib.load_meta_model(os.path.join(workdir, "large"))
+  if jax.process_count() == 1:
+    return score_lib.score_file(source, scores_path, small, large, **kwargs)
+  parts_dir = os.path.join(workdir, "score_parts")
+  counts = score_lib.score_sharded(source, parts_dir, small, large, **kwargs)
+  distributed.barrier("scalingfilter: scored")  # every part is complete
+  if jax.process_index() == 0:
+    _join_parts(parts_dir, scores_path, source, cfg.score.text_field, cfg.score.id_field)
+  return counts
+
+
+def _join_parts(parts_dir: str, scores_path: str, source: str, text_field: str, id_field: str) -> None:
+  """score_parts/ -> scores.jsonl (+ .rejects.jsonl) in input order, as one process writes
+  them: topk's ties and random selection depend on the order. Each file is written whole
+  (tmp + rename), scores.jsonl last: its presence marks the join done."""
+  rows, rejects = score_lib.read_parts(parts_dir)
+  order: dict[str, int] = {}
+  for doc_id, _ in score_lib.read_documents(source, text_field, id_field):
+    order.setdefault(doc_id, len(order))
+  for path, records in ((scores_path + ".rejects.jsonl", rejects), (scores_path, rows)):
+    records.sort(key=lambda r: order.get(r["id"], len(order)))  # "<id>#dup" rejects go last
+    with open(path + ".tmp", "w") as f:
+      f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(path + ".tmp", path)
 
 
 def report(summary: dict) -> str:
