@@ -54,7 +54,7 @@ def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
     raise FileNotFoundError(f"no checkpoint in {directory}")
   metadata = mngr.item_metadata(step)["state"]
   try:  # host memory: a teacher trained on many accelerators need not fit on one
-    device = jax.devices("cpu")[0]
+    device = jax.local_devices(backend="cpu")[0]  # this process's: jax.devices lists every process's
   except RuntimeError:  # JAX_PLATFORMS without cpu
     device = jax.local_devices()[0]
   one_device = jax.sharding.SingleDeviceSharding(device)

@@ -106,7 +106,9 @@ def make_nll_fn(model: gpt.GPT, mesh):
     real = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
     return jnp.where(real, nll, 0.0)
 
-  return jax.jit(nll, in_shardings=(NamedSharding(mesh, P()), data, data, data), out_shardings=data)
+  jitted = jax.jit(nll, in_shardings=(NamedSharding(mesh, P()), data, data, data), out_shardings=data)
+  # Numpy batches are placed first: with several processes jit refuses sharded numpy inputs.
+  return lambda params, *batch: jitted(params, *jax.device_put(batch, data))
 
 
 def row_lengths(context: int, pack_len: int) -> tuple[int, ...]:
