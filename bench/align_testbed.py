@@ -11,8 +11,9 @@
   nice -n 10 python bench/align_testbed.py [--workdir runs/bench_align] [key=value ...]
 
 Overrides go to every run (e.g. dpo.train.steps=200; pretrain.workdir=RUN/full/pretrain
-aesthetic.workdir=RUN/full/aesthetic reuse the models of an earlier run). Prints a table and, last,
-`hpir_before=.. hpir_after=.. r1_before=.. r1_after=..` for the full method.
+aesthetic.workdir=RUN/full/aesthetic reuse the models of an earlier run). Prints a table
+and, last, `hpir_before=.. hpir_after=.. r1_before=.. r1_after=..` (test split) for the
+full method.
 """
 from __future__ import annotations
 

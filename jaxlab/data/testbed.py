@@ -17,9 +17,9 @@ Splits: train (pretraining, the aesthetic model, preference galleries), validati
 choosing settings: its images enter no grid and no training) and test (reported).
 
 HPIR labels (validation and test each have their own): for a content query, two disjoint
-result sets of `set_size` images of that content; `annotators` simulated people each prefer the set with the higher mean
-ground truth after adding N(0, noise) to the difference; the choice is the majority,
-the confidence the majority's share.
+result sets of `set_size` images of that content; `annotators` simulated people each
+prefer the set with the higher mean ground truth after adding N(0, noise) to the
+difference; the choice is the majority, the confidence the majority's share.
 """
 from __future__ import annotations
 
@@ -183,9 +183,9 @@ class Testbed:
 
 
 def prepare_testbed(data_dir: str, *, num_train: int = 4000, num_val: int = 1000, num_test: int = 1000,
-                    image_size: int = 16,
-                    seed: int = 0, desc_prob: float = 0.5, rating_noise: float = 0.08, hpir_queries: int = 400,
-                    hpir_set_size: int = 4, hpir_annotators: int = 5, hpir_noise: float = 0.1) -> Testbed:
+                    image_size: int = 16, seed: int = 0, desc_prob: float = 0.5, rating_noise: float = 0.08,
+                    hpir_queries: int = 400, hpir_set_size: int = 4, hpir_annotators: int = 5,
+                    hpir_noise: float = 0.1) -> Testbed:
   """Build (once) the array_record dataset and its HPIR labels; open them."""
   for key, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
                      ("image_size", image_size)):

@@ -60,8 +60,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.mesh = (("data", -1), ("model", 1))
   c.sharding = dict(layout="dp", extra_rules=())
-  c.data = dict(data_dir="", num_train=4000, num_val=3000, num_test=1000, image_size=16, desc_prob=0.5, rating_noise=0.08,
-                hpir_queries=400, hpir_set_size=4, hpir_annotators=5, hpir_noise=0.1)
+  c.data = dict(data_dir="", num_train=4000, num_val=3000, num_test=1000, image_size=16, desc_prob=0.5,
+                rating_noise=0.08, hpir_queries=400, hpir_set_size=4, hpir_annotators=5, hpir_noise=0.1)
   c.model = dict(patch_size=4, image_layers=2, text_layers=2, d_model=64, num_heads=2, embed_dim=64, max_len=24)
   # a retriever that tells the contents apart needs ~1,500 steps of 128 pairs; label smoothing
   # only slows it (same-content captions are already soft negatives)
@@ -76,8 +76,8 @@ def default_config() -> ml_collections.ConfigDict:
   # the same lambda (0.1: +7.5 / -1.9 against +7.5 / -5.1)
   c.dpo = dict(objective="dpo", beta=0.5, label_smoothing=0.1, contrastive_weight=0.1, contrastive_batch=256,
                **_train(16, 400, 4e-4))
-  # recall@k falls as the gallery grows, and one 1,000-image gallery moves it by +-7 points
-  # between same-distribution draws: it is the mean over disjoint galleries of a fixed size
+  # recall@k falls as the gallery grows, and one 1,000-image gallery moved the same model's
+  # recall@1 by 14 points between draws (0.40 vs 0.54): the mean over fixed-size galleries
   c.eval = dict(top_k=4, batch_size=256, recall_gallery=1000)
   return c
 
