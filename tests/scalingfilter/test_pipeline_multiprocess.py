@@ -33,26 +33,17 @@ def write_inputs(folder: pathlib.Path) -> dict:
   return {"b.jsonl:7": "bad_json", "empty": "empty_text"}
 
 
-def toy_overrides(tmp_path, docs):
-  toy = []
-  for run in ("small", "large"):
-    toy += [f"{run}.tokenizer.vocab_size=300", f"{run}.model.d_model=32", f"{run}.model.num_heads=2",
-            f"{run}.model.max_len=32", f"{run}.train.seq_len=16", f"{run}.train.batch_size=8",
-            f"{run}.train.steps=4", f"{run}.train.eval_every=0", f"{run}.train.eval_batches=2",
-            f"{run}.train.checkpoint_every=4", f"{run}.data.data_dir={tmp_path / 'data'}"]
-  return toy + ["small.model.num_layers=1", "large.model.num_layers=2", f"score.input={docs}",
-                "diversity.enabled=False"]
 
 
 def read_jsonl(path):
   return [json.loads(l) for l in open(path) if l.strip()]
 
 
-def test_two_processes_score_their_own_files_and_process_0_reports(tmp_path):
+def test_two_processes_score_their_own_files_and_process_0_reports(tmp_path, toy_pipeline_overrides):
   docs, workdir = tmp_path / "docs", tmp_path / "run"
   expected_rejects = write_inputs(docs)
   command = [sys.executable, "-m", "jaxlab.main", "--config", CONFIG, "--workdir", str(workdir),
-             *toy_overrides(tmp_path, docs)]
+             *toy_pipeline_overrides(tmp_path, docs), "diversity.enabled=False"]
   out = io.StringIO()
   rc = distributed.launch_local(2, command, devices_per_process=2, heartbeat_timeout=20, out=out)
   log = out.getvalue()
