@@ -75,6 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
   # -1.8; 0.03: +10 / -5.8; 0: +13 / -8.8); 256 contrastive pairs keep more recall than 64 at
   # the same lambda (0.1: +7.5 / -1.9 against +7.5 / -5.1)
   c.dpo = dict(objective="dpo", beta=0.5, label_smoothing=0.1, contrastive_weight=0.1, contrastive_batch=256,
+               contrastive_candidates=False,
                **_train(16, 400, 4e-4))
   # recall@k falls as the gallery grows, and one 1,000-image gallery moved the same model's
   # recall@1 by 14 points between draws (0.40 vs 0.54): the mean over fixed-size galleries
@@ -139,8 +140,11 @@ def validate(cfg, mesh) -> None:
   req(cfg.dpo.beta > 0, "dpo.beta", "must be positive")
   req(0.0 <= cfg.dpo.label_smoothing < 0.5, "dpo.label_smoothing", "must be in [0, 0.5)")
   req(cfg.dpo.contrastive_weight >= 0, "dpo.contrastive_weight", "must be >= 0")
-  req(cfg.dpo.contrastive_batch % mesh.shape.get("data", 1) == 0, "dpo.contrastive_batch",
-      f"{cfg.dpo.contrastive_batch} is not divisible by the mesh's data axis")
+  req(cfg.dpo.contrastive_batch % cfg.dpo.train.batch_size == 0, "dpo.contrastive_batch",
+      f"{cfg.dpo.contrastive_batch} is not a multiple of dpo.train.batch_size={cfg.dpo.train.batch_size} "
+      f"(each query brings contrastive_batch / batch_size random pairs)")
+  req(cfg.dpo.contrastive_batch > 0 or cfg.dpo.contrastive_candidates, "dpo.contrastive_batch",
+      "is 0 and dpo.contrastive_candidates is off: the contrastive term has no pairs")
   req(cfg.eval.top_k >= 1, "eval.top_k", "must be >= 1")
   req(cfg.eval.recall_gallery >= 2, "eval.recall_gallery", "must be >= 2 images")
   for stage in ("pretrain", "aesthetic"):
@@ -264,8 +268,38 @@ def aesthetic_task(cfg, mcfg, train, embeddings) -> Task:
               units_per_batch=("images", cfg.aesthetic.train.batch_size))
 
 
+def finetune_loss(model: tt.TwoTower, d, pretrain, params, batch) -> tuple[jax.Array, dict]:
+  """The fine-tuning loss on a batch of B queries with N candidates each and R random pairs:
+  ranked DPO (d.objective="dpo") or SFT on the top preferred image ("sft"), plus
+  d.contrastive_weight times pretrain.loss (softmax or sigmoid) over the image-text pairs:
+  the candidates with their own captions when d.contrastive_candidates (hard negatives:
+  mostly the query's colour in other shapes, the distinction recall@1 rests on), then the
+  R random pairs. One forward over all images and all texts."""
+  flat = lambda x: x.reshape((-1,) + x.shape[2:])
+  b, n = batch["cand_images"].shape[:2]
+  use_cands = bool(d.contrastive_candidates)
+  pair_tokens = ([flat(batch["cand_tokens"])] if use_cands else []) + [flat(batch["tokens"])]
+  pair_mask = ([flat(batch["cand_mask"])] if use_cands else []) + [flat(batch["mask"])]
+  img, txt, scale, bias = model.apply(
+      {"params": params}, jnp.concatenate([flat(batch["cand_images"]), flat(batch["images"])]),
+      jnp.concatenate([batch["q_tokens"]] + pair_tokens), jnp.concatenate([batch["q_mask"]] + pair_mask))
+  cands, q = img[:b * n].reshape(b, n, -1), txt[:b]
+  logp = dpo_lib.candidate_log_probs(q, cands, scale)
+  metrics = {}
+  if d.objective == "dpo":
+    value, acc = dpo_lib.dpo_loss(logp, batch["ref_logp"], batch["pairs"], d.beta, d.label_smoothing)
+    metrics["pair_accuracy"] = acc
+  else:  # sft: the top preferred image (grid cell 0) is the query's positive
+    value = tt.softmax_contrastive_loss(cands[:, 0], q, scale, positives=_same_tokens(batch["q_tokens"]))
+  pair_img = img if use_cands else img[b * n:]
+  contrastive = tt.contrastive_loss(pretrain.loss, pair_img, txt[b:], scale, bias, pretrain.label_smoothing,
+                                    _same_tokens(jnp.concatenate(pair_tokens)))
+  metrics.update(preference_loss=value, contrastive=contrastive)
+  return value + d.contrastive_weight * contrastive, metrics
+
+
 def finetune_task(cfg, mcfg, train, prefs, init_params, tok) -> Task:
-  """Ranked DPO (or SFT on the top preferred image) + lambda * contrastive on train pairs."""
+  """finetune_loss over the stored preference records, from the pretrained parameters."""
   model, d = tt.TwoTower(mcfg), cfg.dpo
   q_tokens, q_mask = testbed_lib.encode(tok, [testbed_lib.as_text(prefs[i]["query"]) for i in range(len(prefs))],
                                         mcfg.text.max_len)
@@ -273,12 +307,13 @@ def finetune_task(cfg, mcfg, train, prefs, init_params, tok) -> Task:
   ref_logp = np.stack([prefs[i]["ref_logp"] for i in range(len(prefs))])
   pairs = np.asarray(prefs[0]["pairs"])
   images = train["images"]
-  n_pair = d.contrastive_batch // d.train.batch_size or 1
+  n_pair = d.contrastive_batch // d.train.batch_size
 
   def example(i, rec):
     j = np.random.default_rng([cfg.seed, i]).integers(0, len(images), n_pair)  # contrastive pairs, by index
-    return {"q_tokens": q_tokens[rec], "q_mask": q_mask[rec], "cand_images": images[candidates[rec]],
-            "ref_logp": ref_logp[rec],
+    c = candidates[rec]
+    return {"q_tokens": q_tokens[rec], "q_mask": q_mask[rec], "cand_images": images[c],
+            "cand_tokens": train["tokens"][c], "cand_mask": train["mask"][c], "ref_logp": ref_logp[rec],
             "pairs": pairs, "images": images[j], "tokens": train["tokens"][j], "mask": train["mask"][j]}
 
   ds = grain.MapDataset.range(len(prefs))[jax.process_index()::jax.process_count()]
@@ -288,29 +323,10 @@ def finetune_task(cfg, mcfg, train, prefs, init_params, tok) -> Task:
     del rng
     return {"params": jax.tree.map(jnp.asarray, init_params)}
 
-  flat = lambda x: x.reshape((-1,) + x.shape[2:])
-
   def loss(variables, batch, rng):
-    """One forward over [candidates; contrastive images] and [queries; captions]."""
     del rng
-    params = variables["params"]
-    b, n = batch["cand_images"].shape[:2]
-    cand = flat(batch["cand_images"])
-    img, txt, scale, bias = model.apply({"params": params}, jnp.concatenate([cand, flat(batch["images"])]),
-                                        jnp.concatenate([batch["q_tokens"], flat(batch["tokens"])]),
-                                        jnp.concatenate([batch["q_mask"], flat(batch["mask"])]))
-    cands, q = img[:b * n].reshape(b, n, -1), txt[:b]
-    logp = dpo_lib.candidate_log_probs(q, cands, scale)
-    metrics = {}
-    if d.objective == "dpo":
-      value, acc = dpo_lib.dpo_loss(logp, batch["ref_logp"], batch["pairs"], d.beta, d.label_smoothing)
-      metrics["pair_accuracy"] = acc
-    else:  # sft: the top preferred image (grid cell 0) is the query's positive
-      value = tt.softmax_contrastive_loss(cands[:, 0], q, scale, positives=_same_tokens(batch["q_tokens"]))
-    contrastive = tt.contrastive_loss(cfg.pretrain.loss, img[b * n:], txt[b:], scale, bias,
-                                      cfg.pretrain.label_smoothing, _same_tokens(flat(batch["tokens"])))
-    metrics.update(preference_loss=value, contrastive=contrastive)
-    return value + d.contrastive_weight * contrastive, (metrics, {})
+    value, metrics = finetune_loss(model, d, cfg.pretrain, variables["params"], batch)
+    return value, (metrics, {})
 
   return Task(init=init, loss=loss, eval_sums=None, summarize=None, eval_data=None, train_data=ds,
               units_per_batch=("queries", d.train.batch_size))

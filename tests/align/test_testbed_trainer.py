@@ -116,7 +116,9 @@ def test_config_mistakes_fail_before_work_naming_the_key(tmp_path):
            ("dpo.train.batch_size=7", "dpo.train.batch_size: 7 is not divisible"),
            ("rephrase.backend=claude", "rephrase.backend"), ("rephrase.style=poem", "rephrase.style"),
            ("pretrain.loss=hinge", "pretrain.loss"), ("model.patch_size=3", "model.patch_size"),
-           ("pretrain.workdir=/nonexistent", "pretrain.workdir")]
+           ("pretrain.workdir=/nonexistent", "pretrain.workdir"),
+           ("dpo.contrastive_batch=12", "dpo.contrastive_batch: 12 is not a multiple of dpo.train.batch_size=8"),
+           ("dpo.contrastive_batch=0", "dpo.contrastive_batch: is 0 and dpo.contrastive_candidates is off")]
   for override, msg in cases:
     with pytest.raises(config_lib.ConfigError, match=msg):
       align.train_and_evaluate(_load(override), str(tmp_path / "w"))
@@ -161,3 +163,47 @@ def test_gallery_recall_is_the_mean_over_disjoint_galleries():
   assert out == {"r@1": pytest.approx((1.0 + 0.5) / 2)}   # ...and left out
   # a split smaller than the gallery is one gallery
   assert gallery_recall(cap[:3], img[:3], content[:3], gallery=4, ks=(1,)) == {"r@1": 1.0}
+
+
+def _np_clip_loss(img, txt, scale):
+  """Symmetric InfoNCE with the diagonal as targets, in numpy."""
+  logits = scale * img @ txt.T
+  ce = lambda z: np.mean(np.log(np.exp(z).sum(1)) - np.diag(z))
+  return 0.5 * (ce(logits) + ce(logits.T))
+
+
+@pytest.mark.parametrize("candidates", [True, False])
+def test_finetune_loss_pairs_candidates_with_their_own_captions(candidates):
+  from jaxlab.models import two_tower as tt
+  from jaxlab.trainers import align
+  cfg = _load(f"dpo.contrastive_candidates={candidates}", "dpo.contrastive_weight=0.5")
+  tok = testbed.word_tokenizer()
+  mcfg = align.model_config(cfg.model, cfg.data.image_size, tok.get_vocab_size())
+  model = tt.TwoTower(mcfg)
+  rng = np.random.default_rng(0)
+  b, n, r, s, length = 2, 3, 2, cfg.data.image_size, mcfg.text.max_len
+  words = [f"a {c} {w}" for c in testbed.COLOURS for w in ("sharp", "noisy")]   # 12 distinct captions
+  tokens, mask = testbed.encode(tok, words[:b * (n + r) + b], length)
+  batch = {"cand_images": rng.uniform(0, 1, (b, n, s, s, 3)).astype(np.float32),
+           "images": rng.uniform(0, 1, (b, r, s, s, 3)).astype(np.float32),
+           "q_tokens": tokens[:b], "q_mask": mask[:b],
+           "cand_tokens": tokens[b:b + b * n].reshape(b, n, -1), "cand_mask": mask[b:b + b * n].reshape(b, n, -1),
+           "tokens": tokens[b + b * n:].reshape(b, r, -1), "mask": mask[b + b * n:].reshape(b, r, -1),
+           "pairs": np.array([[[0, 1], [0, 2], [1, 2]]] * b)}
+  params = jax.jit(model.init)(jax.random.key(1), batch["cand_images"][0], tokens[:n], mask[:n])["params"]
+  emb_img = lambda x: np.asarray(tt.embed_images(model, params, x.reshape((-1, s, s, 3))))
+  emb_txt = lambda t, m: np.asarray(tt.embed_texts(model, params, t.reshape(-1, length), m.reshape(-1, length)))
+  scale = float(np.exp(params["logit_scale"]))
+  cand, q = emb_img(batch["cand_images"]).reshape(b, n, -1), emb_txt(batch["q_tokens"], batch["q_mask"])
+  z = scale * np.einsum("be,bne->bn", q, cand)
+  batch["ref_logp"] = z - np.log(np.exp(z).sum(1, keepdims=True))     # the reference = the policy: DPO is log 2
+  pair_img = emb_img(batch["images"])
+  pair_txt = emb_txt(batch["tokens"], batch["mask"])
+  if candidates:   # the candidates, each with its own caption, before the random pairs
+    pair_img = np.concatenate([cand.reshape(b * n, -1), pair_img])
+    pair_txt = np.concatenate([emb_txt(batch["cand_tokens"], batch["cand_mask"]), pair_txt])
+  want = _np_clip_loss(pair_img, pair_txt, scale)
+  value, metrics = jax.jit(lambda p, x: align.finetune_loss(model, cfg.dpo, cfg.pretrain, p, x))(params, batch)
+  assert float(metrics["preference_loss"]) == pytest.approx(math.log(2), rel=1e-5)
+  assert float(metrics["contrastive"]) == pytest.approx(want, rel=1e-4)
+  assert float(value) == pytest.approx(math.log(2) + 0.5 * want, rel=1e-4)
