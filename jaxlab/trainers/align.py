@@ -9,7 +9,8 @@ checkpoint, resume and skip when finished):
                 model, rephrased query: the query with its aesthetic expectations) and
                 aesthetics (the MLP) -> u x v grid -> pairs on the ORIGINAL query;
                 stored as a tfds dataset in preferences/
-  finetune/     ranked DPO against the frozen pretrained model (+ lambda * contrastive; the
+  finetune/     ranked DPO against the frozen pretrained model (+ lambda * contrastive on
+                the candidates with their own captions and/or random pairs; the
                 reference's log-probabilities over each record's fixed candidates are
                 constant, so they are computed once with the preferences and stored), or
                 dpo.objective=sft: contrastive fine-tuning on each query's top preferred image
@@ -71,11 +72,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.rephrase = dict(backend="offline", style="details", k=3, model="", base_url_env="OPENAI_BASE_URL",
                     api_key_env="OPENAI_API_KEY", timeout=30.0, retries=3, max_concurrency=4, gpt_workdir="")
   c.preferences = dict(rounds=30, gallery=1000, top_k=40, u=3, v=3, stride=2)
-  # lambda trades aesthetics for recall (validation, seed 0: lambda 1: HPIR +3.25 points, recall@1
-  # -1.8; 0.03: +10 / -5.8; 0: +13 / -8.8); 256 contrastive pairs keep more recall than 64 at
-  # the same lambda (0.1: +7.5 / -1.9 against +7.5 / -5.1)
-  c.dpo = dict(objective="dpo", beta=0.5, label_smoothing=0.1, contrastive_weight=0.1, contrastive_batch=256,
-               contrastive_candidates=False,
+  # the contrastive term pairs each query's candidates with their own captions: same colour,
+  # other shapes, the hard negatives recall@1 rests on (validation, seed 0, lambda 0.1: HPIR
+  # +17 points, recall@1 -0.8; seed 1: +12.5 / +1.3). Random gallery pairs (contrastive_batch)
+  # are easy negatives and tie the plain query to plainly captioned images of any aesthetics
+  # (256 of them instead, lambda 0.1: +7.5 / -1.9; lambda 0.03: +10 / -5.8; lambda 1: +3.25 / -1.8)
+  c.dpo = dict(objective="dpo", beta=0.5, label_smoothing=0.1, contrastive_weight=0.1, contrastive_batch=0,
+               contrastive_candidates=True,
                **_train(16, 400, 4e-4))
   # recall@k falls as the gallery grows, and one 1,000-image gallery moved the same model's
   # recall@1 by 14 points between draws (0.40 vs 0.54): the mean over fixed-size galleries
