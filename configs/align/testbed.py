@@ -28,7 +28,7 @@ def get_config(arg=None):
       c.aesthetic.update(hidden=(16,), dropout=(0.0,))
       c.preferences.update(rounds=1, gallery=120, top_k=8, u=2, v=2, stride=2)
       c.dpo.train.update(batch_size=8, steps=2)
-      c.dpo.contrastive_batch = 16
+      c.dpo.contrastive_batch = 16     # random pairs beside the candidates: both paths run
       c.eval.batch_size = 64
     elif part == "no_rephrase":
       c.rephrase.backend = "none"

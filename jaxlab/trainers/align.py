@@ -72,11 +72,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.rephrase = dict(backend="offline", style="details", k=3, model="", base_url_env="OPENAI_BASE_URL",
                     api_key_env="OPENAI_API_KEY", timeout=30.0, retries=3, max_concurrency=4, gpt_workdir="")
   c.preferences = dict(rounds=30, gallery=1000, top_k=40, u=3, v=3, stride=2)
-  # the contrastive term pairs each query's candidates with their own captions: same colour,
-  # other shapes, the hard negatives recall@1 rests on (validation, seed 0, lambda 0.1: HPIR
+  # the contrastive term pairs each query's candidates with their own captions: the retriever's
+  # near-misses, the hard negatives recall@1 rests on (validation, seed 0, lambda 0.1: HPIR
   # +17 points, recall@1 -0.8; seed 1: +12.5 / +1.3). Random gallery pairs (contrastive_batch)
   # are easy negatives and tie the plain query to plainly captioned images of any aesthetics
-  # (256 of them instead, lambda 0.1: +7.5 / -1.9; lambda 0.03: +10 / -5.8; lambda 1: +3.25 / -1.8)
+  # (256 of them instead at lambda 0.1: +7.5 / -1.9; with random pairs every lambda that
+  # reached +10 cost 5.3-8.8 points of recall@1)
   c.dpo = dict(objective="dpo", beta=0.5, label_smoothing=0.1, contrastive_weight=0.1, contrastive_batch=0,
                contrastive_candidates=True,
                **_train(16, 400, 4e-4))
@@ -276,7 +277,7 @@ def finetune_loss(model: tt.TwoTower, d, pretrain, params, batch) -> tuple[jax.A
   ranked DPO (d.objective="dpo") or SFT on the top preferred image ("sft"), plus
   d.contrastive_weight times pretrain.loss (softmax or sigmoid) over the image-text pairs:
   the candidates with their own captions when d.contrastive_candidates (hard negatives:
-  mostly the query's colour in other shapes, the distinction recall@1 rests on), then the
+  the retriever's near-misses for the query, the distinctions recall@1 rests on), then the
   R random pairs. One forward over all images and all texts."""
   flat = lambda x: x.reshape((-1,) + x.shape[2:])
   b, n = batch["cand_images"].shape[:2]

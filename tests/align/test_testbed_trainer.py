@@ -117,13 +117,12 @@ def test_config_mistakes_fail_before_work_naming_the_key(tmp_path):
            ("rephrase.backend=claude", "rephrase.backend"), ("rephrase.style=poem", "rephrase.style"),
            ("pretrain.loss=hinge", "pretrain.loss"), ("model.patch_size=3", "model.patch_size"),
            ("pretrain.workdir=/nonexistent", "pretrain.workdir"),
-           ("dpo.contrastive_batch=12", "dpo.contrastive_batch: 12 is not a multiple of dpo.train.batch_size=8"),
-           (("dpo.contrastive_batch=0", "dpo.contrastive_candidates=False"),
-            "dpo.contrastive_batch: is 0 and dpo.contrastive_candidates is off")]
-  for overrides, msg in cases:
-    overrides = (overrides,) if isinstance(overrides, str) else overrides
+           ("dpo.contrastive_batch=12", "dpo.contrastive_batch: 12 is not a multiple of dpo.train.batch_size=8")]
+  for override, msg in cases:
     with pytest.raises(config_lib.ConfigError, match=msg):
-      align.train_and_evaluate(_load(*overrides), str(tmp_path / "w"))
+      align.train_and_evaluate(_load(override), str(tmp_path / "w"))
+  with pytest.raises(config_lib.ConfigError, match="dpo.contrastive_batch: is 0 and dpo.contrastive_candidates is off"):
+    align.train_and_evaluate(_load("dpo.contrastive_batch=0", "dpo.contrastive_candidates=False"), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")     # nothing prepared, nothing compiled
 
 
