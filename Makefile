@@ -1,5 +1,6 @@
 # make demo  -- set up .venv and train the quickstart GPT (resumes if run again)
 # make test  -- the test suite (CPU, 8 simulated devices)
+# make docs  -- API reference (pdoc) into docs/api/; fails on a public name without a docstring
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +8,7 @@ STAMP  := $(VENV)/.installed-base
 PARITY := $(VENV)/.installed-parity
 WORKDIR ?= runs/quickstart
 
-.PHONY: demo test slow parity bench clean-venv
+.PHONY: demo test slow parity bench docs clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,9 @@ bench: $(PARITY)
 	$(PY) bench/train_throughput.py
 	$(PY) bench/scalingfilter_score.py
 	$(PY) bench/diversity.py
+
+docs: $(STAMP)
+	$(PY) tools/docs.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -1,4 +1,4 @@
-"""Aesthetic alignment on the rendered testbed (jaxlab/data/testbed.py), in one process:
+"""Aesthetic alignment on the rendered testbed (jaxlab/align/testbed.py), in one process:
 
   1. pretrain the two-tower model (contrastive) and the aesthetic model; measure HPIR
      accuracy and recall@1 ("before")

@@ -1,15 +1,17 @@
-"""Ahead-of-time check: compile a config's train step for a device count and mesh, train nothing.
+"""Ahead-of-time check: compile every stage of a config's trainer for a device count and
+mesh, from shapes alone; nothing is trained and no data is prepared.
 
   python -m jaxlab.aot --config configs/quickstart.py --devices 8 --mesh "(('data', 4), ('model', 2))" \
       sharding.layout=tp [key=value ...]
 
-The trainer runs as it would in `jaxlab.main` (same data preparation, model, partition
-rules and jitted step: `jaxlab.train.loop.compile_only`) up to the point where the loop
-would start; there the step is lowered with abstract inputs and compiled by XLA for the
-mesh. On simulated CPU devices (`--devices N`) this shows before a job is queued whether
-the partition rules fit the parameters (a wrong rule is reported with the parameter it
-failed on) and how much memory each device needs: parameters, optimizer state and the
-batch (the compiled program's input shardings), and temporaries (activations kept for
+Each trainer declares its stages (`stages(cfg)`: the LM and classify trainers one, align
+three — pretrain, aesthetic, finetune — and scalingfilter its meta-model pair — small,
+large), each a Task with its Options and the batch's shapes; every stage's train step is
+lowered and compiled by XLA for the mesh (`jaxlab.train.loop.compile_step`, the step
+`run` trains). On simulated CPU devices (`--devices N`) this shows before a job is queued
+whether the partition rules fit the parameters (a wrong rule is reported naming the stage
+and the parameter) and how much memory each device needs: parameters, optimizer state and
+the batch (the compiled program's input shardings), and temporaries (activations kept for
 the backward pass and XLA's workspace, from `compiled.memory_analysis()`).
 """
 from __future__ import annotations
@@ -18,8 +20,11 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 from typing import Any, Sequence
+
+
+class StageError(ValueError):
+  """A stage that does not compile for the mesh; the message names the stage first."""
 
 
 def _bytes(leaf, sharding) -> int:
@@ -32,22 +37,13 @@ def _tree_bytes(tree, shardings) -> int:
   return sum(jax.tree.leaves(jax.tree.map(_bytes, tree, shardings)))
 
 
-def check(config_spec: str, overrides: Sequence[str] = (), workdir: str | None = None) -> dict[str, Any]:
-  """Compile the train step the config describes; returns the figures `report` prints.
-  Raises ConfigError/ShardingError (naming the key or the array) on a bad config."""
+def _figures(stage, out, mesh) -> dict[str, Any]:
   import jax
 
-  from jaxlab import config as config_lib, main as main_lib, sharding
-  from jaxlab.train import loop
+  from jaxlab import sharding
 
-  cfg = config_lib.load(config_spec, overrides)
-  module = main_lib.trainer_module(cfg)
-  with tempfile.TemporaryDirectory(prefix="jaxlab_aot_") as tmp:
-    with loop.compile_only() as out:
-      module.train_and_evaluate(cfg, workdir or tmp)
-  setup, compiled, mesh = out["setup"], out["compiled"], out["mesh"]
-  state = setup.abstract_state
-  state_sh = setup.state_shardings
+  setup, compiled = out.setup, out.compiled
+  state, state_sh = setup.abstract_state, setup.state_shardings
   params = []
   for (path, leaf), sh in zip(jax.tree_util.tree_flatten_with_path(state.params)[0],
                               jax.tree.leaves(state_sh.params)):
@@ -56,20 +52,41 @@ def check(config_spec: str, overrides: Sequence[str] = (), workdir: str | None =
                        bytes=_bytes(leaf, sh)))
   mem = compiled.memory_analysis()
   return dict(
-      config=config_spec, mesh=dict(mesh.shape), devices=mesh.size, platform=jax.default_backend(),
-      layout=cfg.sharding.layout, params=params,
-      num_params=sum(math.prod(p["shape"]) for p in params),
+      stage=stage.name, mesh=dict(mesh.shape), devices=mesh.size, platform=jax.default_backend(),
+      layout=stage.options.layout, params=params, num_params=sum(math.prod(p["shape"]) for p in params),
       per_device=dict(
           parameters=_tree_bytes(state.params, state_sh.params),
           optimizer=_tree_bytes(state.opt_state, state_sh.opt_state),
           model_state=_tree_bytes(state.model_state, state_sh.model_state),
-          batch=_tree_bytes(out["batch"], jax.tree.map(lambda b: b.sharding, out["batch"])),
+          batch=_tree_bytes(out.batch, jax.tree.map(lambda b: b.sharding, out.batch)),
           arguments=getattr(mem, "argument_size_in_bytes", 0),
           outputs=getattr(mem, "output_size_in_bytes", 0),
           aliased=getattr(mem, "alias_size_in_bytes", 0),
           temporaries=getattr(mem, "temp_size_in_bytes", 0),
           code=getattr(mem, "generated_code_size_in_bytes", 0),
       ))
+
+
+def check(config_spec: str, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+  """Compile every stage's train step the config describes; one dict of figures per stage
+  (what `report` prints). Raises ConfigError naming the key, or StageError naming the stage
+  and the parameter a partition rule does not fit."""
+  from jaxlab import config as config_lib, sharding, trainers
+  from jaxlab.train import loop
+
+  cfg = config_lib.load(config_spec, overrides)
+  module = trainers.get(cfg.trainer)
+  results = []
+  for stage in module.stages(cfg):
+    mesh = sharding.make_mesh(stage.options.mesh)
+    try:
+      out = loop.compile_step(stage.task, stage.options, mesh, stage.batch)
+    except sharding.ShardingError as e:
+      raise StageError(f"stage {stage.name}: {e}") from None
+    except config_lib.ConfigError as e:
+      raise config_lib.ConfigError(f"stage {stage.name}: {e}") from None
+    results.append(dict(_figures(stage, out, mesh), config=config_spec))
+  return results
 
 
 def _fmt(n: int) -> str:
@@ -80,13 +97,14 @@ def _fmt(n: int) -> str:
 
 
 def report(result: dict) -> str:
+  """One stage's figures as text: its parameters with their shardings, then memory."""
   m, d = result["per_device"], result["per_device"]
   mesh = " x ".join(f"{k}={v}" for k, v in result["mesh"].items())
   # Donated state buffers are reused for the new state, so outputs that alias inputs
   # cost nothing extra.
   peak = m["arguments"] + m["temporaries"] + max(m["outputs"] - m["aliased"], 0)
-  lines = [f"AOT check of {result['config']}: {result['devices']} {result['platform']} devices, mesh {mesh}, "
-           f"layout {result['layout']}, {result['num_params']:,} parameters",
+  lines = [f"stage {result['stage']}: compiled {result['config']} for {result['devices']} {result['platform']} "
+           f"devices, mesh {mesh}, layout {result['layout']}, {result['num_params']:,} parameters",
            "", "parameters (global shape -> per-device shape, partition spec):"]
   width = max(len(p["name"]) for p in result["params"])
   for p in result["params"]:
@@ -114,12 +132,11 @@ def _set_device_count(devices: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Compile and report every stage; exit status 2 on a config or sharding error."""
   parser = argparse.ArgumentParser(prog="python -m jaxlab.aot", description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", required=True, help="configs/X.py[:ARG]")
   parser.add_argument("--mesh", default=None, help="mesh override, e.g. \"(('data', 4), ('model', 2))\"")
   parser.add_argument("--devices", type=int, default=0, help="simulate this many CPU devices")
-  parser.add_argument("--workdir", default=None,
-                      help="reuse a run's prepared data and tokenizer (default: a temporary folder)")
   parser.add_argument("overrides", nargs="*", help="key=value config overrides")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.devices:
@@ -128,7 +145,6 @@ def main(argv: Sequence[str] | None = None) -> int:
   import jax
 
   from jaxlab import config as config_lib
-  from jaxlab.sharding import ShardingError
 
   if args.devices and jax.device_count() != args.devices:
     print(f"--devices {args.devices}: this process already runs JAX with {jax.device_count()} devices "
@@ -136,14 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   overrides = list(args.overrides) + ([f"mesh={args.mesh}"] if args.mesh else [])
   try:
-    result = check(args.config, overrides, args.workdir)
-  except ShardingError as e:
-    print(f"sharding error: {e}", file=sys.stderr)
+    results = check(args.config, overrides)
+  except StageError as e:
+    print(f"sharding error in {e}", file=sys.stderr)
     return 2
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
-  print(report(result), flush=True)
+  print("\n\n".join(report(r) for r in results), flush=True)
   return 0
 
 

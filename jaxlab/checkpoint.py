@@ -18,7 +18,14 @@ def manager(directory: str, keep: int = 3, keep_period: int | None = None) -> oc
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+def finished(workdir: str, steps: int) -> bool:
+  """Whether the run in `workdir` has a checkpoint at exactly `steps` (a finished stage)."""
+  path = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(path) and manager(path).latest_step() == steps
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any = None) -> None:
+  """State (and the data iterator's position, if given) at `step`, asynchronously."""
   items = {"state": ocp.args.StandardSave(state)}
   if data_iter is not None:
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from jaxlab import config as config_lib
-from jaxlab import distributed
+from jaxlab import distributed, trainers
 from jaxlab.sharding import ShardingError
 from jaxlab.train.loop import NonFiniteError
 
 
 def parse_args(argv):
+  """--config, --workdir and the key=value overrides."""
   parser = argparse.ArgumentParser(prog="python -m jaxlab.main", description=__doc__)
   parser.add_argument("--config", required=True, help="configs/X.py[:ARG]")
   parser.add_argument("--workdir", required=True, help="where checkpoints, metrics and plots go")
@@ -19,16 +19,8 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def trainer_module(cfg):
-  try:
-    return importlib.import_module(f"jaxlab.trainers.{cfg.trainer}")
-  except ModuleNotFoundError as e:
-    if e.name != f"jaxlab.trainers.{cfg.trainer}":
-      raise
-    raise config_lib.ConfigError(f"trainer: no trainer named {cfg.trainer!r} in jaxlab/trainers/") from None
-
-
 def main(argv=None) -> int:
+  """Run the config's trainer; exit status 0 done, 2 config error, 3 stopped on NaN/Inf."""
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:  # joins the other processes (if the environment names any) before devices are used
     distributed.initialize()
@@ -37,7 +29,7 @@ def main(argv=None) -> int:
     return 2
   try:
     cfg = config_lib.load(args.config, args.overrides)
-    module = trainer_module(cfg)
+    module = trainers.get(cfg.trainer)
   except config_lib.ConfigError as e:
     print(f"config error: {e}", file=sys.stderr)
     return 2
@@ -51,8 +43,7 @@ def main(argv=None) -> int:
     return 3
   import jax
   if jax.process_index() == 0:  # one report per run, not one per process
-    report = getattr(module, "report", None)
-    print(report(summary) if report else summary, flush=True)
+    print(module.report(summary), flush=True)
   return 0
 
 

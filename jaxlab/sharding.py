@@ -2,7 +2,7 @@
 
 The config names a mesh (`mesh = (("data", -1), ("model", 1))`, -1 takes the remaining
 devices) and a layout: an ordered list of (regex, PartitionSpec) rules matched against the
-'/'-joined path of every array in the train state (params, optimizer moments, FP8 scale
+'/'-joined path of every array in the train state (params, optimizer moments, scale
 state alike) plus logical-axis rules for activations. The first rule whose regex matches
 (`re.search`) wins; an array no rule matches is an error.
 
@@ -33,14 +33,16 @@ LAYOUTS: dict[str, dict[str, list]] = {
         "params": [(r".*", ())],
         "activations": [("batch", "data")],
     },
-    # ZeRO-1 style (FP8-LM O3): weights replicated, master weights and Adam moments split
-    # over `data` (each slice keeps its tensor's per-tensor scale, replicated).
+    # ZeRO-1 style: weights replicated, the optimizer's arrays for matrices (moments, any
+    # master copy, also when stored as an array with a scale: ".../kernel/<field>") split
+    # over `data`. A task that adds small per-tensor arrays under such paths (scales)
+    # contributes rules that replicate them (Task.partition_rules).
     "zero": {
         "params": [
-            (r"opt_state/.*(master|mu|nu)/.*layers/.*kernel(/data)?$", (None, "data", None)),
+            (r"opt_state/.*layers/.*kernel(/|$)", (None, "data", None)),
             # along d_model: vocabularies (50257) rarely divide by the rank count
-            (r"opt_state/.*(master|mu|nu)/.*(wte|wpe)/embedding(/data)?$", (None, "data")),
-            (r"opt_state/.*(master|mu|nu)/.*lm_head/kernel(/data)?$", ("data", None)),
+            (r"opt_state/.*(wte|wpe)/embedding(/|$)", (None, "data")),
+            (r"opt_state/.*lm_head/kernel(/|$)", ("data", None)),
             (r".*", ()),
         ],
         "activations": [("batch", "data")],
@@ -86,7 +88,7 @@ LAYOUTS: dict[str, dict[str, list]] = {
 
 
 class ShardingError(ValueError):
-  pass
+  """A mesh or partition rule that does not fit the devices or an array; names the array."""
 
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -111,12 +113,14 @@ def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[jax.Device] | N
 
 
 def layout_rules(layout: str, extra_rules: Rules = ()) -> list[tuple[str, tuple]]:
+  """`extra_rules` (tried first) then the named layout's rules; an unknown layout fails."""
   if layout not in LAYOUTS:
     raise ShardingError(f"sharding.layout={layout!r} is not one of {sorted(LAYOUTS)}")
   return list(extra_rules) + list(LAYOUTS[layout]["params"])
 
 
 def activation_rules(layout: str) -> list[tuple[str, Any]]:
+  """The layout's logical-axis rules for activations (`nn.logical_axis_rules`)."""
   return list(LAYOUTS[layout]["activations"])
 
 
@@ -132,6 +136,7 @@ def path_name(path) -> str:
 
 
 def spec_for(name: str, shape: tuple[int, ...], rules: Rules, mesh: Mesh) -> P:
+  """The PartitionSpec of the first rule matching `name`, checked against shape and mesh."""
   for pattern, spec in rules:
     if re.search(pattern, name):
       spec = tuple(spec)
@@ -166,6 +171,7 @@ def create_sharded(init_fn: Callable, mesh: Mesh, rules: Rules, *args):
 
 
 def batch_sharding(mesh: Mesh, batch_axis: str | tuple = "data") -> NamedSharding:
+  """Batches split on their leading axis over `batch_axis`."""
   return NamedSharding(mesh, P(batch_axis))
 
 

@@ -1,4 +1,4 @@
-"""Aesthetic alignment on the rendered testbed (jaxlab/data/testbed.py): pretrain a
+"""Aesthetic alignment on the rendered testbed (jaxlab/align/testbed.py): pretrain a
 two-tower model, train the aesthetic model, build preferences from rephrased queries,
 fine-tune with ranked DPO, and report HPIR accuracy, recall and the judge, before/after.
 

@@ -137,7 +137,6 @@ def greedy_generate(model_cfg, params, prompt_ids: Sequence[int], max_new_tokens
                     eos_id: int | None = None) -> list[int]:
   """Greedy continuation with jaxlab's GPT on one fixed-length buffer (causal attention,
   so the padding after the cursor never reaches the positions read): one compile."""
-  from jaxlab.models.gpt import GPT
   length = min(model_cfg.max_len, len(prompt_ids) + max_new_tokens)
   if len(prompt_ids) >= length:
     raise ValueError(f"prompt of {len(prompt_ids)} tokens leaves no room in max_len={model_cfg.max_len}")
@@ -175,11 +174,25 @@ def gpt_backend(model_cfg, params, tokenizer, max_new_tokens: int = 32, name: st
 
 def gpt_backend_from_workdir(workdir: str, max_new_tokens: int = 32) -> Backend:
   """The GPT of an lm run (configs/quickstart.py, ...): its config, latest params, tokenizer."""
-  from jaxlab import checkpoint, config as config_lib
-  from jaxlab.data import tokenizer as tokenizer_lib
-  from jaxlab.trainers import lm
-  cfg = config_lib.read(workdir)
-  tok = tokenizer_lib.load_tokenizer(os.path.join(workdir, "tokenizer"))
-  _, params = checkpoint.restore_params(workdir)
-  return gpt_backend(lm.model_config(cfg, len(tok)), params, tok, max_new_tokens,
-                     name=f"gpt:{os.path.abspath(workdir)}")
+  from jaxlab.train import runs
+  run = runs.load_lm(workdir)
+  return gpt_backend(run.model.cfg, run.params, run.tokenizer, max_new_tokens, name=f"gpt:{os.path.abspath(workdir)}")
+
+
+BACKENDS = ("offline", "openai", "gpt", "none")
+
+
+def backend_from_config(r) -> Backend | None:
+  """The backend a config's `rephrase` group names (None for "none": queries as written)."""
+  if r.backend == "none":
+    return None
+  if r.backend == "offline":
+    return offline_backend()
+  if r.backend == "gpt":
+    return gpt_backend_from_workdir(r.gpt_workdir)
+  if r.backend == "openai":
+    from jaxlab.align import endpoint
+    return openai_backend(endpoint.Endpoint(
+        model=r.model, base_url_env=r.base_url_env, api_key_env=r.api_key_env, timeout=r.timeout, retries=r.retries,
+        max_concurrency=r.max_concurrency))
+  raise ValueError(f"rephrase.backend={r.backend!r} is not one of {BACKENDS}")

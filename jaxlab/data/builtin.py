@@ -1,10 +1,17 @@
 """Corpora that ship with Python, so jaxlab runs on a fresh machine, and the
-location of the optional shared data folder."""
+location of the optional shared data folder.
+
+`shared:PATH` config values name files under the shared data folder: the folder named by
+the environment variable `JAXLAB_SHARED_DATA` (`SHARED_DATA_ENV`) when it is set, else, in
+a checkout, `<repo root>/../shared/data` where that exists.
+"""
 
 from __future__ import annotations
 
 import os
 import pathlib
+
+SHARED_DATA_ENV = "JAXLAB_SHARED_DATA"
 
 
 def _pydoc_topics_text() -> str:
@@ -46,23 +53,48 @@ def materialize(name: str, out_dir: str) -> list[str]:
 
 
 def repo_root() -> pathlib.Path:
-  """The folder that holds the `jaxlab` package."""
+  """The folder that holds the `jaxlab` package (the checkout's root when run from one)."""
   return pathlib.Path(__file__).resolve().parents[2]
 
 
-def shared_data_dir() -> pathlib.Path | None:
-  """`<repo root>/../shared/data` when it exists (tests skip without it)."""
-  path = repo_root().parent / "shared" / "data"
+def _checkout_shared_dir() -> pathlib.Path | None:
+  """`<repo root>/../shared/data` when jaxlab runs from a checkout and that folder exists."""
+  root = repo_root()
+  if not (root / "pyproject.toml").is_file():  # installed: site-packages is no checkout
+    return None
+  path = root.parent / "shared" / "data"
   return path if path.is_dir() else None
 
 
+def shared_data_dir() -> pathlib.Path | None:
+  """The shared data folder, or None where there is none (tests skip without it).
+
+  `$JAXLAB_SHARED_DATA` when set (None if it names no folder), else the checkout default
+  `<repo root>/../shared/data` when it exists.
+  """
+  env = os.environ.get(SHARED_DATA_ENV)
+  if env:
+    path = pathlib.Path(env).expanduser()
+    return path if path.is_dir() else None
+  return _checkout_shared_dir()
+
+
 def resolve_shared(spec: str, key: str) -> str:
-  """`shared:PATH` -> ../shared/data/PATH (a ConfigError naming `key` when absent); other
-  specs are returned unchanged."""
+  """`shared:PATH` -> PATH under `shared_data_dir()`; other specs are returned unchanged.
+
+  Raises:
+    ConfigError: naming `key` and `JAXLAB_SHARED_DATA`, when `spec` is a `shared:` path and
+      the variable names a missing folder, or is unset and there is no checkout default.
+  """
   if not spec.startswith("shared:"):
     return spec
   root = shared_data_dir()
   if root is None:
-    from jaxlab.config import ConfigError
-    raise ConfigError(f"{key}: {spec!r} needs ../shared/data, which is absent on this machine")
+    from jaxlab.config import ConfigError  # pylint: disable=g-import-not-at-top
+    env = os.environ.get(SHARED_DATA_ENV)
+    if env:
+      raise ConfigError(f"{key}: {spec!r} needs the shared data folder, but {SHARED_DATA_ENV}={env!r} "
+                        "is not a folder")
+    raise ConfigError(f"{key}: {spec!r} needs the shared data folder: set {SHARED_DATA_ENV} to it "
+                      "(no checkout default ../shared/data on this machine)")
   return str(root / spec.removeprefix("shared:"))

@@ -7,8 +7,10 @@ Pieces (each usable on its own from a notebook):
   comm      FP8 gradient all-reduce with automatic scaling (jax.shard_map)
   memory    bytes per parameter of a real train state, by category
 
-This module wires them to a trainer's config (`cfg.fp8`): `task_options`, `dot_general_for`
-and `optimizer_for` are all a trainer needs.
+Training uses all of them through one transformation of a trainer's Task:
+`task = fp8.apply(cfg, task)` (after `cfg = fp8.configure(cfg)` has checked the `fp8`
+group), which swaps the model's dot_general, the storage/gradient formats, the scale
+state's partition rules, the optimizer and, with `fp8.comm`, the gradient all-reduce.
 """
 from __future__ import annotations
 
@@ -22,17 +24,26 @@ from jaxlab import config as config_lib
 from jaxlab.fp8 import comm, dot, formats, memory, optim as fp8_optim
 from jaxlab.fp8.dot import Recipe
 from jaxlab.train import optim as train_optim
+from jaxlab.train.state import Task
+
+NAME = "fp8"  # the config group this method reads
 
 # fp32: no mixed precision at all; flax: the peer, flax.linen.fp8_ops (FP8 GEMM inputs with
 # delayed scaling, everything else as BF16 mixed precision "none").
 LEVEL_NAMES = ("fp32",) + tuple(fp8_optim.LEVELS) + ("flax",)
 
+# Per-tensor scales of narrow arrays (".../kernel/scale") stay replicated whatever the layout.
+PARTITION_RULES = ((r"(kernel|embedding)/scale$", ()),)
+
 
 def default_config() -> dict:
+  """The `fp8` config group: level, scaling recipe and gradient communication."""
   return dict(level="fp32", scaling="delayed", history=16, margin=0, power_of_two=False, block=128, comm=False)
 
 
-def validate(cfg: ml_collections.ConfigDict, mesh) -> None:
+def configure(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Check the `fp8` group (and what it needs of the mesh and layout) before any work;
+  returns cfg unchanged. Mistakes raise ConfigError naming the key."""
   f, req = cfg.fp8, config_lib.require
   req(f.level in LEVEL_NAMES, "fp8.level", f"{f.level!r} is not one of {LEVEL_NAMES}")
   req(f.scaling in dot.SCALINGS, "fp8.scaling", f"{f.scaling!r} is not one of {dot.SCALINGS}")
@@ -40,17 +51,15 @@ def validate(cfg: ml_collections.ConfigDict, mesh) -> None:
   req(f.block >= 1, "fp8.block", "must be positive")
   if f.comm:
     req(f.level in ("O1", "O2", "O3"), "fp8.comm", f"FP8 gradient communication needs level O1/O2/O3, not {f.level!r}")
-    req("data" in mesh.shape, "fp8.comm", "the mesh needs a 'data' axis")
+    req("data" in dict(cfg.mesh), "fp8.comm", "the mesh needs a 'data' axis")
     req(cfg.sharding.layout in ("dp", "zero"), "fp8.comm",
         f"runs the gradient sync in shard_map with replicated weights: sharding.layout must be dp or zero, "
         f"not {cfg.sharding.layout!r}")
-  t = cfg.train
-  data = mesh.shape.get("data", 1)
-  req(t.grad_accum >= 1 and t.batch_size % (t.grad_accum * data) == 0, "train.grad_accum",
-      f"batch_size={t.batch_size} must split into grad_accum={t.grad_accum} microbatches on {data} data shards")
+  return cfg
 
 
 def recipe(f) -> Recipe:
+  """The scaling recipe of an `fp8` config group."""
   return Recipe(scaling=f.scaling, history=f.history, margin=f.margin, power_of_two=f.power_of_two, block=f.block)
 
 
@@ -74,11 +83,33 @@ def task_options(f) -> dict:
 
 
 def optimizer_for(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """AdamW for the level: optax's for fp32, the scaled AdamW of fp8.optim otherwise.
+  Reads the trainer's `optim` group (and `train.steps` for fp32's schedule)."""
   if cfg.fp8.level == "fp32":
     return train_optim.adamw(cfg.optim, cfg.train.steps)
   level = "none" if cfg.fp8.level == "flax" else cfg.fp8.level
   return fp8_optim.optimizer(fp8_optim.get_level(level), schedule, cfg.optim)
 
 
-__all__ = ["Recipe", "comm", "dot", "formats", "memory", "fp8_optim", "default_config", "validate",
-           "dot_general_for", "task_options", "optimizer_for"]
+def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
+  """The Task trained at `cfg.fp8.level`: the model with FP8 GEMMs, parameters and gradients
+  in the level's formats, its scale state observed and replicated, the level's optimizer
+  (with the task's schedule) and, with fp8.comm, the FP8 gradient all-reduce. fp32 leaves
+  the task as it is."""
+  f = cfg.fp8
+  if f.level == "fp32":
+    return task
+  dot_cls = dot_general_for(f)
+  model = task.model
+  if dot_cls is not None:
+    if model is None or not hasattr(model, "dot_general_cls"):
+      raise config_lib.ConfigError(f"fp8.level={f.level!r}: this trainer's model takes no dot_general_cls")
+    model = model.clone(dot_general_cls=dot_cls)
+  if task.schedule is None:
+    raise ValueError("fp8.apply needs the task's learning-rate schedule (Task.schedule)")
+  return task.replace(model=model, optimizer=optimizer_for(cfg, task.schedule),
+                      partition_rules=tuple(task.partition_rules) + PARTITION_RULES, **task_options(f))
+
+
+__all__ = ["NAME", "Recipe", "comm", "dot", "formats", "memory", "fp8_optim", "default_config", "configure",
+           "apply", "recipe", "dot_general_for", "task_options", "optimizer_for", "LEVEL_NAMES"]

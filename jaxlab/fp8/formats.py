@@ -17,11 +17,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_dtypes
-import numpy as np
 
 E4M3 = jnp.float8_e4m3fn   # weights and activations, max 448
 E5M2 = jnp.float8_e5m2     # output gradients, max 57344
-FORMATS = {"e4m3": E4M3, "e5m2": E5M2, "float16": jnp.float16, "bfloat16": jnp.bfloat16, "float32": jnp.float32}
 
 
 def fmax(dtype) -> float:
@@ -89,10 +87,6 @@ def to_scaled(x: jax.Array, dtype, stacked: bool = False, margin: int = 0, power
 
 def is_scaled(x) -> bool:
   return isinstance(x, ScaledTensor)
-
-
-def nbytes_per_element(dtype) -> int:
-  return np.dtype(dtype).itemsize
 
 
 # ---------------------------------------------------------------- block scaling (DeepSeek-V3)

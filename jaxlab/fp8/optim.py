@@ -28,6 +28,7 @@ import optax
 from jaxlab.fp8 import formats
 from jaxlab.fp8.formats import E4M3, ScaledTensor
 from jaxlab.sharding import path_name
+from jaxlab.train.optim import is_matrix
 from jaxlab.train.state import Precision
 
 F32, F16, BF16 = jnp.float32, jnp.float16, jnp.bfloat16
@@ -56,10 +57,6 @@ def get_level(name: str) -> Level:
   if name not in LEVELS:
     raise ValueError(f"fp8.level={name!r} is not one of {sorted(LEVELS)}")
   return LEVELS[name]
-
-
-def is_matrix(name: str) -> bool:
-  return name.rsplit("/", 1)[-1] in ("kernel", "embedding")
 
 
 def _stacked(name: str) -> bool:

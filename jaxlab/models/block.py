@@ -28,6 +28,25 @@ ACTIVATIONS: dict[str, Callable] = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),  # CLIP's
 }
 
+# HF config activation names (GPT-2 activation_function, BERT/CLIP hidden_act) -> ACTIVATIONS
+# keys; one table so the GPT-2, BERT and CLIP importers accept the same names.
+HF_ACTIVATIONS: dict[str, str] = {
+    "gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+    "silu": "silu", "swish": "silu", "quick_gelu": "quick_gelu",
+}
+
+
+def activation_from_hf(name: str, where: str) -> str:
+  """The ACTIVATIONS key for HF activation `name`; ValueError naming `where` (e.g. "BERT hidden_act") if unknown."""
+  if name not in HF_ACTIVATIONS:
+    raise ValueError(f"unsupported {where} {name!r}")
+  return HF_ACTIVATIONS[name]
+
+
+def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+  """x / max(||x||, eps) over the last axis: unit vectors (zero rows stay zero)."""
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockConfig:

@@ -17,8 +17,13 @@ from jaxlab.models.block import BlockConfig, Stack
 from jaxlab.sharding import constrain
 
 
+# config names of compute dtypes
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
+  """A GPT's shape and numerics; `from_config` builds one from a config's model group."""
   vocab_size: int
   max_len: int = 256
   num_layers: int = 2
@@ -33,12 +38,24 @@ class GPTConfig:
   param_dtype: Any = jnp.float32
   remat: bool = False
 
+  @classmethod
+  def from_config(cls, model, vocab_size: int) -> "GPTConfig":
+    """From a config's `model` group (num_layers, d_model, num_heads, mlp_dim, max_len,
+    tied_embeddings, dropout, dtype name, remat), with the tokenizer's vocabulary size."""
+    if model.dtype not in DTYPES:
+      raise ValueError(f"model.dtype: {model.dtype!r} is not one of {sorted(DTYPES)}")
+    return cls(vocab_size=vocab_size, max_len=model.max_len, num_layers=model.num_layers, d_model=model.d_model,
+               num_heads=model.num_heads, mlp_dim=model.mlp_dim, tied_embeddings=model.tied_embeddings,
+               dropout=model.dropout, dtype=DTYPES[model.dtype], remat=model.remat)
+
   def block(self) -> BlockConfig:
+    """The shared transformer block's settings for this GPT (causal, pre-LN)."""
     return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
                        causal=True, pre_ln=True, activation=self.activation, layer_norm_eps=self.layer_norm_eps,
                        dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
 
   def num_params(self) -> int:
+    """Parameter count worked out from the shapes (embeddings, blocks, final norm, head)."""
     d, f, L = self.d_model, self.mlp_dim or 4 * self.d_model, self.num_layers
     per_layer = 4 * d * d + 4 * d + 2 * d * f + f + d + 4 * d
     head = 0 if self.tied_embeddings else d * self.vocab_size

@@ -16,10 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
+from jaxlab.models.block import activation_from_hf
 from jaxlab.models.gpt import GPTConfig
 
-_ACT_FROM_HF = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu",
-                "silu": "silu", "swish": "silu"}
 _ACT_TO_HF = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 
 
@@ -46,12 +45,10 @@ def gpt_config_from_hf(hf: dict, **overrides) -> GPTConfig:
       raise ValueError(f"GPT-2 option {key}=True is not supported by jaxlab's GPT")
   if hf.get("scale_attn_weights", True) is False:
     raise ValueError("GPT-2 option scale_attn_weights=False is not supported by jaxlab's GPT")
-  act = hf.get("activation_function", "gelu_new")
-  if act not in _ACT_FROM_HF:
-    raise ValueError(f"unsupported GPT-2 activation_function {act!r}")
+  act = activation_from_hf(hf.get("activation_function", "gelu_new"), "GPT-2 activation_function")
   return GPTConfig(vocab_size=hf["vocab_size"], max_len=hf["n_positions"], num_layers=hf["n_layer"],
                    d_model=hf["n_embd"], num_heads=hf["n_head"], mlp_dim=hf.get("n_inner") or 0,
-                   tied_embeddings=hf.get("tie_word_embeddings", True), activation=_ACT_FROM_HF[act],
+                   tied_embeddings=hf.get("tie_word_embeddings", True), activation=act,
                    layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), **overrides)
 
 

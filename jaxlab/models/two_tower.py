@@ -40,8 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlab.models import block as block_lib
-from jaxlab.models.block import BlockConfig, Stack
+from jaxlab.models.block import BlockConfig, Stack, activation_from_hf, l2_normalize
 from jaxlab.models.vit import ViT, ViTConfig
 from jaxlab.sharding import constrain
 
@@ -103,10 +102,6 @@ class TextTower(nn.Module):
       index = jnp.maximum(jnp.sum(mask.astype(jnp.int32), -1) - 1, 0)
     pooled = jnp.take_along_axis(x, index[:, None, None], axis=1)[:, 0]
     return constrain(pooled.astype(jnp.float32), ("batch", "embed"))
-
-
-def l2_normalize(x, eps: float = 1e-12):
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 class TwoTower(nn.Module):
@@ -180,20 +175,12 @@ def contrastive_loss(kind: str, img, txt, scale, bias, label_smoothing: float = 
 
 # ---------------------------------------------------------------------------- HF CLIP interop
 
-_ACT_FROM_HF = {"quick_gelu": "quick_gelu", "gelu": "gelu", "gelu_new": "gelu_tanh",
-                "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu", "silu": "silu"}
-
-
 def clip_config_from_hf(hf: dict) -> TwoTowerConfig:
   """transformers CLIPConfig (config.json as a dict) -> TwoTowerConfig."""
   if hf.get("model_type") != "clip":
     raise ValueError(f"expected a CLIP checkpoint (model_type 'clip'), got {hf.get('model_type')!r}")
   v, t = hf["vision_config"], hf["text_config"]
-  def act(c):
-    name = c.get("hidden_act", "quick_gelu")
-    if name not in _ACT_FROM_HF:
-      raise ValueError(f"unsupported CLIP hidden_act {name!r}")
-    return _ACT_FROM_HF[name]
+  act = lambda c: activation_from_hf(c.get("hidden_act", "quick_gelu"), "CLIP hidden_act")
 
   eos = t.get("eos_token_id", 2)
   if eos == 2:

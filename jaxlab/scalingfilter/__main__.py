@@ -21,8 +21,6 @@ import argparse
 import json
 import sys
 
-import numpy as np
-
 from jaxlab.scalingfilter import score as score_lib
 from jaxlab.scalingfilter import select as select_lib
 
@@ -53,32 +51,17 @@ def cmd_score(args) -> int:
 
 
 def cmd_select(args) -> int:
-  rows = [json.loads(l) for l in open(args.scores) if l.strip()]
-  ids = [r["id"] for r in rows]
-  quality = np.array([r["quality_factor"] for r in rows])
-  needs_text = args.method in ("dsir", "classifier")
-  texts = [_texts(args.input, args.text_field, args.id_field)[i] for i in ids] if needs_text else None
   read_lines = lambda p: [t for _, t in score_lib.read_documents(p, args.text_field, args.id_field)
                           if isinstance(t, str)]
-  if args.method == "topk":
-    keep = select_lib.top_k(quality, args.k)
-  elif args.method == "threshold":
-    keep = select_lib.threshold(quality, args.threshold)
-  elif args.method == "temperature":
-    keep = select_lib.temperature_sample(quality, args.k, args.temperature, args.seed)
-  elif args.method == "random":
-    keep = select_lib.random_select(len(rows), args.k, args.seed)
-  elif args.method == "ppl_gate":
-    keep = select_lib.perplexity_gate([r["ppl_large"] for r in rows], args.low, args.high)
-  elif args.method == "dsir":
-    keep = select_lib.dsir(texts, read_lines(args.target), args.k, seed=args.seed)
-  else:
-    keep = select_lib.classifier_select(texts, read_lines(args.positives), read_lines(args.negatives), args.k)
-  with open(args.output, "w") as f:
-    for row, kept in zip(rows, keep):
-      if kept:
-        f.write(json.dumps(row) + "\n")
-  print(json.dumps({"method": args.method, "documents": len(rows), "kept": int(keep.sum())}))
+  kwargs = dict(k=args.k, threshold=args.threshold, temperature=args.temperature, low=args.low, high=args.high,
+                seed=args.seed)
+  if args.method in ("dsir", "classifier"):
+    kwargs["texts"] = _texts(args.input, args.text_field, args.id_field)  # id -> text, read once
+  if args.method == "dsir":
+    kwargs["target_texts"] = read_lines(args.target)
+  elif args.method == "classifier":
+    kwargs.update(positives=read_lines(args.positives), negatives=read_lines(args.negatives))
+  print(json.dumps(select_lib.select_file(args.scores, args.output, args.method, **kwargs)))
   return 0
 
 
@@ -110,7 +93,7 @@ def main(argv=None) -> int:
   t.add_argument("--scores", required=True)
   t.add_argument("--output", required=True)
   t.add_argument("--method", default="topk",
-                 choices=["topk", "threshold", "temperature", "random", "ppl_gate", "dsir", "classifier"])
+                 choices=select_lib.METHODS)
   t.add_argument("--k", type=float, default=70.0)
   t.add_argument("--threshold", type=float, default=1.0)
   t.add_argument("--temperature", type=float, default=1.0)

@@ -35,9 +35,10 @@ import optax
 import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from jaxlab import checkpoint, config as config_lib, sharding
+from jaxlab import sharding
 from jaxlab.data import tokenizer as tokenizer_lib
 from jaxlab.models import gpt, hf
+from jaxlab.train import runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +60,8 @@ def load_meta_model(path: str) -> MetaModel:
     cfg, params = hf.load_gpt2(path)
     tok = tokenizer_lib.load_tokenizer(path)
   elif os.path.isdir(os.path.join(path, "checkpoints")):
-    from jaxlab.trainers import lm
-    run_cfg = config_lib.read(path)
-    tok = tokenizer_lib.load_tokenizer(run_cfg.tokenizer.path or os.path.join(path, "tokenizer"))
-    cfg = lm.model_config(run_cfg, len(tok))
-    params = checkpoint.restore_params(path)[1]
+    run = runs.load_lm(path)
+    return MetaModel(path, run.model, run.params, run.tokenizer)
   else:
     raise FileNotFoundError(f"{path}: neither a GPT-2 folder (model.safetensors) nor a jaxlab run (checkpoints/)")
   return MetaModel(path, gpt.GPT(cfg), jax.tree.map(jnp.asarray, params), tok)

@@ -5,12 +5,17 @@ importance resampling on hashed n-grams, and a hashed n-gram quality classifier.
 Every selector returns a boolean keep-mask over the documents in input order. Shares are
 percentages; the number kept is round(n * k / 100), so k=0 keeps nothing and k=100 all.
 Ties are broken by input order (earlier first), so results are deterministic.
+
+`select_scores` dispatches on a method name (`METHODS`) over rows of a scores file, and
+`select_file` does the whole scores JSONL -> kept JSONL step (the CLI's `select`).
 """
 from __future__ import annotations
 
+import json
+import os
 import re
 import zlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +23,8 @@ import numpy as np
 import optax
 
 _WORD = re.compile(r"\w+")
+
+METHODS = ("topk", "threshold", "temperature", "random", "ppl_gate", "dsir", "classifier")
 
 
 def _count(n: int, k_percent: float) -> int:
@@ -41,6 +48,7 @@ def top_k(quality: Sequence[float], k_percent: float = 70.0) -> np.ndarray:
 
 
 def threshold(quality: Sequence[float], min_quality: float) -> np.ndarray:
+  """Keep-mask of the documents whose quality factor is >= min_quality."""
   return np.asarray(quality, np.float64) >= min_quality
 
 
@@ -55,6 +63,7 @@ def temperature_sample(quality: Sequence[float], k_percent: float, temperature: 
 
 
 def random_select(n: int, k_percent: float, seed: int = 0) -> np.ndarray:
+  """Keep-mask of round(n * k / 100) of n documents drawn uniformly without replacement."""
   return _keep_top(np.random.default_rng(seed).random(n), _count(n, k_percent))
 
 
@@ -79,6 +88,7 @@ def hashed_ngrams(text: str, num_buckets: int, n_max: int = 2) -> np.ndarray:
 
 
 def features(texts: Sequence[str], num_buckets: int, n_max: int = 2) -> np.ndarray:
+  """[len(texts), num_buckets] float hashed n-gram counts (`hashed_ngrams` per text)."""
   return np.stack([hashed_ngrams(t, num_buckets, n_max) for t in texts]) if texts else np.zeros((0, num_buckets))
 
 
@@ -98,8 +108,7 @@ def dsir(texts: Sequence[str], target_texts: Sequence[str], k_percent: float, *,
 
 
 def train_quality_classifier(positives: Sequence[str], negatives: Sequence[str], *, num_buckets: int = 2**14,
-                             n_max: int = 2, steps: int = 300, learning_rate: float = 0.05, l2: float = 1e-4,
-                             seed: int = 0):
+                             n_max: int = 2, steps: int = 300, learning_rate: float = 0.05, l2: float = 1e-4):
   """Logistic regression on log(1 + hashed n-gram counts), trained with optax Adam on
   the full batch. Returns score(texts) -> P(high quality)."""
   x = np.log1p(np.concatenate([features(positives, num_buckets, n_max), features(negatives, num_buckets, n_max)]))
@@ -121,7 +130,6 @@ def train_quality_classifier(positives: Sequence[str], negatives: Sequence[str],
     updates, o = tx.update(grads, o, p)
     return optax.apply_updates(p, updates), o
 
-  del seed  # full-batch and zero-initialised: deterministic
   for _ in range(steps):
     params, opt = step(params, opt)
 
@@ -137,3 +145,61 @@ def classifier_select(texts: Sequence[str], positives: Sequence[str], negatives:
   """Keep the k% of documents the quality classifier rates highest."""
   return _keep_top(train_quality_classifier(positives, negatives, **kwargs)(texts).astype(np.float64),
                    _count(len(texts), k_percent))
+
+
+# ------------------------------------------------------------------------------ by method name
+
+_threshold = threshold  # select_scores' `threshold` parameter shadows the function
+
+def select_scores(rows: list[dict], method: str, *, k: float = 70.0, threshold: float = 1.0,
+                  temperature: float = 1.0, low: float = 15.0, high: float = 85.0, seed: int = 0,
+                  texts: Sequence[str] | Mapping[str, str] | None = None, target_texts: Sequence[str] | None = None,
+                  positives: Sequence[str] | None = None, negatives: Sequence[str] | None = None) -> np.ndarray:
+  """Boolean keep-mask over `rows` (scores-file rows: id, quality_factor, ppl_large) by `method`.
+
+  k is a percentage; threshold is a minimum quality factor; low/high are ppl_large percentiles.
+  dsir and classifier read document texts: `texts` aligned with rows, or a mapping id -> text.
+  """
+  if method not in METHODS:
+    raise ValueError(f"unknown selection method {method!r}; use one of {', '.join(METHODS)}")
+  needed = {"dsir": ("texts", "target_texts"), "classifier": ("texts", "positives", "negatives")}.get(method, ())
+  given = {"texts": texts, "target_texts": target_texts, "positives": positives, "negatives": negatives}
+  missing = [name for name in needed if given[name] is None]
+  if missing:
+    raise ValueError(f"method {method!r} needs {', '.join(missing)}")
+  if isinstance(texts, Mapping):
+    absent = [r["id"] for r in rows if r["id"] not in texts]
+    if absent:
+      raise KeyError(f"{len(absent)} scored documents are not in texts, e.g. {absent[0]!r}")
+    texts = [texts[r["id"]] for r in rows]
+  if texts is not None and method in needed and len(texts) != len(rows):
+    raise ValueError(f"texts has {len(texts)} entries for {len(rows)} rows")
+  quality = lambda: np.array([r["quality_factor"] for r in rows], np.float64)
+  if method == "topk":
+    return top_k(quality(), k)
+  if method == "threshold":
+    return _threshold(quality(), threshold)
+  if method == "temperature":
+    return temperature_sample(quality(), k, temperature, seed)
+  if method == "random":
+    return random_select(len(rows), k, seed)
+  if method == "ppl_gate":
+    return perplexity_gate([r["ppl_large"] for r in rows], low, high)
+  if method == "dsir":
+    return dsir(texts, target_texts, k, seed=seed)
+  return classifier_select(texts, positives, negatives, k)  # deterministic: no seed
+
+
+def select_file(scores_path: str, output_path: str, method: str = "topk", **kwargs) -> dict:
+  """Write the rows of the scores JSONL that `method` keeps to output_path (JSONL, atomically);
+  returns counts {"method", "documents", "kept"}. kwargs go to `select_scores`."""
+  with open(scores_path) as f:
+    rows = [json.loads(line) for line in f if line.strip()]
+  keep = select_scores(rows, method, **kwargs)
+  tmp = output_path + ".tmp"
+  with open(tmp, "w") as f:  # a crash leaves the old output (or none), never a partial one
+    for row, kept in zip(rows, keep):
+      if kept:
+        f.write(json.dumps(row) + "\n")
+  os.replace(tmp, output_path)
+  return {"method": method, "documents": len(rows), "kept": int(keep.sum())}

@@ -3,7 +3,8 @@
 Sharded init (or restore from the workdir), a jitted pure step with in/out shardings and
 donation, metrics pulled to the host only on logging steps, periodic evaluation, orbax
 checkpoints of state and data iterator, a NaN/Inf guard, JSONL + TensorBoard metrics, a
-progress bar and a loss plot. Trainers provide a `Task` (see train/state.py).
+progress bar and a loss plot. Trainers provide a `Task` (see train/state.py) and `Options`
+(typed, built from a config's train/sharding groups by `options`).
 
 Multi-process runs (jaxlab/distributed.py): every process runs this loop on its own slice
 of the data; the global batch is assembled with `jax.make_array_from_process_local_data`,
@@ -12,14 +13,15 @@ iterator), metrics and files come from process 0 only. Eval batches must carry a
 (0 = padding): a process whose slice of the eval data ran out feeds all-zero batches
 while the others finish, so every process calls the step equally often.
 
-`build` gives the shardings and the jitted steps without running anything; `compile_only`
-makes `run` lower and compile the train step and stop (jaxlab/aot.py uses it, so the
-ahead-of-time check compiles exactly what training would).
+`build` gives the shardings and the jitted steps without running anything, and
+`compile_step` lowers and compiles the train step from shapes alone: trainers declare their
+stages (`Stage`: a name, a Task, its Options and the batch's shapes) and jaxlab/aot.py
+compiles each, the same step `run` would train.
 """
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import dataclasses
 import functools
 import itertools
 import logging
@@ -40,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxlab import checkpoint, sharding
 from jaxlab import config as config_lib
 from jaxlab.train import metrics as metrics_lib
-from jaxlab.train.state import Task, init_state, make_eval_step, make_train_step
+from jaxlab.train.state import Task, TrainState, init_state, make_eval_step, make_train_step
 
 log = logging.getLogger("jaxlab")
 
@@ -65,17 +67,70 @@ def _check_finite(pending: list[tuple[int, dict]], last_good: int | None, ckpt_d
             f"saved. Last good checkpoint: {where}. Lower optim.learning_rate or check the data.")
 
 
-def validate(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """The keys this loop reads (train.*, sharding.*), checked before any data or compile work."""
-  t, req = cfg.train, config_lib.require
-  sharding.layout_rules(cfg.sharding.layout, cfg.sharding.extra_rules)  # an unknown layout fails here
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """What the loop reads, typed; `options(cfg)` builds it from a config's groups.
+  `key` is the config group the train fields came from, for error messages."""
+  steps: int
+  batch_size: int
+  log_every: int = 50
+  eval_every: int = 0
+  eval_batches: int = 0
+  checkpoint_every: int = 1000
+  keep_checkpoints: int = 3
+  stop_after: int = 0
+  grad_accum: int = 1
+  seed: int = 0
+  layout: str = "dp"
+  extra_rules: tuple = ()
+  mesh: tuple = (("data", -1), ("model", 1))   # axes for sharding.make_mesh
+  key: str = "train"
+
+
+def options(cfg: ml_collections.ConfigDict, key: str = "train") -> Options:
+  """Options from `cfg.<key>` (dotted, e.g. "pretrain.train"), `cfg.seed`, `cfg.mesh` and `cfg.sharding`;
+  a missing or malformed value fails here, naming its key."""
+  group = cfg
+  for part in key.split("."):
+    if part not in group:
+      raise config_lib.ConfigError(f"{key}: the config has no such group")
+    group = group[part]
+  # the group may hold the trainer's own keys too (e.g. train.seq_len): only the loop's are read
+  fields = {f.name for f in dataclasses.fields(Options)} - {"seed", "layout", "extra_rules", "mesh", "key"}
+  values = {name: group[name] for name in fields if name in group}
+  for name in ("steps", "batch_size"):
+    config_lib.require(name in values, f"{key}.{name}", "is required")
+  opts = Options(**values, seed=int(cfg.seed), layout=cfg.sharding.layout,
+                 extra_rules=tuple(tuple(r) for r in cfg.sharding.extra_rules),
+                 mesh=tuple(tuple(axis) for axis in cfg.mesh), key=key)
+  req = config_lib.require
+  sharding.layout_rules(opts.layout, opts.extra_rules)  # an unknown layout fails here
+  for name in ("steps", "batch_size", "log_every", "checkpoint_every", "grad_accum"):
+    req(getattr(opts, name) > 0, f"{key}.{name}", "must be positive")
+  return opts
+
+
+def check_mesh(opts: Options, mesh: jax.sharding.Mesh) -> None:
+  """Batch sizes that cannot split over the mesh, the processes or the microbatches."""
+  req, k = config_lib.require, opts.key
   data_size = mesh.shape.get("data", 1)
-  req(t.batch_size % data_size == 0, "train.batch_size",
-      f"{t.batch_size} is not divisible by the mesh's data axis ({data_size})")
-  req(t.batch_size % jax.process_count() == 0, "train.batch_size",
-      f"{t.batch_size} is not divisible by the process count ({jax.process_count()})")
-  for key in ("steps", "log_every", "checkpoint_every"):
-    req(t[key] > 0, f"train.{key}", "must be positive")
+  req(opts.batch_size % data_size == 0, f"{k}.batch_size",
+      f"{opts.batch_size} is not divisible by the mesh's data axis ({data_size})")
+  req(opts.batch_size % jax.process_count() == 0, f"{k}.batch_size",
+      f"{opts.batch_size} is not divisible by the process count ({jax.process_count()})")
+  req(opts.batch_size % (opts.grad_accum * data_size) == 0, f"{k}.grad_accum",
+      f"batch_size={opts.batch_size} must split into grad_accum={opts.grad_accum} microbatches on "
+      f"{data_size} data shards")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  """One training run of a trainer, as `jaxlab.aot` compiles it: a Task (its data may be
+  None), its Options, and the global batch's shapes ({name: jax.ShapeDtypeStruct})."""
+  name: str
+  task: Task
+  options: Options
+  batch: dict
 
 
 def _aligned(batches, template_fn):
@@ -122,30 +177,30 @@ class StepSetup(NamedTuple):
 
 
 @contextlib.contextmanager
-def mesh_context(cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+def mesh_context(opts: Options, mesh: jax.sharding.Mesh):
   """The mesh and activation rules every trace of the steps happens under."""
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.activation_rules(cfg.sharding.layout)):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.activation_rules(opts.layout)):
     yield
 
 
-def build(cfg: ml_collections.ConfigDict, task: Task, mesh: jax.sharding.Mesh,
-          tx: optax.GradientTransformation, schedule: optax.Schedule | None = None) -> StepSetup:
+def build(task: Task, opts: Options, mesh: jax.sharding.Mesh) -> StepSetup:
   """State shardings from the partition rules (a bad rule fails here, naming the array)
   and the jitted train and eval steps. Call inside `mesh_context`."""
-  rules = sharding.layout_rules(cfg.sharding.layout, cfg.sharding.extra_rules)
-  init_fn = functools.partial(init_state, task, tx)
-  abstract = jax.eval_shape(init_fn, jax.random.key(cfg.seed))
+  check_mesh(opts, mesh)
+  rules = list(opts.extra_rules) + list(task.partition_rules) + sharding.layout_rules(opts.layout)
+  init_fn = functools.partial(init_state, task)
+  abstract = jax.eval_shape(init_fn, jax.random.key(opts.seed))
   state_sh = sharding.tree_shardings(abstract, mesh, rules)
   data_sh = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
-  step_fn = jax.jit(make_train_step(task, tx, schedule), in_shardings=(state_sh, data_sh, replicated),
+  step_fn = jax.jit(make_train_step(task, opts.grad_accum), in_shardings=(state_sh, data_sh, replicated),
                     out_shardings=(state_sh, replicated), donate_argnums=0)
   eval_fn = jax.jit(make_eval_step(task), in_shardings=(state_sh, data_sh), out_shardings=replicated)
   return StepSetup(init_fn, checkpoint.abstract_like(abstract, state_sh), state_sh, data_sh, replicated,
                    step_fn, eval_fn)
 
 
-def abstract_batch(local_batch: dict, data_sharding: NamedSharding) -> dict:
+def abstract_batch(local_batch: dict, data_sharding: NamedSharding | None = None) -> dict:
   """The global batch's shapes from one process's batch (processes hold equal slices)."""
   def one(x):
     x = np.asarray(x)
@@ -153,53 +208,72 @@ def abstract_batch(local_batch: dict, data_sharding: NamedSharding) -> dict:
   return jax.tree.map(one, local_batch)
 
 
-_COMPILE_ONLY: contextvars.ContextVar = contextvars.ContextVar("jaxlab_compile_only", default=False)
+class Compiled(NamedTuple):
+  """A stage's train step compiled for a mesh, with what it was compiled from."""
+  setup: StepSetup
+  compiled: Any        # jax.stages.Compiled: memory_analysis(), as_text()
+  batch: dict          # the global batch's ShapeDtypeStructs, with their sharding
 
 
-class _Compiled(Exception):
-  def __init__(self, result: dict):
-    super().__init__("compiled")
-    self.result = result
+def compile_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict) -> Compiled:
+  """Lower and compile the train step `run` would train, from shapes alone: `batch` holds
+  the global batch's ShapeDtypeStructs (e.g. a Stage's). Nothing is initialised or read."""
+  with mesh_context(opts, mesh):
+    setup = build(task, opts, mesh)
+    batch = jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape, b.dtype, sharding=setup.data_sharding), batch)
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=setup.replicated)
+    compiled = setup.train_step.lower(setup.abstract_state, batch, rng).compile()
+  return Compiled(setup, compiled, batch)
 
 
-@contextlib.contextmanager
-def compile_only():
-  """Inside this context `run` compiles the train step and returns nothing: the trainer
-  is unwound at that point and the yielded dict gets `setup` (StepSetup), `compiled`
-  (the compiled train step), `cfg`, `mesh` and `task`."""
-  out: dict = {}
-  token = _COMPILE_ONLY.set(True)
-  try:
-    yield out
-  except _Compiled as done:
-    out.update(done.result)
-  finally:
-    _COMPILE_ONLY.reset(token)
-  if not out:
-    raise RuntimeError("the trainer returned without calling jaxlab.train.loop.run")
+@dataclasses.dataclass
+class RunResult:
+  """What `run` returns: plain-number held-out metrics apart from the (device) state."""
+  workdir: str
+  step: int
+  finished: bool
+  metrics: dict          # {name: float} from the task's summarize, {} without eval data
+  checkpoint_dir: str
+  metrics_path: str
+  plot_path: str | None
+  state: TrainState | None = None
+
+  @property
+  def params(self):
+    """The trained parameters as stored (device arrays)."""
+    return None if self.state is None else self.state.params
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.sharding.Mesh,
-        tx: optax.GradientTransformation, schedule: optax.Schedule | None = None) -> dict:
-  """Train to cfg.train.steps (resuming from workdir) and return the final summary."""
-  tc = cfg.train
+def check_batch(batch: dict, spec: dict) -> None:
+  """A ValueError naming the field when a global batch differs from its declared shapes
+  (the ones `jaxlab.aot` compiles a stage for)."""
+  got = {k: (tuple(v.shape), str(v.dtype)) for k, v in batch.items()}
+  want = {k: (tuple(v.shape), str(np.dtype(v.dtype))) for k, v in spec.items()}
+  if got != want:
+    diff = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+    raise ValueError(f"the data's batch differs from the declared batch shapes at {diff}: "
+                     f"{ {k: got.get(k) for k in diff} } vs { {k: want.get(k) for k in diff} }")
+
+
+def run(task: Task, opts: Options, workdir: str, mesh: jax.sharding.Mesh,
+        config: ml_collections.ConfigDict | None = None, batch_spec: dict | None = None) -> RunResult:
+  """Train to opts.steps (resuming from workdir) and return the result. `config`, when
+  given, is written to workdir/config.json by process 0 (what actually ran); `batch_spec`
+  (a Stage's batch), when given, is checked against the first batch."""
   ckpt_dir = os.path.join(workdir, "checkpoints")
   is_main = jax.process_index() == 0
+  if task.train_data is None:
+    raise ValueError("run needs a task with train_data (this one is for shapes only)")
 
-  with mesh_context(cfg, mesh):
-    setup = build(cfg, task, mesh, tx, schedule)  # fails here on a bad rule
-    if _COMPILE_ONLY.get():
-      batch = abstract_batch(next(iter(task.train_data)), setup.data_sharding)
-      rng_abstract = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=setup.replicated)
-      compiled = setup.train_step.lower(setup.abstract_state, batch, rng_abstract).compile()
-      raise _Compiled(dict(setup=setup, compiled=compiled, cfg=cfg, mesh=mesh, task=task, batch=batch))
-    if is_main:
-      config_lib.write(cfg, workdir)  # what actually ran, next to its results
-    rng = jax.random.key(cfg.seed)
+  with mesh_context(opts, mesh):
+    setup = build(task, opts, mesh)  # fails here on a bad rule
+    if is_main and config is not None:
+      config_lib.write(config, workdir)
+    rng = jax.random.key(opts.seed)
     state_sh, data_sh = setup.state_shardings, setup.data_sharding
     step_fn, eval_fn = setup.train_step, setup.eval_step
 
-    mngr = checkpoint.manager(ckpt_dir, keep=tc.keep_checkpoints)
+    mngr = checkpoint.manager(ckpt_dir, keep=opts.keep_checkpoints)
     train_iter = iter(task.train_data)
     restored = checkpoint.restore_latest(mngr, setup.abstract_state, train_iter)
     if restored is None:
@@ -212,8 +286,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.shar
         print(f"resuming from step {start} ({ckpt_dir})", flush=True)
 
     writer = metrics_lib.MetricWriter(workdir, resume_step=start)
-    total = tc.steps
-    stop_at = min(total, start + tc.stop_after) if tc.stop_after > 0 else total
+    total = opts.steps
+    stop_at = min(total, start + opts.stop_after) if opts.stop_after > 0 else total
     unit, per_batch = task.units_per_batch
     bar = tqdm.tqdm(total=total, initial=start, disable=not is_main, dynamic_ncols=True, desc="train")
     pending: list[tuple[int, Any]] = []
@@ -239,6 +313,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.shar
     step = start
     while step < stop_at:
       batch = sharding.global_batch(next(train_iter), data_sh)
+      if step == start and batch_spec is not None:
+        check_batch(batch, batch_spec)
       state, step_metrics = step_fn(state, batch, rng)
       if pending:  # stay at most one step ahead of the device: honest progress bar, no stall
         jax.block_until_ready(pending[-1][1])
@@ -250,36 +326,37 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, task: Task, mesh: jax.shar
         jax.block_until_ready(step_metrics)
         timer_start, timer_steps = time.perf_counter(), 0
       done = step == stop_at
-      if step % tc.log_every == 0 or done or step % tc.checkpoint_every == 0:
+      if step % opts.log_every == 0 or done or step % opts.checkpoint_every == 0:
         flush(step)
-      if task.eval_data is not None and tc.eval_every > 0 and (step % tc.eval_every == 0 or step == total):
-        eval_metrics = evaluate(task, state, eval_fn, data_sh, tc.eval_batches)
+      if task.eval_data is not None and opts.eval_every > 0 and (step % opts.eval_every == 0 or step == total):
+        eval_metrics = evaluate(task, state, eval_fn, data_sh, opts.eval_batches)
         writer.write(step, "eval", eval_metrics)
         timer_start, timer_steps = time.perf_counter(), 0
-      if step % tc.checkpoint_every == 0 or done:
+      if step % opts.checkpoint_every == 0 or done:
         checkpoint.save(mngr, step, state, train_iter)
         last_good = step
     bar.close()
     mngr.wait_until_finished()
 
     if not eval_metrics and task.eval_data is not None:  # e.g. a rerun of a finished job
-      eval_metrics = evaluate(task, state, eval_fn, data_sh, tc.eval_batches)
+      eval_metrics = evaluate(task, state, eval_fn, data_sh, opts.eval_batches)
     writer.close()
 
-  summary = {"step": int(step), "finished": step >= total, "checkpoint_dir": ckpt_dir,
-             "metrics_path": writer.path, **eval_metrics}
+  plot = None
   if is_main and os.path.exists(writer.path):
-    summary["plot_path"] = metrics_lib.plot_loss(writer.path, os.path.join(workdir, "loss.png"))
-  summary["state"] = state
-  return summary
+    plot = metrics_lib.plot_loss(writer.path, os.path.join(workdir, "loss.png"))
+  return RunResult(workdir=workdir, step=int(step), finished=step >= total,
+                   metrics={k: float(v) for k, v in eval_metrics.items()}, checkpoint_dir=ckpt_dir,
+                   metrics_path=writer.path, plot_path=plot, state=state)
 
 
-def report_lines(summary: dict, extra: list[str] = ()) -> str:
-  """The end-of-run report every trainer prints: step, its own figures, where things are."""
-  lines = [f"step {summary['step']}" + ("" if summary["finished"] else " (stopped early; rerun to resume)")]
+def report_lines(result, extra: list[str] = ()) -> str:
+  """The end-of-run report every trainer prints: step, its own figures, where things are.
+  `result` is a RunResult or any result with the same step/finished/path fields."""
+  lines = [f"step {result.step}" + ("" if result.finished else " (stopped early; rerun to resume)")]
   lines += list(extra)
-  lines.append(f"checkpoints: {summary['checkpoint_dir']}")
-  lines.append(f"metrics:     {summary['metrics_path']}")
-  if "plot_path" in summary:
-    lines.append(f"loss plot:   {summary['plot_path']}")
+  lines.append(f"checkpoints: {result.checkpoint_dir}")
+  lines.append(f"metrics:     {result.metrics_path}")
+  if result.plot_path:
+    lines.append(f"loss plot:   {result.plot_path}")
   return "\n".join(lines)

@@ -13,11 +13,12 @@ from jax.sharding import PartitionSpec as P
 
 
 class TrainState(flax.struct.PyTreeNode):
+  """Everything a step reads and writes; checkpointed whole by the loop."""
   step: jax.Array
-  params: Any       # as stored: FP32 by default, FP16/BF16/FP8 under an FP8-LM level
+  params: Any       # as stored: FP32 by default, narrower under a `Precision` that says so
   opt_state: Any
-  model_state: Any  # non-param variable collections (e.g. FP8 amax histories); {} if none
-  sync_state: Any = ()  # state of an explicit gradient sync (the FP8 all-reduce's scaling factor)
+  model_state: Any  # non-param variable collections (e.g. scale histories); {} if none
+  sync_state: Any = ()  # state of an explicit gradient sync (e.g. its scaling factor)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +27,7 @@ class Precision:
 
   store(params)        full-precision initial params -> stored params
   view(stored)         stored -> the params the model computes with (and is differentiated by)
-  encode_grads(grads)  gradients as they travel to the optimizer (e.g. FP8 with scales)
+  encode_grads(grads)  gradients as they travel to the optimizer (e.g. narrow with scales)
   decode_grads(grads)  back to float for clipping and the optimizer
   apply(stored, out)   stored params and the optimizer's output -> next stored params
   """
@@ -51,56 +52,72 @@ class GradSync:
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """What a trainer hands to the shared loop: pure functions and its data.
+  """What a trainer hands to the shared loop: a model, pure functions of it, the optimizer
+  and the data. Methods change training by returning a changed Task (`dataclasses.replace`),
+  never by special cases in the loop.
 
-  init(rng) -> variables                      {'params': ..., other collections}
-  loss(variables, batch, rng) -> (loss, (metrics, new_non_param_collections))
-  eval_sums(variables, batch) -> {name: sum}  summed over all eval batches
-  summarize(sums) -> {name: value}            e.g. mean loss and perplexity
-  train_data                                  a grain IterDataset (checkpointed by the loop)
+  model                                       the flax Module the functions run (or None)
+  init(model, rng) -> variables               {'params': ..., other collections}
+  loss(model, variables, batch, rng) -> (loss, (metrics, new_non_param_collections))
+  optimizer                                   an optax GradientTransformation
+  train_data                                  a grain IterDataset (checkpointed by the loop);
+                                              None for a shapes-only task (ahead-of-time compile)
+  eval_sums(model, variables, batch) -> {name: sum}   summed over all eval batches
+  summarize(sums) -> {name: float}            e.g. mean loss and perplexity
   eval_data() -> iterable of batches          a fresh pass over held-out data, or None
   units_per_batch: (name, count)              for throughput, e.g. ("tokens", B * T)
-  precision                                   storage/gradient formats (FP8-LM levels)
+  schedule                                    the learning-rate schedule, logged if given
+  precision                                   storage/gradient formats (identity by default)
   observed: {collection: update(old, obs)}    collections that receive observations through
-                                              their cotangent (FP8 amax); combined by max
+                                              their cotangent (e.g. amax); combined by max
                                               over microbatches and data shards
   grad_sync                                   explicit gradient all-reduce (None: XLA's own)
-  microbatches                                gradient accumulation steps per batch
+  partition_rules                             (regex, spec) rules for arrays the task adds to
+                                              the state, tried before the layout's rules
   """
+  model: Any
   init: Callable
   loss: Callable
-  eval_sums: Callable | None
-  summarize: Callable | None
-  train_data: Any
-  eval_data: Callable | None
-  units_per_batch: tuple[str, int]
+  optimizer: optax.GradientTransformation
+  train_data: Any = None
+  eval_sums: Callable | None = None
+  summarize: Callable | None = None
+  eval_data: Callable | None = None
+  units_per_batch: tuple[str, int] = ("examples", 1)
+  schedule: optax.Schedule | None = None
   precision: Precision = Precision()
   observed: dict = dataclasses.field(default_factory=dict)
   grad_sync: GradSync | None = None
-  microbatches: int = 1
+  partition_rules: tuple = ()
+
+  def replace(self, **changes) -> "Task":
+    """A copy with `changes` (how a method transformation returns its Task)."""
+    return dataclasses.replace(self, **changes)
 
 
-def init_state(task: Task, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
-  variables = dict(task.init(rng))
+def init_state(task: Task, rng: jax.Array) -> TrainState:
+  """The step-0 state: the task's variables, params stored in its precision, fresh optimizer."""
+  variables = dict(task.init(task.model, rng))
   params = task.precision.store(variables.pop("params"))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state=variables,
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=task.optimizer.init(params),
+                    model_state=variables,
                     sync_state=task.grad_sync.init() if task.grad_sync else ())
 
 
-def _local_gradients(task: Task, view, model_state, batch, rng):
+def _local_gradients(task: Task, view, model_state, batch, rng, microbatches: int):
   """Loss, metrics, updated collections, gradients and observations for one (local) batch,
-  accumulated over `task.microbatches` with lax.scan: gradients and metrics averaged,
+  accumulated over `microbatches` with lax.scan: gradients and metrics averaged,
   observations combined by max."""
   observed = {c: model_state[c] for c in task.observed if c in model_state}
 
   def one(mb, mb_rng):
     def loss_fn(view, observed):
-      return task.loss({"params": view, **model_state, **observed}, mb, mb_rng)
+      return task.loss(task.model, {"params": view, **model_state, **observed}, mb, mb_rng)
     (loss, (metrics, updates)), (grads, obs) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
         view, observed)
     return loss, metrics, updates, grads, obs
 
-  n = task.microbatches
+  n = microbatches
   if n == 1:
     return one(batch, rng)
   split = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
@@ -126,21 +143,21 @@ def _is_count(name: str) -> bool:
   return name == "tokens" or name.endswith("_count")
 
 
-def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: optax.Schedule | None = None):
+def make_train_step(task: Task, microbatches: int = 1):
   """step(state, batch, rng) -> (state, metrics); rng is folded with the step number.
 
   Without `task.grad_sync` the step is written for the whole batch and XLA inserts the
   collectives its shardings need. With it, gradients are computed per data shard inside
-  `jax.shard_map` and reduced by `grad_sync` (e.g. the FP8 all-reduce); parameters are
+  `jax.shard_map` and reduced by `grad_sync` (e.g. a narrow-format all-reduce); parameters are
   replicated over that axis in this mode.
   """
-  prec = task.precision
+  prec, tx, schedule = task.precision, task.optimizer, task.schedule
 
   def gradients(state, batch, rng):
     view = prec.view(state.params)
     sync = task.grad_sync
     if sync is None:
-      loss, metrics, updates, grads, obs = _local_gradients(task, view, state.model_state, batch, rng)
+      loss, metrics, updates, grads, obs = _local_gradients(task, view, state.model_state, batch, rng, microbatches)
       return loss, metrics, updates, prec.decode_grads(prec.encode_grads(grads)), obs, state.sync_state
 
     def local(view, model_state, sync_state, batch, rng):
@@ -148,7 +165,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
       # The sync axis is manual in here: activations may no longer name it in constraints.
       rules = [(name, None if axes == sync.axis else axes) for name, axes in nn.get_logical_axis_rules()]
       with nn.logical_axis_rules(rules):
-        loss, metrics, updates, grads, obs = _local_gradients(task, view, model_state, batch, rng)
+        loss, metrics, updates, grads, obs = _local_gradients(task, view, model_state, batch, rng, microbatches)
       grads, sync_state, sync_metrics = sync.sync(prec.encode_grads(grads), sync_state)
       mean = lambda x: jax.lax.pmean(x, sync.axis) if jnp.issubdtype(x.dtype, jnp.floating) else x
       metrics = {k: jax.lax.psum(v, sync.axis) if _is_count(k) else mean(v) for k, v in metrics.items()}
@@ -181,6 +198,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: opta
 
 
 def make_eval_step(task: Task):
+  """step(state, batch) -> the task's eval sums for one batch."""
   def step(state: TrainState, batch: dict):
-    return task.eval_sums({"params": task.precision.view(state.params), **state.model_state}, batch)
+    return task.eval_sums(task.model, {"params": task.precision.view(state.params), **state.model_state}, batch)
   return step

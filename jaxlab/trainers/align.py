@@ -1,4 +1,7 @@
-"""Aesthetic alignment of a two-tower retrieval model on the testbed (data/testbed.py).
+"""Aesthetic alignment of a two-tower retrieval model on the testbed (jaxlab/align/testbed.py).
+
+The library (testbed, encoders and evaluation, preference mining, the fine-tuning loss)
+lives in jaxlab.align; this module wires it to the shared loop.
 
 Stages (each under the workdir; the training stages go through the shared loop, so they
 checkpoint, resume and skip when finished):
@@ -23,8 +26,7 @@ pretrain.workdir / aesthetic.workdir reuse finished stages of another run (ablat
 """
 from __future__ import annotations
 
-import functools
-import hashlib
+import dataclasses
 import json
 import os
 
@@ -34,18 +36,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxlab import checkpoint, config as config_lib, sharding
+from jaxlab import checkpoint, config as config_lib, distributed, sharding
 from jaxlab.align import aesthetic as aesthetic_lib
-from jaxlab.align import dpo as dpo_lib
-from jaxlab.align import hpir, judge as judge_lib, preferences as pref_lib, rephrase as rephrase_lib
-from jaxlab.data import testbed as testbed_lib
+from jaxlab.align import finetune as finetune_lib, hpir, judge as judge_lib, mining, preferences as pref_lib
+from jaxlab.align import rephrase as rephrase_lib, retrieval, testbed
+from jaxlab.data import arrays
 from jaxlab.models import two_tower as tt
 from jaxlab.models.vit import ViTConfig
 from jaxlab.train import loop, optim
 from jaxlab.train.state import Task
 
-BACKENDS = ("offline", "openai", "gpt", "none")
 STAGES = ("pretrain", "aesthetic", "finetune")
+GROUPS = {"pretrain": "pretrain", "aesthetic": "aesthetic", "finetune": "dpo"}  # stage -> config group
 
 
 def _train(batch_size, steps, lr):
@@ -56,6 +58,8 @@ def _train(batch_size, steps, lr):
 
 
 def default_config() -> ml_collections.ConfigDict:
+  """Every key the alignment trainer reads: data, model, each stage's train/optim groups,
+  rephrasing, preference mining, DPO and evaluation."""
   c = ml_collections.ConfigDict()
   c.trainer = "align"
   c.seed = 0
@@ -91,6 +95,8 @@ def default_config() -> ml_collections.ConfigDict:
 
 def model_config(m: ml_collections.ConfigDict, image_size: int, vocab_size: int,
                  loss: str = "softmax") -> tt.TwoTowerConfig:
+  """The two-tower model of a config's model group (SigLIP's initial temperature and bias
+  for the sigmoid loss)."""
   vision = ViTConfig(num_classes=0, image_size=image_size, patch_size=m.patch_size, channels=3,
                      num_layers=m.image_layers, d_model=m.d_model, num_heads=m.num_heads)
   text = tt.TextConfig(vocab_size=vocab_size, max_len=m.max_len, num_layers=m.text_layers, d_model=m.d_model,
@@ -101,24 +107,9 @@ def model_config(m: ml_collections.ConfigDict, image_size: int, vocab_size: int,
   return tt.TwoTowerConfig(vision=vision, text=text, embed_dim=m.embed_dim)
 
 
-def stage_config(cfg, stage: str) -> ml_collections.ConfigDict:
-  """What the shared loop reads (seed, mesh, sharding, train, optim) for one stage."""
-  s = cfg["dpo" if stage == "finetune" else stage]
-  out = ml_collections.ConfigDict(dict(trainer="align", stage=stage, seed=cfg.seed, mesh=cfg.mesh,
-                                       sharding=cfg.sharding.to_dict(), train=s.train.to_dict(),
-                                       optim=s.optim.to_dict(), model=cfg.model.to_dict()))
-  out.lock()
-  return out
-
-
-def validate(cfg, mesh) -> None:
+def validate(cfg) -> None:
+  """Every key, before any data or compile work (ConfigError naming the key)."""
   req = config_lib.require
-  for stage in STAGES:
-    prefix = "dpo" if stage == "finetune" else stage
-    try:
-      loop.validate(stage_config(cfg, stage), mesh)
-    except config_lib.ConfigError as e:
-      raise config_lib.ConfigError(f"{prefix}.{e}") from None
   m, d, p, r = cfg.model, cfg.data, cfg.preferences, cfg.rephrase
   req(m.d_model % m.num_heads == 0, "model.num_heads", f"{m.num_heads} does not divide model.d_model={m.d_model}")
   req(d.image_size % m.patch_size == 0, "model.patch_size",
@@ -130,7 +121,7 @@ def validate(cfg, mesh) -> None:
   req(len(cfg.aesthetic.hidden) == len(cfg.aesthetic.dropout), "aesthetic.dropout",
       f"needs one rate per hidden layer ({len(cfg.aesthetic.hidden)})")
   req(cfg.aesthetic.activation in ("none", "relu", "gelu"), "aesthetic.activation", "use none, relu or gelu")
-  req(r.backend in BACKENDS, "rephrase.backend", f"{r.backend!r} is not one of {BACKENDS}")
+  req(r.backend in rephrase_lib.BACKENDS, "rephrase.backend", f"{r.backend!r} is not one of {rephrase_lib.BACKENDS}")
   req(r.style in rephrase_lib.STYLES, "rephrase.style", f"{r.style!r} is not one of {rephrase_lib.STYLES}")
   req(r.backend != "openai" or bool(r.model), "rephrase.model", "the openai backend needs a model name")
   req(r.backend != "gpt" or bool(r.gpt_workdir), "rephrase.gpt_workdir", "the gpt backend needs an lm run")
@@ -157,343 +148,227 @@ def validate(cfg, mesh) -> None:
         f"{path!r} has no checkpoints/ (a finished {stage} run)")
 
 
-# ---------------------------------------------------------------------------- data
-
-class Rows:
-  """A random-access view of equal-length arrays as records (a grain source)."""
-
-  def __init__(self, **arrays):
-    self.arrays = arrays
-    self.n = len(next(iter(arrays.values())))
-
-  def __len__(self):
-    return self.n
-
-  def __getitem__(self, i):
-    return {k: v[i] for k, v in self.arrays.items()}
+@dataclasses.dataclass
+class Result:
+  """What `train_and_evaluate` returns: the report (plain numbers: HPIR, recall and top
+  aesthetics before and after on test and validation, preference stats, judge), whether
+  every stage finished (else `report["stopped"]` names the stage), and the workdir."""
+  workdir: str
+  finished: bool
+  report: dict
 
 
-def load_split(source, tok, max_len: int) -> dict:
-  """A testbed split as host arrays: images in [0, 1], caption tokens, ids, truth."""
-  cols = {k: testbed_lib.column(source, k) for k in ("id", "image", "caption", "content_id", "aesthetic", "rating")}
-  captions = [testbed_lib.as_text(x) for x in cols["caption"]]
-  tokens, mask = testbed_lib.encode(tok, captions, max_len)
-  return {"ids": [testbed_lib.as_text(x) for x in cols["id"]], "images": cols["image"].astype(np.float32) / 255.0,
-          "captions": captions, "tokens": tokens, "mask": mask, "content_id": np.asarray(cols["content_id"]),
-          "aesthetic": np.asarray(cols["aesthetic"]), "rating": np.asarray(cols["rating"], np.float32)}
+def stage_options(cfg, stage: str) -> loop.Options:
+  """The loop's options for a stage, from its group's `train` keys."""
+  return loop.options(cfg, f"{GROUPS[stage]}.train")
 
 
-def _batches(ds: grain.MapDataset, batch_size: int) -> grain.IterDataset:
-  """This process's share of an endless shuffled MapDataset, in local batches of the global batch_size."""
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=8)).batch(
-      batch_size // jax.process_count(), drop_remainder=True)
-
-
-def _repeat(rows: Rows, seed: int, batch_size: int) -> grain.IterDataset:
-  ds = grain.MapDataset.source(rows)[jax.process_index()::jax.process_count()]
-  return _batches(ds.shuffle(seed=seed).repeat(None), batch_size)
-
-
-# ---------------------------------------------------------------------------- model helpers
-
-@functools.lru_cache(maxsize=4)
-def _encoders(mcfg: tt.TwoTowerConfig):
-  model = tt.TwoTower(mcfg)
-  return (jax.jit(functools.partial(tt.embed_images, model)),
-          jax.jit(functools.partial(tt.embed_texts, model)))
-
-
-def _batched(fn, params, arrays, batch_size: int) -> np.ndarray:
-  """fn(params, *batch) over the rows of arrays, the last batch padded (one compile)."""
-  n = len(arrays[0])
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = [a[start:start + batch_size] for a in arrays]
-    pad = batch_size - len(chunk[0])
-    chunk = [np.concatenate([c, np.repeat(c[-1:], pad, 0)]) if pad else c for c in chunk]
-    out.append(np.asarray(fn(params, *chunk))[:batch_size - pad])
-  return np.concatenate(out)
-
-
-def embed_images(mcfg, params, images, batch_size=256):
-  return _batched(_encoders(mcfg)[0], params, [images], batch_size)
-
-
-def embed_texts(mcfg, params, tok, texts, max_len, batch_size=256):
-  tokens, mask = testbed_lib.encode(tok, texts, max_len)
-  return _batched(_encoders(mcfg)[1], params, [tokens, mask], batch_size)
-
-
-def _same_tokens(tokens):
-  return jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
+def _tokenizer_and_model(cfg):
+  tok = testbed.word_tokenizer()
+  return tok, model_config(cfg.model, cfg.data.image_size, tok.get_vocab_size(), cfg.pretrain.loss)
 
 
 # ---------------------------------------------------------------------------- tasks
 
-def pretrain_task(cfg, mcfg, train) -> Task:
-  model, pc = tt.TwoTower(mcfg), cfg.pretrain
-  s = mcfg.vision.image_size
+def pretrain_task(cfg, mcfg, train: dict | None = None) -> Task:
+  """Contrastive pretraining on captioned images (shapes only without `train`)."""
+  pc, s, L = cfg.pretrain, mcfg.vision.image_size, mcfg.text.max_len
 
-  def init(rng):
-    return model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, mcfg.text.max_len), jnp.int32),
-                      jnp.ones((1, mcfg.text.max_len), jnp.int32))
+  def init(model, rng):
+    return model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, L), jnp.int32), jnp.ones((1, L), jnp.int32))
 
-  def loss(variables, batch, rng):
+  def loss(model, variables, batch, rng):
     del rng
     img, txt, scale, bias = model.apply(variables, batch["images"], batch["tokens"], batch["mask"])
-    value = tt.contrastive_loss(pc.loss, img, txt, scale, bias, pc.label_smoothing, _same_tokens(batch["tokens"]))
+    value = tt.contrastive_loss(pc.loss, img, txt, scale, bias, pc.label_smoothing,
+                                finetune_lib.same_tokens(batch["tokens"]))
     acc = jnp.mean(jnp.argmax(img @ txt.T, 1) == jnp.arange(img.shape[0]))
     return value, ({"i2t_top1": acc, "scale": scale}, {})
 
-  rows = Rows(images=train["images"], tokens=train["tokens"], mask=train["mask"])
-  return Task(init=init, loss=loss, eval_sums=None, summarize=None, eval_data=None,
-              train_data=_repeat(rows, cfg.seed, pc.train.batch_size), units_per_batch=("pairs", pc.train.batch_size))
+  data = None
+  if train is not None:
+    rows = arrays.Rows(images=train["images"], tokens=train["tokens"], mask=train["mask"])
+    data = arrays.repeat_shuffled(rows, cfg.seed, pc.train.batch_size)
+  b = pc.train.batch_size
+  spec = {"images": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32), "tokens": jax.ShapeDtypeStruct((b, L), jnp.int32),
+          "mask": jax.ShapeDtypeStruct((b, L), jnp.int32)}
+  return _task(cfg, "pretrain", tt.TwoTower(mcfg), init, loss, data, ("pairs", b)), spec
 
 
 def aesthetic_model(cfg) -> aesthetic_lib.AestheticMLP:
+  """The aesthetic MLP of the config's aesthetic group."""
   a = cfg.aesthetic
   return aesthetic_lib.AestheticMLP(tuple(a.hidden), tuple(a.dropout), a.activation)
 
 
-def aesthetic_task(cfg, mcfg, train, embeddings) -> Task:
+def aesthetic_task(cfg, mcfg, train: dict | None = None, embeddings=None) -> Task:
   """The MLP on the pretrained model's (fixed) image embeddings, MSE to the ratings."""
-  mlp = aesthetic_model(cfg)
+  b = cfg.aesthetic.train.batch_size
 
-  def init(rng):
-    return {"params": mlp.init(rng, jnp.zeros((1, mcfg.embed_dim)))["params"]}
+  def init(model, rng):
+    return {"params": model.init(rng, jnp.zeros((1, mcfg.embed_dim)))["params"]}
 
-  def loss(variables, batch, rng):
-    value = aesthetic_lib.mse_loss(mlp, variables["params"], batch["embeddings"], batch["rating"], rng)
-    return value, ({}, {})
+  def loss(model, variables, batch, rng):
+    return aesthetic_lib.mse_loss(model, variables["params"], batch["embeddings"], batch["rating"], rng), ({}, {})
 
-  rows = Rows(embeddings=embeddings, rating=train["rating"])
-  return Task(init=init, loss=loss, eval_sums=None, summarize=None, eval_data=None,
-              train_data=_repeat(rows, cfg.seed + 1, cfg.aesthetic.train.batch_size),
-              units_per_batch=("images", cfg.aesthetic.train.batch_size))
-
-
-def finetune_loss(model: tt.TwoTower, d, pretrain, params, batch) -> tuple[jax.Array, dict]:
-  """The fine-tuning loss on a batch of B queries with N candidates each and R random pairs:
-  ranked DPO (d.objective="dpo") or SFT on the top preferred image ("sft"), plus
-  d.contrastive_weight times pretrain.loss (softmax or sigmoid) over the image-text pairs:
-  the candidates with their own captions when d.contrastive_candidates (hard negatives:
-  the retriever's near-misses for the query, the distinctions recall@1 rests on), then the
-  R random pairs. One forward over all images and all texts."""
-  flat = lambda x: x.reshape((-1,) + x.shape[2:])
-  b, n = batch["cand_images"].shape[:2]
-  use_cands = bool(d.contrastive_candidates)
-  pair_tokens = ([flat(batch["cand_tokens"])] if use_cands else []) + [flat(batch["tokens"])]
-  pair_mask = ([flat(batch["cand_mask"])] if use_cands else []) + [flat(batch["mask"])]
-  img, txt, scale, bias = model.apply(
-      {"params": params}, jnp.concatenate([flat(batch["cand_images"]), flat(batch["images"])]),
-      jnp.concatenate([batch["q_tokens"]] + pair_tokens), jnp.concatenate([batch["q_mask"]] + pair_mask))
-  cands, q = img[:b * n].reshape(b, n, -1), txt[:b]
-  logp = dpo_lib.candidate_log_probs(q, cands, scale)
-  metrics = {}
-  if d.objective == "dpo":
-    value, acc = dpo_lib.dpo_loss(logp, batch["ref_logp"], batch["pairs"], d.beta, d.label_smoothing)
-    metrics["pair_accuracy"] = acc
-  else:  # sft: the top preferred image (grid cell 0) is the query's positive
-    value = tt.softmax_contrastive_loss(cands[:, 0], q, scale, positives=_same_tokens(batch["q_tokens"]))
-  pair_img = img if use_cands else img[b * n:]
-  contrastive = tt.contrastive_loss(pretrain.loss, pair_img, txt[b:], scale, bias, pretrain.label_smoothing,
-                                    _same_tokens(jnp.concatenate(pair_tokens)))
-  metrics.update(preference_loss=value, contrastive=contrastive)
-  return value + d.contrastive_weight * contrastive, metrics
+  data = None
+  if train is not None:
+    data = arrays.repeat_shuffled(arrays.Rows(embeddings=embeddings, rating=train["rating"]), cfg.seed + 1, b)
+  spec = {"embeddings": jax.ShapeDtypeStruct((b, mcfg.embed_dim), jnp.float32),
+          "rating": jax.ShapeDtypeStruct((b,), jnp.float32)}
+  return _task(cfg, "aesthetic", aesthetic_model(cfg), init, loss, data, ("images", b)), spec
 
 
-def finetune_task(cfg, mcfg, train, prefs, init_params, tok) -> Task:
-  """finetune_loss over the stored preference records, from the pretrained parameters."""
-  model, d = tt.TwoTower(mcfg), cfg.dpo
-  q_tokens, q_mask = testbed_lib.encode(tok, [testbed_lib.as_text(prefs[i]["query"]) for i in range(len(prefs))],
-                                        mcfg.text.max_len)
-  candidates = np.stack([prefs[i]["candidates"] for i in range(len(prefs))])
-  ref_logp = np.stack([prefs[i]["ref_logp"] for i in range(len(prefs))])
-  pairs = np.asarray(prefs[0]["pairs"])
-  images = train["images"]
-  n_pair = d.contrastive_batch // d.train.batch_size
+def finetune_task(cfg, mcfg, train: dict | None = None, prefs=None, init_params=None, tok=None) -> Task:
+  """finetune_loss over the stored preference records, from the pretrained parameters
+  (shapes only, from the model's own init, without `train`)."""
+  d, s, L = cfg.dpo, mcfg.vision.image_size, mcfg.text.max_len
+  b, n_pair = d.train.batch_size, d.contrastive_batch // d.train.batch_size
+  n = cfg.preferences.u * cfg.preferences.v
+  n_pairs = len(pref_lib.grid_pairs(cfg.preferences.u, cfg.preferences.v))
 
-  def example(i, rec):
-    j = np.random.default_rng([cfg.seed, i]).integers(0, len(images), n_pair)  # contrastive pairs, by index
-    c = candidates[rec]
-    return {"q_tokens": q_tokens[rec], "q_mask": q_mask[rec], "cand_images": images[c],
-            "cand_tokens": train["tokens"][c], "cand_mask": train["mask"][c], "ref_logp": ref_logp[rec],
-            "pairs": pairs, "images": images[j], "tokens": train["tokens"][j], "mask": train["mask"][j]}
-
-  ds = grain.MapDataset.range(len(prefs))[jax.process_index()::jax.process_count()]
-  ds = _batches(ds.shuffle(seed=cfg.seed + 2).repeat(None).map_with_index(example), d.train.batch_size)
-
-  def init(rng):
-    del rng
+  def init(model, rng):
+    if init_params is None:  # shapes only: the pretrained parameters have the model's own shapes
+      return {"params": model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, L), jnp.int32),
+                                   jnp.ones((1, L), jnp.int32))["params"]}
     return {"params": jax.tree.map(jnp.asarray, init_params)}
 
-  def loss(variables, batch, rng):
+  def loss(model, variables, batch, rng):
     del rng
-    value, metrics = finetune_loss(model, d, cfg.pretrain, variables["params"], batch)
+    value, metrics = finetune_lib.finetune_loss(model, d, cfg.pretrain, variables["params"], batch)
     return value, (metrics, {})
 
-  return Task(init=init, loss=loss, eval_sums=None, summarize=None, eval_data=None, train_data=ds,
-              units_per_batch=("queries", d.train.batch_size))
+  data = None
+  if train is not None:
+    q_tokens, q_mask = testbed.encode(tok, [testbed.as_text(prefs[i]["query"]) for i in range(len(prefs))], L)
+    candidates = np.stack([prefs[i]["candidates"] for i in range(len(prefs))])
+    ref_logp = np.stack([prefs[i]["ref_logp"] for i in range(len(prefs))])
+    pairs, images = np.asarray(prefs[0]["pairs"]), train["images"]
+
+    def example(i, rec):
+      j = np.random.default_rng([cfg.seed, i]).integers(0, len(images), n_pair)  # contrastive pairs, by index
+      c = candidates[rec]
+      return {"q_tokens": q_tokens[rec], "q_mask": q_mask[rec], "cand_images": images[c],
+              "cand_tokens": train["tokens"][c], "cand_mask": train["mask"][c], "ref_logp": ref_logp[rec],
+              "pairs": pairs, "images": images[j], "tokens": train["tokens"][j], "mask": train["mask"][j]}
+
+    ds = arrays.process_slice(grain.MapDataset.range(len(prefs)))
+    data = arrays.local_batches(ds.shuffle(seed=cfg.seed + 2).repeat(None).map_with_index(example), b)
+  f32, i32 = jnp.float32, jnp.int32
+  sd = jax.ShapeDtypeStruct
+  spec = {"q_tokens": sd((b, L), i32), "q_mask": sd((b, L), i32), "cand_images": sd((b, n, s, s, 3), f32),
+          "cand_tokens": sd((b, n, L), i32), "cand_mask": sd((b, n, L), i32), "ref_logp": sd((b, n), f32),
+          "pairs": sd((b, n_pairs, 2), i32), "images": sd((b, n_pair, s, s, 3), f32),
+          "tokens": sd((b, n_pair, L), i32), "mask": sd((b, n_pair, L), i32)}
+  return _task(cfg, "finetune", tt.TwoTower(mcfg), init, loss, data, ("queries", b)), spec
+
+
+def _task(cfg, stage, model, init, loss, data, units) -> Task:
+  o = cfg[GROUPS[stage]]
+  return Task(model=model, init=init, loss=loss, optimizer=optim.adamw(o.optim, o.train.steps),
+              schedule=optim.schedule(o.optim, o.train.steps), train_data=data, units_per_batch=units)
+
+
+def stages(cfg: ml_collections.ConfigDict) -> list[loop.Stage]:
+  """The three training stages from shapes alone: pretrain, aesthetic, finetune."""
+  validate(cfg)
+  _, mcfg = _tokenizer_and_model(cfg)
+  out = []
+  for name, build in (("pretrain", pretrain_task), ("aesthetic", aesthetic_task), ("finetune", finetune_task)):
+    task, spec = build(cfg, mcfg)
+    out.append(loop.Stage(name, task, stage_options(cfg, name), spec))
+  return out
 
 
 # ---------------------------------------------------------------------------- stages
 
-def _finished(workdir: str, steps: int) -> bool:
-  path = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(path) and checkpoint.manager(path).latest_step() == steps
-
-
-def run_stage(cfg, stage: str, workdir: str, task: Task, mesh) -> dict:
-  scfg = stage_config(cfg, stage)
-  if _finished(workdir, scfg.train.steps):
+def run_stage(cfg, stage: str, workdir: str, task_and_spec, mesh) -> dict:
+  """Train one stage into workdir (skipped when finished); {"finished", "params"}."""
+  opts = stage_options(cfg, stage)
+  if checkpoint.finished(workdir, opts.steps):
     print(f"[{stage}] finished already ({workdir})", flush=True)
     return {"finished": True, "params": checkpoint.restore_params(workdir)[1]}
-  print(f"[{stage}] training {scfg.train.steps} steps in {workdir}", flush=True)
-  tx = optim.adamw(scfg.optim, scfg.train.steps)
-  summary = loop.run(scfg, workdir, task, mesh, tx, optim.schedule(scfg.optim, scfg.train.steps))
-  return {"finished": summary["finished"], "params": jax.device_get(summary["state"].params)}
+  print(f"[{stage}] training {opts.steps} steps in {workdir}", flush=True)
+  task, spec = task_and_spec()
+  result = loop.run(task, opts, workdir, mesh, batch_spec=spec)
+  return {"finished": result.finished, "params": jax.device_get(result.params)}
 
 
-def make_backend(cfg) -> rephrase_lib.Backend | None:
-  r = cfg.rephrase
-  if r.backend == "none":
-    return None
-  if r.backend == "offline":
-    return rephrase_lib.offline_backend()
-  if r.backend == "gpt":
-    return rephrase_lib.gpt_backend_from_workdir(r.gpt_workdir)
-  from jaxlab.align import endpoint
-  return rephrase_lib.openai_backend(endpoint.Endpoint(
-      model=r.model, base_url_env=r.base_url_env, api_key_env=r.api_key_env, timeout=r.timeout, retries=r.retries,
-      max_concurrency=r.max_concurrency))
-
-
-def build_preferences(cfg, workdir, mcfg, params, mlp_params, train, img_emb, tok):
-  """Rephrase -> retrieve -> re-rank -> grid -> pairs, stored as a tfds dataset."""
-  p, r = cfg.preferences, cfg.rephrase
-  queries = [testbed_lib.query_for(c) for c in testbed_lib.CONTENTS]
-  backend = make_backend(cfg)
-  rephrased = (list(queries) if backend is None else
-               rephrase_lib.rephrase(queries, r.style, backend, os.path.join(workdir, "rephrase_cache"), r.k))
-  bs = cfg.eval.batch_size
-  q_emb = embed_texts(mcfg, params, tok, queries, mcfg.text.max_len, bs)
-  r_emb = embed_texts(mcfg, params, tok, rephrased, mcfg.text.max_len, bs)
-  aes = np.asarray(aesthetic_lib.score(aesthetic_model(cfg), mlp_params, jnp.asarray(img_emb)))
-  # what the records depend on, the models included (by a fingerprint of their outputs)
-  key = json.dumps(["rows by rephrased relevance", backend.name if backend else "none", r.style, r.k, p.to_dict(),
-                    cfg.seed, rephrased,
-                    np.round(img_emb[:16], 5).tolist(), np.round(q_emb, 5).tolist(), np.round(aes[:16], 5).tolist()])
-  name = "prefs_" + hashlib.sha256(key.encode()).hexdigest()[:12]
-  rng = np.random.default_rng(cfg.seed + 3)
-  out_q, out_r, out_c, out_ref, out_content = [], [], [], [], []
-  scale = float(np.exp(np.asarray(params["logit_scale"])))
-  for _ in range(p.rounds):
-    gallery = rng.choice(len(img_emb), p.gallery, replace=False)
-    top = gallery[pref_lib.top_k(r_emb @ img_emb[gallery].T, p.top_k)]     # [Q, K] train indices
-    for qi, cands in enumerate(top):
-      # relevance to the rephrased query: relevance to the plain one runs against the
-      # aesthetic expectations inside the rephrased top-K (the plain-caption images win)
-      grid = pref_lib.build_grid(cands, img_emb[cands] @ r_emb[qi], aes[cands], p.u, p.v, p.stride)
-      out_q.append(queries[qi]); out_r.append(rephrased[qi]); out_c.append(grid)
-      out_content.append(qi)  # queries follow testbed CONTENTS: the index is the content id
-      out_ref.append(np.asarray(dpo_lib.candidate_log_probs(q_emb[qi][None], img_emb[grid][None], scale))[0])
-  pairs = pref_lib.grid_pairs(p.u, p.v)
-  prefs = pref_lib.write_preferences(os.path.join(workdir, "preferences"), name, out_q, out_r, out_c, out_ref, pairs)
-  stats = {"records": len(out_q), "pairs_per_record": int(len(pairs)), "rephrased_example": rephrased[0],
-           **pref_lib.grid_stats(np.asarray(out_c), np.asarray(out_content), train["aesthetic"],
-                                 train["content_id"], pairs)}
-  return prefs, stats
-
-
-def gallery_recall(cap, img, content, gallery: int, ks=(1, 5)) -> dict:
-  """recall@k of caption i -> images (relevant = same content), averaged over the disjoint
-  galleries [0, g), [g, 2g), ... (a split smaller than g is one gallery; a partial last
-  one is left out)."""
-  starts = range(0, max(len(img) - gallery, 0) + 1, gallery)
-  per = [hpir.recall_at_k(cap[s:s + gallery] @ img[s:s + gallery].T,
-                          content[s:s + gallery, None] == content[None, s:s + gallery], ks) for s in starts]
-  return {f"r@{k}": float(np.mean([r[f"r@{k}"] for r in per])) for k in ks}
-
-
-def evaluate(cfg, mcfg, params, test, records, tok) -> tuple[dict, np.ndarray]:
-  """HPIR accuracy, recall@1/5 (caption -> image, relevant = same content; the mean over the
-  split's disjoint galleries of eval.recall_gallery images), the mean true
-  aesthetic of each content query's top-k, and those top-k lists (for the judge)."""
-  img = embed_images(mcfg, params, test["images"], cfg.eval.batch_size)
-  index = {i: n for n, i in enumerate(test["ids"])}
-  queries = sorted({r.query for r in records} | {testbed_lib.query_for(c) for c in testbed_lib.CONTENTS})
-  q_emb = dict(zip(queries, embed_texts(mcfg, params, tok, queries, mcfg.text.max_len, cfg.eval.batch_size)))
-  out = hpir.evaluate_hpir(records, lambda q, ids: img[[index[i] for i in ids]] @ q_emb[q])
-  cap = embed_texts(mcfg, params, tok, test["captions"], mcfg.text.max_len, cfg.eval.batch_size)
-  out.update(gallery_recall(cap, img, test["content_id"], cfg.eval.recall_gallery))
-  content_q = [testbed_lib.query_for(c) for c in testbed_lib.CONTENTS]
-  top = pref_lib.top_k(np.stack([q_emb[q] for q in content_q]) @ img.T, cfg.eval.top_k)
-  out["top_true_aesthetic"] = float(test["aesthetic"][top].mean())
-  out["top_relevant"] = float(np.mean(test["content_id"][top] == np.arange(len(content_q))[:, None]))
-  return out, top
-
-
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
+  """Pretrain, fit the aesthetic model, mine preferences, fine-tune, and report before and
+  after on the test and validation splits (workdir/report.json). Each stage resumes or
+  skips when finished; files are written by process 0 (the others wait and reuse them)."""
+  validate(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
-  validate(cfg, mesh)
+  opts = {stage: stage_options(cfg, stage) for stage in STAGES}
+  for o in opts.values():
+    loop.check_mesh(o, mesh)
+  is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  config_lib.write(cfg, workdir)
+  if is_main:
+    config_lib.write(cfg, workdir)
   d = cfg.data
-  tb = testbed_lib.prepare_testbed(
-      d.data_dir or os.path.join(workdir, "data"), num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
-      image_size=d.image_size, seed=cfg.seed, desc_prob=d.desc_prob, rating_noise=d.rating_noise,
-      hpir_queries=d.hpir_queries, hpir_set_size=d.hpir_set_size, hpir_annotators=d.hpir_annotators,
-      hpir_noise=d.hpir_noise)
-  tok = testbed_lib.word_tokenizer()
-  mcfg = model_config(cfg.model, d.image_size, tok.get_vocab_size(), cfg.pretrain.loss)
-  train, val, test = (load_split(s, tok, cfg.model.max_len) for s in (tb.train, tb.validation, tb.test))
+  with distributed.main_process_first("align: testbed"):
+    tb = testbed.prepare_testbed(
+        d.data_dir or os.path.join(workdir, "data"), num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
+        image_size=d.image_size, seed=cfg.seed, desc_prob=d.desc_prob, rating_noise=d.rating_noise,
+        hpir_queries=d.hpir_queries, hpir_set_size=d.hpir_set_size, hpir_annotators=d.hpir_annotators,
+        hpir_noise=d.hpir_noise)
+  tok, mcfg = _tokenizer_and_model(cfg)
+  train, val, test = (testbed.load_split(s, tok, cfg.model.max_len) for s in (tb.train, tb.validation, tb.test))
   records, val_records = hpir.load_hpir(tb.hpir_path), hpir.load_hpir(tb.hpir_val_path)
 
   def stage(name, task_fn):
     src = cfg[name].workdir if name in ("pretrain", "aesthetic") else ""
     if src:
-      if not _finished(src, cfg[name].train.steps):
+      if not checkpoint.finished(src, cfg[name].train.steps):
         raise config_lib.ConfigError(f"{name}.workdir: {src!r} is not a finished {name} run of "
                                      f"{cfg[name].train.steps} steps")
       return {"finished": True, "params": checkpoint.restore_params(src)[1]}
-    return run_stage(cfg, name, os.path.join(workdir, name), task_fn(), mesh)
+    return run_stage(cfg, name, os.path.join(workdir, name), task_fn, mesh)
 
   pre = stage("pretrain", lambda: pretrain_task(cfg, mcfg, train))
   if not pre["finished"]:
-    return {"workdir": workdir, "finished": False, "report": {"stopped": "pretrain"}}
+    return Result(workdir, False, {"stopped": "pretrain"})
   bs = cfg.eval.batch_size
-  train_emb = embed_images(mcfg, pre["params"], train["images"], bs)
+  train_emb = retrieval.embed_images(mcfg, pre["params"], train["images"], bs)
   aes = stage("aesthetic", lambda: aesthetic_task(cfg, mcfg, train, train_emb))
   if not aes["finished"]:
-    return {"workdir": workdir, "finished": False, "report": {"stopped": "aesthetic"}}
-  prefs, pref_stats = build_preferences(cfg, workdir, mcfg, pre["params"], aes["params"], train, train_emb, tok)
+    return Result(workdir, False, {"stopped": "aesthetic"})
+  mlp = aesthetic_model(cfg)
+  with distributed.main_process_first("align: preferences"):
+    prefs, pref_stats = mining.mine_preferences(workdir, mcfg, pre["params"], mlp, aes["params"], train, train_emb,
+                                                tok, rephrase=cfg.rephrase, preferences=cfg.preferences,
+                                                seed=cfg.seed, batch_size=bs)
   fine = stage("finetune", lambda: finetune_task(cfg, mcfg, train, prefs, pre["params"], tok))
   if not fine["finished"]:
-    return {"workdir": workdir, "finished": False, "report": {"stopped": "finetune"}}
+    return Result(workdir, False, {"stopped": "finetune"})
 
-  mlp = aesthetic_model(cfg)
   aes_scores = np.asarray(aesthetic_lib.score(mlp, aes["params"], jnp.asarray(
-      embed_images(mcfg, pre["params"], test["images"], bs))))
-  before, top_before = evaluate(cfg, mcfg, pre["params"], test, records, tok)
-  after, top_after = evaluate(cfg, mcfg, fine["params"], test, records, tok)
+      retrieval.embed_images(mcfg, pre["params"], test["images"], bs))))
+  ev = dict(top_k=cfg.eval.top_k, batch_size=bs, recall_gallery=cfg.eval.recall_gallery)
+  before, top_before = retrieval.evaluate(mcfg, pre["params"], test, records, tok, **ev)
+  after, top_after = retrieval.evaluate(mcfg, fine["params"], test, records, tok, **ev)
   # settings are chosen on the validation split (its images are in no grid), reported on test
-  val_before, _ = evaluate(cfg, mcfg, pre["params"], val, val_records, tok)
-  val_after, _ = evaluate(cfg, mcfg, fine["params"], val, val_records, tok)
+  val_before, _ = retrieval.evaluate(mcfg, pre["params"], val, val_records, tok, **ev)
+  val_after, _ = retrieval.evaluate(mcfg, fine["params"], val, val_records, tok, **ev)
   judge = judge_lib.aesthetic_judge(lambda idx: aes_scores[np.asarray(idx)])
-  content_q = [testbed_lib.query_for(c) for c in testbed_lib.CONTENTS]
+  content_q = [testbed.query_for(c) for c in testbed.CONTENTS]
   report = {"before": before, "after": after, "val_before": val_before, "val_after": val_after,
             "preferences": pref_stats,
             "judge_after_vs_before": judge_lib.compare(judge, content_q, list(top_after), list(top_before)),
             "aesthetic_model_corr": float(np.corrcoef(aes_scores, test["aesthetic"])[0, 1])}
-  with open(os.path.join(workdir, "report.json"), "w") as f:
-    json.dump(report, f, indent=2)
-  return {"workdir": workdir, "finished": True, "report": report}
+  if is_main:
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+      json.dump(report, f, indent=2)
+  return Result(workdir, True, report)
 
 
-def report(summary: dict) -> str:
-  r = summary["report"]
-  if not summary["finished"]:
-    return f"stopped during {r['stopped']} (rerun to resume); workdir {summary['workdir']}"
+def report(result: Result) -> str:
+  """The before/after table `jaxlab.main` prints."""
+  r = result.report
+  if not result.finished:
+    return f"stopped during {r['stopped']} (rerun to resume); workdir {result.workdir}"
   b, a = r["before"], r["after"]
   lines = [f"{'':22s}{'before':>10s}{'after':>10s}"]
   for key in ("accuracy", "weighted_accuracy", "r@1", "r@5", "top_true_aesthetic", "top_relevant"):
@@ -504,5 +379,5 @@ def report(summary: dict) -> str:
                f"  /{vb['r@1']:8.4f}{va['r@1']:10.4f}")
   j = r["judge_after_vs_before"]
   lines.append(f"aesthetic judge, after vs before: win {j['win']:.3f} tie {j['tie']:.3f} loss {j['loss']:.3f}")
-  lines.append(f"report: {os.path.join(summary['workdir'], 'report.json')}")
+  lines.append(f"report: {os.path.join(result.workdir, 'report.json')}")
   return "\n".join(lines)

@@ -15,6 +15,7 @@ report, and the others wait for it before returning their own scoring counts.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -23,11 +24,15 @@ import ml_collections
 
 from jaxlab import checkpoint, config as config_lib, distributed
 from jaxlab.data import builtin
-from jaxlab.scalingfilter import score as score_lib
+from jaxlab.scalingfilter import diversity, score as score_lib, select as select_lib
+from jaxlab.train import loop
 from jaxlab.trainers import lm
+
+PIPELINE_METHODS = ("topk", "random", "ppl_gate")  # dsir and classifier need extra corpora: the CLI
 
 
 def default_config() -> ml_collections.ConfigDict:
+  """The meta-model pair (two LM configs), scoring, selection and diversity keys."""
   c = ml_collections.ConfigDict()
   c.trainer = "scalingfilter"
   c.small = lm.default_config()
@@ -40,15 +45,39 @@ def default_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _trained(workdir: str, steps: int) -> bool:
-  path = os.path.join(workdir, "checkpoints")
-  return os.path.isdir(path) and checkpoint.manager(path).latest_step() == steps
+@dataclasses.dataclass
+class Result:
+  """What `train_and_evaluate` returns: the report (plain numbers: held-out losses of the
+  pair, scoring counts, documents kept, Vendi scores) and where the run's files are."""
+  workdir: str
+  finished: bool
+  report: dict
 
 
-def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-  config_lib.require(cfg.select.method in ("topk", "random", "ppl_gate"), "select.method",
-                     f"{cfg.select.method!r}: the pipeline runs topk, random or ppl_gate "
+def _large_config(cfg, small_dir: str | None) -> ml_collections.ConfigDict:
+  """The large model reads text with the small one's tokenizer (same tokens, same data order)."""
+  if small_dir is None:  # shapes only: the small model's vocabulary size stands for its tokenizer
+    return config_lib.apply_overrides(cfg.large, [f"tokenizer.vocab_size={cfg.small.tokenizer.vocab_size}"])
+  return config_lib.apply_overrides(cfg.large, [f"tokenizer.path={os.path.join(small_dir, 'tokenizer')}"])
+
+
+def validate(cfg) -> None:
+  """The keys this pipeline reads beyond the two LM configs."""
+  config_lib.require(cfg.select.method in PIPELINE_METHODS, "select.method",
+                     f"{cfg.select.method!r}: the pipeline runs {PIPELINE_METHODS} "
                      "(dsir and classifier need extra corpora: use the CLI)")
+
+
+def stages(cfg: ml_collections.ConfigDict) -> list[loop.Stage]:
+  """The meta-model pair's training, from shapes alone: small, then large."""
+  validate(cfg)
+  return lm.stages(cfg.small, "small") + lm.stages(_large_config(cfg, None), "large")
+
+
+def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
+  """Train the pair, score `score.input`, select, measure diversity, write report.json;
+  each stage skips when its output exists, so a rerun continues where it stopped."""
+  validate(cfg)
   source = builtin.resolve_shared(cfg.score.input, "score.input")
   config_lib.require(os.path.exists(source), "score.input", f"{source!r} does not exist")
   os.makedirs(workdir, exist_ok=True)
@@ -57,31 +86,27 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     config_lib.write(cfg, workdir)
   report = {}
   small_dir, large_dir = os.path.join(workdir, "small"), os.path.join(workdir, "large")
-  for name, run_dir, run_cfg in (("small", small_dir, cfg.small), ("large", large_dir, cfg.large)):
-    if name == "large":  # the pair must share the tokenizer (and so the data order)
-      run_cfg = config_lib.apply_overrides(run_cfg, [f"tokenizer.path={os.path.join(small_dir, 'tokenizer')}"])
-    if _trained(run_dir, run_cfg.train.steps):
+  for name, run_dir, run_cfg in (("small", small_dir, cfg.small), ("large", large_dir, None)):
+    run_cfg = run_cfg if run_cfg is not None else _large_config(cfg, small_dir)
+    if checkpoint.finished(run_dir, run_cfg.train.steps):
       print(f"[{name}] trained already ({run_dir})", flush=True)
     else:
-      summary = lm.train_and_evaluate(run_cfg, run_dir)
-      report[f"{name}_held_out_loss"] = summary.get("loss")
+      result = lm.train_and_evaluate(run_cfg, run_dir)
+      report[f"{name}_held_out_loss"] = result.metrics.get("loss")
 
   scores_path = os.path.join(workdir, "scores.jsonl")
   report["score"] = _score(cfg, source, workdir, scores_path)
   if not is_main:  # process 0 alone selects and reports; wait so that no process exits before it
     distributed.barrier("scalingfilter: report")
-    return {"report": report, "workdir": workdir}
+    return Result(workdir, True, report)
 
   kept_path = os.path.join(workdir, "kept.jsonl")
   if not os.path.exists(kept_path):
-    from jaxlab.scalingfilter import __main__ as cli
-    cli.main(["select", "--scores", scores_path, "--output", kept_path, "--method", cfg.select.method,
-              "--k", str(cfg.select.k)])
+    select_lib.select_file(scores_path, kept_path, cfg.select.method, k=cfg.select.k)
   kept_ids = [json.loads(l)["id"] for l in open(kept_path) if l.strip()]
   report["kept"] = len(kept_ids)
 
   if cfg.diversity.enabled:
-    from jaxlab.scalingfilter import diversity
     texts = {i: t for i, t in score_lib.read_documents(source, cfg.score.text_field, cfg.score.id_field)
              if isinstance(t, str)}
     for name, ids in (("all", list(texts)), ("kept", kept_ids)):
@@ -90,7 +115,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
   with open(os.path.join(workdir, "report.json"), "w") as f:
     json.dump(report, f, indent=2)
   distributed.barrier("scalingfilter: report")
-  return {"report": report, "workdir": workdir}
+  return Result(workdir, True, report)
 
 
 def _score(cfg: ml_collections.ConfigDict, source: str, workdir: str, scores_path: str) -> dict:
@@ -126,5 +151,6 @@ def _join_parts(parts_dir: str, scores_path: str, source: str, text_field: str, 
     os.replace(path + ".tmp", path)
 
 
-def report(summary: dict) -> str:
-  return json.dumps(summary["report"], indent=2)
+def report(result: Result) -> str:
+  """The report as indented JSON."""
+  return json.dumps(result.report, indent=2)

@@ -207,7 +207,7 @@ def test_vision_judge_sends_images_and_parses(env):
 def test_local_gpt_greedy_matches_unpadded_reference():
   import transformers
 
-  from jaxlab.data import testbed
+  from jaxlab.align import testbed
   from jaxlab.models.gpt import GPT, GPTConfig
   tok = transformers.PreTrainedTokenizerFast(tokenizer_object=testbed.word_tokenizer(), eos_token="[EOS]",
                                              pad_token="[PAD]", unk_token="[UNK]")

@@ -13,7 +13,7 @@ import pytest
 
 from jaxlab import config as config_lib
 from jaxlab.align import aesthetic, hpir, judge
-from jaxlab.data import testbed
+from jaxlab.align import testbed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "align", "testbed.py")

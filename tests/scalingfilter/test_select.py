@@ -61,3 +61,47 @@ def test_quality_classifier_separates_held_out_examples():
   assert (s[:5] > 0.5).all() and (s[5:] < 0.5).all()
   keep = select.classifier_select(good[15:] + bad[15:], good[:15], bad[:15], 50, num_buckets=4096, steps=200)
   assert keep.tolist() == [True] * 5 + [False] * 5
+
+
+def _write_scores(path, quality, ppl):
+  import json
+  rows = [{"id": i, "quality_factor": q, "ppl_large": p} for i, q, p in zip("abcde", quality, ppl)]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return rows
+
+
+def test_select_file_topk_and_ppl_gate_by_hand(tmp_path):
+  import json
+  scores = tmp_path / "scores.jsonl"
+  rows = _write_scores(scores, [1.0, 3.0, 2.0, 0.5, 2.5], [10.0, 20.0, 30.0, 40.0, 50.0])
+  out = tmp_path / "kept.jsonl"
+  kept = lambda: [json.loads(l) for l in out.read_text().splitlines()]
+  # round(5 * 0.4) = 2: the two largest quality factors, 3.0 (b) and 2.5 (e), in input order
+  assert select.select_file(str(scores), str(out), "topk", k=40) == {"method": "topk", "documents": 5, "kept": 2}
+  assert kept() == [rows[1], rows[4]] and not (tmp_path / "kept.jsonl.tmp").exists()
+  # 25th/75th percentiles of 10..50 are 20 and 40 (positions 1 and 3), edges kept: b, c, d
+  assert select.select_file(str(scores), str(out), "ppl_gate", low=25, high=75)["kept"] == 3
+  assert [r["id"] for r in kept()] == ["b", "c", "d"]
+
+
+def test_select_scores_names_missing_arguments(tmp_path):
+  rows = _write_scores(tmp_path / "s.jsonl", [1.0] * 5, [1.0] * 5)
+  with pytest.raises(ValueError, match="'dsir' needs texts$"):
+    select.select_scores(rows, "dsir", target_texts=["x"])
+  with pytest.raises(ValueError, match="needs texts, target_texts"):
+    select.select_scores(rows, "dsir")
+  with pytest.raises(ValueError, match="needs positives, negatives"):
+    select.select_scores(rows, "classifier", texts=["t"] * 5)
+  with pytest.raises(ValueError, match="unknown selection method"):
+    select.select_scores(rows, "best")
+
+
+def test_select_scores_takes_texts_by_id():
+  rows = [{"id": f"d{i}", "quality_factor": 1.0} for i in range(6)]
+  docs = ["the court held the statute applies"] * 3 + ["bake the cake for ten minutes"] * 3
+  by_id = {f"d{i}": t for i, t in reversed(list(enumerate(docs)))}  # any order: aligned by id
+  target = ["the court held that the statute applies"]
+  keep = select.select_scores(rows, "dsir", k=50, texts=by_id, target_texts=target)
+  assert keep.tolist() == select.dsir(docs, target, 50).tolist()
+  with pytest.raises(KeyError, match="d5"):
+    select.select_scores(rows, "dsir", texts={f"d{i}": "x" for i in range(5)}, target_texts=target)

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 
-import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -313,3 +312,13 @@ def load_ranking_folder(folder: str, image_size: int) -> tuple[dict[str, np.ndar
       records.append(hpir.parse_record({"query": meta["prompt"], "results_a": [a], "results_b": [b],
                                         "choice": "a" if a_first else "b", "confidence": 1.0}))
   return images, records
+
+
+def load_split(source, tok, max_len: int) -> dict:
+  """A testbed split as host arrays: images in [0, 1], caption tokens, ids, truth."""
+  cols = {k: column(source, k) for k in ("id", "image", "caption", "content_id", "aesthetic", "rating")}
+  captions = [as_text(x) for x in cols["caption"]]
+  tokens, mask = encode(tok, captions, max_len)
+  return {"ids": [as_text(x) for x in cols["id"]], "images": cols["image"].astype(np.float32) / 255.0,
+          "captions": captions, "tokens": tokens, "mask": mask, "content_id": np.asarray(cols["content_id"]),
+          "aesthetic": np.asarray(cols["aesthetic"]), "rating": np.asarray(cols["rating"], np.float32)}

@@ -1,0 +1,55 @@
+"""Preference mining (the paper's data pipeline): plain queries -> rephrased with aesthetic
+expectations -> top-K from a random gallery per round -> re-ranked by relevance to the
+rephrased query (the pretrained retriever) and by aesthetics (the aesthetic model) -> a
+u x v grid -> every pair consistent with it, on the ORIGINAL query; stored as a tfds
+dataset with each record's reference log-probabilities."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlab.align import aesthetic as aesthetic_lib, dpo as dpo_lib, preferences as pref_lib
+from jaxlab.align import rephrase as rephrase_lib, retrieval, testbed
+
+
+def mine_preferences(workdir: str, mcfg, params, mlp: aesthetic_lib.AestheticMLP, mlp_params, train: dict,
+                     img_emb: np.ndarray, tok, *, rephrase, preferences, seed: int, batch_size: int):
+  """(tfds data source of preference records, stats) under workdir/preferences; the
+  rephrasings are cached in workdir/rephrase_cache. `rephrase` and `preferences` are the
+  config's groups; `train` is `testbed.load_split`'s dict and `img_emb` its image embeddings."""
+  p, r = preferences, rephrase
+  queries = [testbed.query_for(c) for c in testbed.CONTENTS]
+  backend = rephrase_lib.backend_from_config(r)
+  rephrased = (list(queries) if backend is None else
+               rephrase_lib.rephrase(queries, r.style, backend, os.path.join(workdir, "rephrase_cache"), r.k))
+  q_emb = retrieval.embed_texts(mcfg, params, tok, queries, mcfg.text.max_len, batch_size)
+  r_emb = retrieval.embed_texts(mcfg, params, tok, rephrased, mcfg.text.max_len, batch_size)
+  aes = np.asarray(aesthetic_lib.score(mlp, mlp_params, jnp.asarray(img_emb)))
+  # what the records depend on, the models included (by a fingerprint of their outputs)
+  key = json.dumps(["rows by rephrased relevance", backend.name if backend else "none", r.style, r.k, p.to_dict(),
+                    seed, rephrased,
+                    np.round(img_emb[:16], 5).tolist(), np.round(q_emb, 5).tolist(), np.round(aes[:16], 5).tolist()])
+  name = "prefs_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+  rng = np.random.default_rng(seed + 3)
+  out_q, out_r, out_c, out_ref, out_content = [], [], [], [], []
+  scale = float(np.exp(np.asarray(params["logit_scale"])))
+  for _ in range(p.rounds):
+    gallery = rng.choice(len(img_emb), p.gallery, replace=False)
+    top = gallery[pref_lib.top_k(r_emb @ img_emb[gallery].T, p.top_k)]     # [Q, K] train indices
+    for qi, cands in enumerate(top):
+      # relevance to the rephrased query: relevance to the plain one runs against the
+      # aesthetic expectations inside the rephrased top-K (the plain-caption images win)
+      grid = pref_lib.build_grid(cands, img_emb[cands] @ r_emb[qi], aes[cands], p.u, p.v, p.stride)
+      out_q.append(queries[qi]); out_r.append(rephrased[qi]); out_c.append(grid)
+      out_content.append(qi)  # queries follow testbed CONTENTS: the index is the content id
+      out_ref.append(np.asarray(dpo_lib.candidate_log_probs(q_emb[qi][None], img_emb[grid][None], scale))[0])
+  pairs = pref_lib.grid_pairs(p.u, p.v)
+  prefs = pref_lib.write_preferences(os.path.join(workdir, "preferences"), name, out_q, out_r, out_c, out_ref, pairs)
+  stats = {"records": len(out_q), "pairs_per_record": int(len(pairs)), "rephrased_example": rephrased[0],
+           **pref_lib.grid_stats(np.asarray(out_c), np.asarray(out_content), train["aesthetic"],
+                                 train["content_id"], pairs)}
+  return prefs, stats
