@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from jaxlab import config as config_lib
-from jaxlab import main as main_lib
+from jaxlab import trainers
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_semantic_errors_name_the_key(tmp_path):
 def test_unknown_trainer():
   cfg = config_lib.load(QUICKSTART, ["trainer=nope"])
   with pytest.raises(config_lib.ConfigError, match="trainer: no trainer named 'nope'"):
-    main_lib.trainer_module(cfg)
+    trainers.get(cfg.trainer)
 
 
 def test_resolved_config_written(tmp_path):

@@ -20,25 +20,25 @@ OPTIM = ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_steps=0, min_l
 def make_task():
   model = gpt.GPT(CFG)
 
-  def loss(variables, batch, rng):
+  def loss(model, variables, batch, rng):
     logits = model.apply(variables, batch["inputs"])
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     return jnp.mean(nll), ({}, {})
 
-  return Task(init=lambda rng: model.init(rng, jnp.zeros((1, 16), jnp.int32)), loss=loss, eval_sums=None,
-              summarize=None, train_data=None, eval_data=None, units_per_batch=("tokens", 1))
+  return Task(model=model, init=lambda model, rng: model.init(rng, jnp.zeros((1, 16), jnp.int32)), loss=loss,
+              optimizer=optim.adamw(OPTIM, 10))
 
 
 def run_steps(mesh, layout, steps=2):
-  task, tx = make_task(), optim.adamw(OPTIM, 10)
+  task = make_task()
   rng = np.random.default_rng(0)
   batch = {"inputs": rng.integers(0, 64, (8, 16)).astype(np.int32),
            "targets": rng.integers(0, 64, (8, 16)).astype(np.int32)}
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.activation_rules(layout)):
-    state, state_sh = sharding.create_sharded(lambda r: init_state(task, tx, r), mesh,
+    state, state_sh = sharding.create_sharded(lambda r: init_state(task, r), mesh,
                                               sharding.layout_rules(layout), jax.random.key(0))
     data_sh = sharding.batch_sharding(mesh)
-    step = jax.jit(make_train_step(task, tx), in_shardings=(state_sh, data_sh, None),
+    step = jax.jit(make_train_step(task), in_shardings=(state_sh, data_sh, None),
                    out_shardings=(state_sh, None), donate_argnums=0)
     losses = []
     for _ in range(steps):

@@ -35,21 +35,21 @@ def toy(corpus, tmp_path, *overrides):
 
 
 def params_of(summary):
-  return jax.tree.map(np.asarray, jax.device_get(summary["state"].params))
+  return jax.tree.map(np.asarray, jax.device_get(summary.params))
 
 
 def test_resume_matches_uninterrupted_run(corpus, tmp_path):
   full = lm.train_and_evaluate(toy(corpus, tmp_path), str(tmp_path / "full"))
-  assert full["rejects"] == {"bad_json": 1, "missing_field": 1}
+  assert full.rejects == {"bad_json": 1, "missing_field": 1}
 
   first = lm.train_and_evaluate(toy(corpus, tmp_path, "train.stop_after=5"), str(tmp_path / "resumed"))
-  assert first["step"] == 5 and not first["finished"]
+  assert first.step == 5 and not first.finished
   resumed = lm.train_and_evaluate(toy(corpus, tmp_path), str(tmp_path / "resumed"))
-  assert resumed["step"] == 12 and resumed["finished"]
+  assert resumed.step == 12 and resumed.finished
 
   # Same compiled step, same data order (the iterator was restored mid-epoch): bitwise equal.
   jax.tree.map(np.testing.assert_array_equal, params_of(resumed), params_of(full))
-  assert resumed["loss"] == full["loss"]
+  assert resumed.metrics == full.metrics
   rows = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
   train_steps = [r["step"] for r in rows if r["split"] == "train"]
   assert train_steps == sorted(set(train_steps)), "resumed run logged a step twice"

@@ -298,11 +298,10 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
   """Pretrain, fit the aesthetic model, mine preferences, fine-tune, and report before and
   after on the test and validation splits (workdir/report.json). Each stage resumes or
   skips when finished; files are written by process 0 (the others wait and reuse them)."""
-  validate(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
-  opts = {stage: stage_options(cfg, stage) for stage in STAGES}
-  for o in opts.values():
-    loop.check_mesh(o, mesh)
+  for stage_name in STAGES:  # the stages' batch sizes first: the other checks divide by them
+    loop.check_mesh(stage_options(cfg, stage_name), mesh)
+  validate(cfg)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   if is_main:

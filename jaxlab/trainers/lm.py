@@ -82,6 +82,9 @@ def corpus_paths(files, workdir: str) -> list[str]:
       paths += builtin.materialize(spec.removeprefix("builtin:"), os.path.join(workdir, "corpus"))
     else:
       paths.append(builtin.resolve_shared(spec, "data.files"))
+  for path in paths:
+    if not os.path.exists(path):
+      raise config_lib.ConfigError(f"data.files: {path!r} does not exist")
   try:
     return list(text.resolve_files(paths))
   except (FileNotFoundError, ValueError) as e:

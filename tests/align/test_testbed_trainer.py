@@ -13,7 +13,7 @@ import pytest
 
 from jaxlab import config as config_lib
 from jaxlab.align import aesthetic, hpir, judge
-from jaxlab.align import testbed
+from jaxlab.align import finetune, testbed
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "align", "testbed.py")
@@ -154,7 +154,7 @@ def test_trainer_end_to_end_tiny(tmp_path):
 
 
 def test_gallery_recall_is_the_mean_over_disjoint_galleries():
-  from jaxlab.trainers.align import gallery_recall
+  from jaxlab.align.retrieval import gallery_recall
   content = np.array([0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 0])
   img = np.eye(2)[content]
   cap = img.copy()
@@ -204,7 +204,7 @@ def test_finetune_loss_pairs_candidates_with_their_own_captions(candidates):
     pair_img = np.concatenate([cand.reshape(b * n, -1), pair_img])
     pair_txt = np.concatenate([emb_txt(batch["cand_tokens"], batch["cand_mask"]), pair_txt])
   want = _np_clip_loss(pair_img, pair_txt, scale)
-  value, metrics = jax.jit(lambda p, x: align.finetune_loss(model, cfg.dpo, cfg.pretrain, p, x))(params, batch)
+  value, metrics = jax.jit(lambda p, x: finetune.finetune_loss(model, cfg.dpo, cfg.pretrain, p, x))(params, batch)
   assert float(metrics["preference_loss"]) == pytest.approx(math.log(2), rel=1e-5)
   assert float(metrics["contrastive"]) == pytest.approx(want, rel=1e-4)
   assert float(value) == pytest.approx(math.log(2) + 0.5 * want, rel=1e-4)

@@ -104,15 +104,15 @@ def test_scanned_layers_and_gradient_accumulation_combine_amax_by_max():
   hist = variables[dot.COLLECTION]["layers"]["block"]["attn"]["query"]["Fp8DotGeneral_0"]["input_amax_history"]
   assert hist.shape == (2, 4)  # one history per scanned layer
 
-  def loss(variables, batch, rng):
+  def loss(model, variables, batch, rng):
     y = model.apply(variables, batch["x"])
     return jnp.mean(y ** 2), ({}, {})
-  task = state_lib.Task(init=None, loss=loss, eval_sums=None, summarize=None, train_data=None, eval_data=None,
-                        units_per_batch=("x", 1), observed={dot.COLLECTION: dot.update_meta}, microbatches=2)
+  task = state_lib.Task(model=model, init=None, loss=loss, optimizer=None, units_per_batch=("x", 1),
+                        observed={dot.COLLECTION: dot.update_meta})
   ms = {dot.COLLECTION: variables[dot.COLLECTION]}
-  local = lambda t: jax.jit(lambda batch: state_lib._local_gradients(t, variables["params"], ms, batch,
-                                                                      jax.random.key(2)))
-  *_, grads, obs = local(task)({"x": x})
+  local = lambda n: jax.jit(lambda batch: state_lib._local_gradients(task, variables["params"], ms, batch,
+                                                                      jax.random.key(2), n))
+  *_, grads, obs = local(2)({"x": x})
   query_in = obs[dot.COLLECTION]["layers"]["block"]["attn"]["query"]["Fp8DotGeneral_0"]["input_amax_history"]
   # Layer 0's query input is LayerNorm(x); its amax over the whole batch is the max over microbatches.
   ln = nn.LayerNorm()
@@ -122,8 +122,7 @@ def test_scanned_layers_and_gradient_accumulation_combine_amax_by_max():
   per_mb = [float(jnp.max(jnp.abs(ln.apply(ln_params, x[i:i + 2])))) for i in (0, 2)]
   assert expected < sum(per_mb)  # a sum would over-count
   # Full-batch gradients equal the mean of the two microbatch gradients (FP8 per microbatch).
-  single = dataclasses.replace(task, microbatches=1)
-  g0, g1 = local(single)({"x": x[:2]})[3], local(single)({"x": x[2:]})[3]
+  g0, g1 = local(1)({"x": x[:2]})[3], local(1)({"x": x[2:]})[3]
   jax.tree.map(lambda a, b, c: np.testing.assert_allclose(a, (b + c) / 2, rtol=2e-5, atol=1e-7), grads, g0, g1)
 
 

@@ -11,6 +11,7 @@ import pytest
 from jaxlab import fp8
 from jaxlab.fp8 import formats, memory, optim as fo
 from jaxlab.models import gpt
+from jaxlab.train import optim as train_optim
 from jaxlab.train.state import Task, init_state
 
 OPTIM = ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=0.0))
@@ -67,12 +68,12 @@ def test_bytes_per_parameter_of_a_real_gpt_train_state(level, expected):
   cfg = ml_collections.ConfigDict({"fp8": fp8.default_config(), "optim": dict(OPTIM), "train": {"steps": 10}})
   cfg.fp8.level = level
   cfg.optim.learning_rate, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 1e-3, 1, 0.1
-  model = gpt.GPT(gpt.GPTConfig(vocab_size=1024, max_len=32, num_layers=2, d_model=128, num_heads=4, mlp_dim=512),
-                  dot_general_cls=fp8.dot_general_for(cfg.fp8))
-  task = Task(init=lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32)), loss=None, eval_sums=None, summarize=None,
-              train_data=None, eval_data=None, units_per_batch=("t", 1), **fp8.task_options(cfg.fp8))
-  tx = fp8.optimizer_for(cfg, optax.constant_schedule(1e-3))
-  state = jax.jit(functools.partial(init_state, task, tx))(jax.random.key(0))  # real arrays
+  plain = gpt.GPT(gpt.GPTConfig(vocab_size=1024, max_len=32, num_layers=2, d_model=128, num_heads=4, mlp_dim=512))
+  task = Task(model=plain, init=lambda m, r: m.init(r, jnp.zeros((1, 8), jnp.int32)), loss=None,
+              optimizer=train_optim.adamw(cfg.optim, 10), schedule=optax.constant_schedule(1e-3))
+  task = fp8.apply(cfg, task)  # the method's one transformation, as every trainer applies it
+  model = task.model
+  state = jax.jit(functools.partial(init_state, task))(jax.random.key(0))  # real arrays
   report = memory.account(state, task.precision)
   assert report["params"] == sum(x.size for x in jax.tree.leaves(model.init(jax.random.key(0),
                                                                                jnp.zeros((1, 8), jnp.int32))["params"]))

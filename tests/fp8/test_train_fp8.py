@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlab import config as config_lib
+from jaxlab import config as config_lib, sharding
 from jaxlab.fp8 import comm, formats
 from jaxlab.train import loop
 from jaxlab.trainers import lm
@@ -38,18 +38,18 @@ def _o2_task_and_step(mesh):
   model = gpt.GPT(gpt.GPTConfig(vocab_size=64, max_len=16, num_layers=2, d_model=32, num_heads=2),
                   dot_general_cls=fp8.dot_general_for(f))
 
-  def loss(variables, batch, rng):
+  def loss(model, variables, batch, rng):
     logits, updates = model.apply(variables, batch["inputs"], mutable=["fp8_meta"])
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
     return nll, ({}, updates)
-  task = Task(init=lambda r: model.init(r, jnp.zeros((1, 16), jnp.int32)), loss=loss, eval_sums=None,
-              summarize=None, train_data=None, eval_data=None, units_per_batch=("tokens", 1), **fp8.task_options(f))
   tx = fp8.fp8_optim.optimizer(fp8.fp8_optim.LEVELS["O2"], optax.constant_schedule(3e-3),
                                ml_collections.ConfigDict(dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
                                                               grad_clip=1.0)))
+  task = Task(model=model, init=lambda m, r: m.init(r, jnp.zeros((1, 16), jnp.int32)), loss=loss, optimizer=tx,
+              units_per_batch=("tokens", 1), **fp8.task_options(f))
   with jax.set_mesh(mesh):
-    state = jax.jit(lambda r: init_state(task, tx, r))(jax.random.key(0))
-    step = jax.jit(make_train_step(task, tx))
+    state = jax.jit(lambda r: init_state(task, r))(jax.random.key(0))
+    step = jax.jit(make_train_step(task))
   return state, step
 
 
@@ -103,9 +103,9 @@ def test_mid_training_o2_checkpoint_round_trip_is_bit_exact(tmp_path):
 
 
 def _compiled_step(tmp_path, *overrides):
-  with loop.compile_only() as out:
-    lm.train_and_evaluate(toy(tmp_path, *overrides), str(tmp_path / "aot"))
-  return comm.collectives(out["compiled"].as_text())
+  (stage,) = lm.stages(toy(tmp_path, *overrides))
+  out = loop.compile_step(stage.task, stage.options, sharding.make_mesh(stage.options.mesh), stage.batch)
+  return comm.collectives(out.compiled.as_text())
 
 
 @pytest.mark.slow
@@ -134,9 +134,9 @@ def test_vit_trains_under_o2_through_the_same_trainer_options(tmp_path):
                                "train.checkpoint_every=40", "optim.learning_rate=3e-3", "optim.warmup_steps=5",
                                f"data.data_dir={tmp_path / 'data'}"])
   summary = classify.train_and_evaluate(cfg, str(tmp_path / "vit"))
-  head = summary["state"].params["head"]["kernel"]
+  head = summary.params["head"]["kernel"]
   assert isinstance(head, formats.ScaledTensor) and head.data.dtype == jnp.float16
-  assert summary["accuracy"] > 0.2  # 10 classes: chance is 0.1 (40 steps of a 2-layer ViT)
+  assert summary.metrics["accuracy"] > 0.2  # 10 classes: chance is 0.1 (40 steps of a 2-layer ViT)
 
 
 @pytest.mark.parametrize("level", ["none", "O3"])

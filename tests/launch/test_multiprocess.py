@@ -25,7 +25,7 @@ import pytest
 from jaxlab import checkpoint, config as config_lib, sharding
 from jaxlab.data import text, tokenizer as tokenizer_lib
 from jaxlab.models import gpt
-from jaxlab.train import loop, metrics as metrics_lib, optim
+from jaxlab.train import loop, metrics as metrics_lib
 from jaxlab.trainers import lm
 
 pytestmark = pytest.mark.slow  # real multi-process launches: `make slow`
@@ -167,9 +167,8 @@ def reference(run, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setattr(jax, "process_index", lambda index=index: index)
     tasks.append(lm.make_task(cfg, model, tok, data))
     monkeypatch_module.undo()
-  schedule = optim.schedule(cfg.optim, cfg.train.steps)
   workdir = tmp_path_factory.mktemp("reference")
-  summary = loop.run(cfg, str(workdir), merged_task(tasks), mesh, optim.adamw(cfg.optim, cfg.train.steps), schedule)
+  summary = loop.run(merged_task(tasks), loop.options(cfg), str(workdir), mesh)
   return dict(summary=summary, workdir=workdir)
 
 
@@ -183,7 +182,7 @@ def test_two_processes_train_like_one_process_with_8_devices(run, reference):
   assert run["resumed"].returncode == 0, run["resumed"].stdout
   step, params = checkpoint.restore_params(str(run["workdir"]))
   assert step == STEPS
-  expected = jax.tree.map(np.asarray, jax.device_get(reference["summary"]["state"].params))
+  expected = jax.tree.map(np.asarray, jax.device_get(reference["summary"].params))
   # Same program and data; only the cross-process all-reduce (gloo) may sum in another
   # order. atol: the key bias gets no gradient (softmax ignores it), only rounding noise.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), params, expected)

@@ -130,15 +130,16 @@ def test_gene_checkpoint_round_trip_and_descendant_init(tmp_path):
             "model.d_model=32", "model.num_heads=2"]
   aux_cfg = config_lib.load(cfg_file + ":auxiliary", common)
   aux_run = classify.train_and_evaluate(aux_cfg, str(tmp_path / "aux"))
-  trained = jax.device_get(aux_run["state"].params)
+  trained = jax.device_get(aux_run.params)
   _, restored = checkpoint.restore_params(str(tmp_path / "aux"))
   jax.tree.map(np.testing.assert_array_equal, restored, trained)  # bit-exact round trip
-  assert aux_run["parameters_stored"] == learngene.count_params(trained)
+  assert aux_run.parameters_stored == learngene.count_params(trained)
 
   des_cfg = config_lib.load(cfg_file + ":descendant",
                             common + [f"learngene.gene_workdir={tmp_path / 'aux'}", "model.num_layers=9"])
   data = images.prepare_images("digits", data_dir=str(tmp_path / "data"))
-  init = classify.make_task(des_cfg, data).init(jax.random.key(5))["params"]
+  task = learngene.apply(des_cfg, classify.make_task(des_cfg, data))  # as every trainer applies it
+  init = task.init(task.model, jax.random.key(5))["params"]
   expected = numpy_expand(trained["gene"], 9)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), y, rtol=1e-6, atol=1e-7),
                init["encoder"]["layers"]["block"], expected)
@@ -148,7 +149,7 @@ def test_gene_checkpoint_round_trip_and_descendant_init(tmp_path):
   bad = config_lib.load(cfg_file + ":descendant", common + [f"learngene.gene_workdir={tmp_path / 'aux'}",
                                                            "model.d_model=64"])
   with pytest.raises(config_lib.ConfigError, match="model.d_model=64 differs from the learngene's 32"):
-    classify.make_task(bad, data)
+    learngene.configure(bad)  # before any data or compile work
 
 
 def test_gpt_learngene_through_the_lm_trainer(tmp_path):
@@ -163,10 +164,10 @@ def test_gpt_learngene_through_the_lm_trainer(tmp_path):
          "train.log_every=1", f"data.data_dir={tmp_path / 'data'}"]
   aux = lm.train_and_evaluate(config_lib.load(cfg_file + ":auxiliary", toy + ["model.num_layers=3"]),
                               str(tmp_path / "aux"))
-  assert set(aux["state"].params) == {"shared", "gene"} and np.isfinite(aux["loss"])
+  assert set(aux.params) == {"shared", "gene"} and np.isfinite(aux.metrics["loss"])
   des_cfg = config_lib.load(cfg_file + ":descendant", toy + [f"learngene.gene_workdir={tmp_path / 'aux'}",
                                                              "model.num_layers=5", "train.steps=1"])
   des = lm.train_and_evaluate(des_cfg, str(tmp_path / "des"))
-  assert len(des["tokenizer"]) == len(aux["tokenizer"])
+  assert len(des.tokenizer) == len(aux.tokenizer)
   assert checkpoint.manager(str(tmp_path / "des" / "checkpoints")).all_steps() == [1]
-  assert des["state"].params["decoder"]["layers"]["block"]["mlp"]["fc"]["kernel"].shape == (5, 32, 128)
+  assert des.params["decoder"]["layers"]["block"]["mlp"]["fc"]["kernel"].shape == (5, 32, 128)

@@ -55,7 +55,7 @@ def test_trained_model_exports_to_transformers_with_same_loss(tmp_path):
   ids = tok(topics.topics["assert"])["input_ids"][:cfg.train.seq_len + 1]
   with torch.no_grad():
     ref = float(model(torch.tensor([ids]), labels=torch.tensor([ids])).loss)
-  logits = summary["model"].apply({"params": summary["state"].params}, jnp.asarray([ids[:-1]]))
+  logits = summary.model.apply({"params": summary.params}, jnp.asarray([ids[:-1]]))
   import optax
   ours = float(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray([ids[1:]])).mean())
   assert abs(ours - ref) < 1e-5, (ours, ref)
