@@ -1,5 +1,5 @@
 # make demo  -- set up .venv and train the quickstart GPT (resumes if run again)
-# make test  -- the test suite (CPU, 8 simulated devices)
+# make test  -- the layer contract (lint-imports), then the test suite (CPU, 8 simulated devices)
 # make docs  -- API reference (pdoc) into docs/api/; fails on a public name without a docstring
 PYTHON ?= python3
 VENV   := .venv
@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(PY) -m jaxlab.main --config configs/quickstart.py --workdir $(WORKDIR)
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 slow: $(STAMP)

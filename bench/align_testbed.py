@@ -46,9 +46,9 @@ def main() -> None:
     t0 = time.perf_counter()
     cfg = config_lib.load(f"{CONFIG}:{arg}" if arg else CONFIG, list(args.overrides) + extra)
     summary = align.train_and_evaluate(cfg, workdir)
-    if not summary["finished"]:
+    if not summary.finished:
       raise SystemExit(align.report(summary))
-    reports.append((name, summary["report"], time.perf_counter() - t0))
+    reports.append((name, summary.report, time.perf_counter() - t0))
 
   first = reports[0][1]
   print()

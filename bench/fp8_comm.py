@@ -2,7 +2,7 @@
 
   python bench/fp8_comm.py [--devices 8] [--config configs/quickstart.py:toy]
 
-Compiles the LM trainer's step (jaxlab.train.loop.compile_only: the exact program training
+Compiles the LM trainer's step (its stage, jaxlab.train.loop.compile_step: the exact program training
 would run) on simulated CPU devices for `fp8.level=none` (BF16 mixed precision, XLA's own
 all-reduce) and `fp8.level=O2 fp8.comm=True` (the FP8 all-reduce), lists every collective in
 the optimized HLO and prices it with ring-algorithm costs (jaxlab.fp8.comm.wire_bytes).
@@ -26,7 +26,7 @@ def main() -> None:
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  from jaxlab import config as config_lib
+  from jaxlab import config as config_lib, sharding
   from jaxlab.fp8 import comm
   from jaxlab.train import loop
   from jaxlab.trainers import lm
@@ -36,9 +36,9 @@ def main() -> None:
     for name, overrides, price in (("BF16 (none)", ["fp8.level=none"], "bf16"),
                                    ("FP8 O2 + fp8.comm", ["fp8.level=O2", "fp8.comm=True"], None)):
       cfg = config_lib.load(args.config, [f"data.data_dir={tmp}/data", *overrides])
-      with loop.compile_only() as out:
-        lm.train_and_evaluate(cfg, os.path.join(tmp, name.split()[0]))
-      ops = comm.collectives(out["compiled"].as_text())
+      (stage,) = lm.stages(cfg)
+      out = loop.compile_step(stage.task, stage.options, sharding.make_mesh(stage.options.mesh), stage.batch)
+      ops = comm.collectives(out.compiled.as_text())
       by_kind = collections.Counter()
       for op, dtype, count in ops:
         by_kind[(op, dtype)] += comm.wire_bytes(op, dtype, count, args.devices, as_dtype=price and

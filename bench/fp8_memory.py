@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab import config as config_lib, fp8, sharding
-from jaxlab.fp8 import formats, memory
+from jaxlab.fp8 import memory
 from jaxlab.models import gpt
 from jaxlab.train import optim
 from jaxlab.train.state import Task, init_state
@@ -35,12 +35,11 @@ RANKS = 8
 
 def abstract_state(level: str):
   cfg = config_lib.load(f"configs/fp8/gpt.py:{level},1.3b")
-  model = gpt.GPT(lm.model_config(cfg, VOCAB), dot_general_cls=fp8.dot_general_for(cfg.fp8))
-  task = Task(init=lambda rng: model.init(rng, jnp.zeros((1, 8), jnp.int32)), loss=None, eval_sums=None,
-              summarize=None, train_data=None, eval_data=None, units_per_batch=("tokens", 1),
-              **fp8.task_options(cfg.fp8))
-  tx = fp8.optimizer_for(cfg, optim.schedule(cfg.optim, cfg.train.steps))
-  return cfg, task, jax.eval_shape(lambda rng: init_state(task, tx, rng), jax.random.key(0))
+  task = Task(model=gpt.GPT(lm.model_config(cfg, VOCAB)), init=lambda m, rng: m.init(rng, jnp.zeros((1, 8), jnp.int32)),
+              loss=None, optimizer=optim.adamw(cfg.optim, cfg.train.steps),
+              schedule=optim.schedule(cfg.optim, cfg.train.steps))
+  task = fp8.apply(cfg, task)  # the method's one transformation
+  return cfg, task, jax.eval_shape(lambda rng: init_state(task, rng), jax.random.key(0))
 
 
 def sharded_bytes(state, mesh, rules) -> dict:

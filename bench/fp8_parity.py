@@ -123,10 +123,10 @@ def main():
       times.setdefault(name, []).append(time.perf_counter() - t0)
       shared = shared or workdir  # the first run's tokenizer and prepared data serve every run
       if seed == seeds[0]:
-        rows = metrics_lib.read_rows(summary["metrics_path"])
+        rows = metrics_lib.read_rows(summary.metrics_path)
         curves[name] = [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]
-      losses.setdefault(name, []).append(summary["loss"])
-      print(f"  seed {seed} {name:9s} held-out loss {summary['loss']:.4f}  ({times[name][-1]:.0f} s)", flush=True)
+      losses.setdefault(name, []).append(summary.metrics["loss"])
+      print(f"  seed {seed} {name:9s} held-out loss {summary.metrics['loss']:.4f}  ({times[name][-1]:.0f} s)", flush=True)
 
   png = os.path.join(args.workdir, "fp8_parity_loss.png")
   plot(curves, png)

@@ -30,10 +30,10 @@ CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "learngen
 
 def run(role: str, workdir: str, overrides: list[str]) -> dict:
   cfg = config_lib.load(f"{CONFIG}:{role}", overrides)
-  summary = classify.train_and_evaluate(cfg, workdir)
+  result = classify.train_and_evaluate(cfg, workdir)
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  summary["curve"] = [(r["step"], r["accuracy"]) for r in rows if r["split"] == "eval"]
-  return summary
+  return {**result.metrics, "parameters_stored": result.parameters_stored,
+          "curve": [(r["step"], r["accuracy"]) for r in rows if r["split"] == "eval"]}
 
 
 def steps_to_reach(curve, target: float) -> int | None:

@@ -32,7 +32,6 @@ import gzip
 import html.parser
 import json
 import os
-import re
 import sys
 import time
 
@@ -104,13 +103,8 @@ def warc_texts(path: str) -> tuple[list[str], dict]:
 
 # ------------------------------------------------------------------------------ stages
 
-def is_trained(run_dir: str, steps: int) -> bool:
-  path = os.path.join(run_dir, "checkpoints")
-  return os.path.isdir(path) and checkpoint.manager(path).latest_step() == steps
-
-
 def train_lm(cfg, run_dir: str, log) -> None:
-  if is_trained(run_dir, cfg.train.steps):
+  if checkpoint.finished(run_dir, cfg.train.steps):
     log(f"  {run_dir}: trained already")
     return
   t = time.perf_counter()
@@ -120,7 +114,7 @@ def train_lm(cfg, run_dir: str, log) -> None:
 
 def clean_corpus(workdir: str, cfg) -> text_lib.TextData:
   """The meta-pair's data with the same split (split_of hashes file name and record index)."""
-  files = lm.resolve_files(cfg.data.files, os.path.join(workdir, "clean"))
+  files = lm.corpus_paths(cfg.data.files, os.path.join(workdir, "clean"))
   return text_lib.prepare_text(files, data_dir=os.path.join(workdir, "clean", "data"),
                                text_field=cfg.data.text_field, validation_fraction=cfg.data.validation_fraction)
 

@@ -44,15 +44,14 @@ def time_steps(step_once, warmup: int, steps: int) -> list[float]:
 def bench_jaxlab(cfg: gpt.GPTConfig, tokens: np.ndarray, warmup: int, steps: int) -> list[float]:
   model = gpt.GPT(cfg)
 
-  def loss(variables, batch, rng):
+  def loss(model, variables, batch, rng):
     logits = model.apply(variables, batch["inputs"])
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean(), ({}, {})
 
-  task = Task(init=lambda r: model.init(r, jnp.zeros((1, 8), jnp.int32)), loss=loss, eval_sums=None,
-              summarize=None, train_data=None, eval_data=None, units_per_batch=("tokens", tokens.size))
-  tx = optim.adamw(optim_config(1e-4), 1000)
-  state = jax.jit(lambda r: init_state(task, tx, r))(jax.random.key(0))
-  step = jax.jit(make_train_step(task, tx), donate_argnums=0)
+  task = Task(model=model, init=lambda m, r: m.init(r, jnp.zeros((1, 8), jnp.int32)), loss=loss,
+              optimizer=optim.adamw(optim_config(1e-4), 1000), units_per_batch=("tokens", tokens.size))
+  state = jax.jit(lambda r: init_state(task, r))(jax.random.key(0))
+  step = jax.jit(make_train_step(task), donate_argnums=0)
   batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
   rng = jax.random.key(1)
   holder = [state]

@@ -51,26 +51,25 @@ def build(level: str, args):
   cfg = config_lib.load(f"configs/fp8/gpt.py:{level},1.3b")
   cfg.model.update(num_layers=args.layers, d_model=args.d_model, num_heads=args.heads, mlp_dim=args.mlp,
                    max_len=args.seq, remat=args.remat)
-  model = gpt.GPT(lm.model_config(cfg, args.vocab), dot_general_cls=fp8.dot_general_for(cfg.fp8))
+  model = gpt.GPT(lm.model_config(cfg, args.vocab))
 
-  def loss(variables, batch, rng):
+  def loss(model, variables, batch, rng):
     logits, updates = model.apply(variables, batch["inputs"], mutable=[k for k in variables if k != "params"])
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean()
     return nll, ({}, updates)
 
-  task = Task(init=lambda rng: model.init(rng, jnp.zeros((1, args.seq), jnp.int32)), loss=loss, eval_sums=None,
-              summarize=None, train_data=None, eval_data=None, units_per_batch=("tokens", args.batch * args.seq),
-              **fp8.task_options(cfg.fp8))
-  tx = fp8.optimizer_for(cfg, optim.schedule(cfg.optim, cfg.train.steps))
-  return task, tx
+  task = Task(model=model, init=lambda m, rng: m.init(rng, jnp.zeros((1, args.seq), jnp.int32)), loss=loss,
+              optimizer=optim.adamw(cfg.optim, cfg.train.steps), schedule=optim.schedule(cfg.optim, cfg.train.steps),
+              units_per_batch=("tokens", args.batch * args.seq))
+  return fp8.apply(cfg, task)  # the method's one transformation, as the trainers apply it
 
 
 def bench(level: str, args, batch) -> dict:
-  task, tx = build(level, args)
-  state = jax.jit(lambda r: init_state(task, tx, r))(jax.random.key(0))
+  task = build(level, args)
+  state = jax.jit(lambda r: init_state(task, r))(jax.random.key(0))
   rng = jax.random.key(1)
   t0 = time.perf_counter()
-  compiled = jax.jit(make_train_step(task, tx), donate_argnums=0).lower(state, batch, rng).compile()
+  compiled = jax.jit(make_train_step(task), donate_argnums=0).lower(state, batch, rng).compile()
   compile_s = time.perf_counter() - t0
   hlo = compiled.as_text()
   holder = [state]

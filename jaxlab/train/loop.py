@@ -34,7 +34,6 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import optax
 import tqdm
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P

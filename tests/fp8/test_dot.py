@@ -1,6 +1,5 @@
 """The FP8 dot_general: against an FP32 reference with bounds from the formats, against a
 numpy/ml_dtypes re-computation, against flax.linen.fp8_ops, and its scale state."""
-import dataclasses
 
 import flax.linen as nn
 import jax
@@ -9,8 +8,7 @@ import ml_dtypes
 import numpy as np
 from flax.linen import fp8_ops
 
-from jaxlab.fp8 import dot, formats
-from jaxlab.fp8.formats import E4M3
+from jaxlab.fp8 import dot
 
 DIMS = (((1,), (0,)), ((), ()))
 # Round-to-nearest with 3 (E4M3) / 2 (E5M2) mantissa bits: relative error <= 2^-4 / 2^-3 per
