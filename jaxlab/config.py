@@ -34,12 +34,14 @@ def _flat_keys(cfg: ml_collections.ConfigDict, prefix: str = "") -> dict[str, An
 
 
 def closest_key(key: str, known: Iterable[str]) -> str:
+  """The entry of `known` most similar to `key` (difflib, no cutoff), or "" when `known` is empty."""
   known = list(known)
   match = difflib.get_close_matches(key, known, n=1, cutoff=0.0)
   return match[0] if match else ""
 
 
 def unknown_key_error(key: str, cfg: ml_collections.ConfigDict) -> ConfigError:
+  """A ConfigError for an unknown dotted `key`, suggesting the closest existing key of `cfg`."""
   hint = closest_key(key, _flat_keys(cfg))
   return ConfigError(f"unknown config key {key!r}" + (f"; did you mean {hint!r}?" if hint else ""))
 

@@ -155,6 +155,8 @@ def main_process_first(name: str):
 # --- a local multi-process launcher ---------------------------------------------------
 
 def free_port() -> int:
+  """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it; another process
+  may still take it before the coordinator binds it)."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     return s.getsockname()[1]
@@ -257,6 +259,9 @@ def launch_local(num_processes: int, command: Sequence[str], *, devices_per_proc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  """Command line of `python -m jaxlab.distributed`: parses `argv` and runs `launch_local`
+  (or prints each process's environment with --dry-run). Returns the exit status. SIGTERM
+  is handled like Ctrl-C, so a terminated launcher stops its processes too."""
   parser = argparse.ArgumentParser(prog="python -m jaxlab.distributed",
                                    description="Start N cooperating processes of COMMAND on this machine.")
   parser.add_argument("--processes", type=int, required=True)

@@ -9,6 +9,9 @@ from jaxlab.trainers import lm
 
 
 def main(argv=None):
+  """Command line entry: writes a run's checkpoint as a GPT-2 folder and prints the folder's path.
+
+  `argv` defaults to sys.argv[1:]: --workdir RUN, --out FOLDER, optional --step N (default: the latest)."""
   p = argparse.ArgumentParser(prog="python -m jaxlab.export", description=__doc__)
   p.add_argument("--workdir", required=True)
   p.add_argument("--out", required=True)

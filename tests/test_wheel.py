@@ -92,7 +92,10 @@ def _venv(root: pathlib.Path, with_pip: bool) -> tuple[pathlib.Path, pathlib.Pat
 
 
 def _child_env() -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+  # XLA_FLAGS goes too: the test session's forced host device count (conftest, or the CI
+  # machine's own) would give the quickstart a data axis its batch of 8 does not divide.
+  dropped = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "XLA_FLAGS")
+  env = {k: v for k, v in os.environ.items() if k not in dropped}
   env.setdefault("JAX_PLATFORMS", "cpu")
   env.setdefault("HF_HUB_OFFLINE", "1")
   env.setdefault("TOKENIZERS_PARALLELISM", "false")

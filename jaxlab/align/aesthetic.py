@@ -14,6 +14,11 @@ LAION_DROPOUT = (0.2, 0.2, 0.1, 0.0)
 
 
 class AestheticMLP(nn.Module):
+  """Aesthetic score regressor: embeddings emb [..., E] -> scores [...].
+
+  __call__(emb, deterministic=True) L2-normalises each embedding, then applies one Dense per width in `hidden`,
+  each followed by `activation` ("none" as LAION, "relu" or "gelu") and dropout at its rate in `dropout` (0 skips
+  it; active only with deterministic=False, which needs a "dropout" rng), and a final Dense to one output."""
   hidden: Sequence[int] = LAION_HIDDEN
   dropout: Sequence[float] = LAION_DROPOUT
   activation: str = "none"        # "none" (LAION) | "relu" | "gelu"
@@ -32,6 +37,9 @@ class AestheticMLP(nn.Module):
 
 
 def mse_loss(model: AestheticMLP, params, emb, target, rng=None):
+  """Mean squared error of the scores of emb [N, E] against target [N]: a scalar.
+
+  With `rng` the model runs with dropout (training); without it, deterministically."""
   deterministic = rng is None
   pred = model.apply({"params": params}, emb, deterministic=deterministic,
                      rngs=None if deterministic else {"dropout": rng})

@@ -31,6 +31,16 @@ class EndpointError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
+  """Settings of one OpenAI-compatible chat-completions model.
+
+    model             the model name sent with every request
+    base_url_env      environment variable with the base URL (e.g. https://api.openai.com/v1)
+    api_key_env       environment variable with the API key (read per request, never stored)
+    timeout           seconds per HTTP request
+    retries, backoff  extra attempts on transient failures; the first wait is `backoff` seconds, doubling each time
+    max_concurrency   requests in flight at once in chat_many
+    temperature, max_tokens  sampling settings sent with every request
+  """
   model: str
   base_url_env: str = "OPENAI_BASE_URL"
   api_key_env: str = "OPENAI_API_KEY"
@@ -42,6 +52,7 @@ class Endpoint:
   max_tokens: int = 256
 
   def base_url(self) -> str:
+    """The base URL from `base_url_env`, without a trailing "/"; EndpointError if it is unset or empty."""
     url = os.environ.get(self.base_url_env, "")
     if not url:
       raise EndpointError(f"environment variable {self.base_url_env} is not set (the endpoint's base URL, "

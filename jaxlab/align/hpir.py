@@ -19,6 +19,9 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class HPIRRecord:
+  """One HPIR comparison: two result sets (image ids) for `query` and the human verdict.
+
+  `choice` is the preferred set, "a" or "b"; `confidence` in [0, 1] weights the query in the weighted accuracy."""
   query: str
   results_a: tuple[str, ...]
   results_b: tuple[str, ...]
@@ -27,6 +30,9 @@ class HPIRRecord:
 
 
 def parse_record(obj: dict, where: str = "record") -> HPIRRecord:
+  """Validates one decoded JSON object; returns it as an HPIRRecord (lists as tuples, confidence as float).
+
+  Any missing or malformed field is a ValueError prefixed with `where` (e.g. "file:line")."""
   if not isinstance(obj, dict):
     raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
   missing = [k for k in ("query", "results_a", "results_b", "choice", "confidence") if k not in obj]
@@ -46,6 +52,9 @@ def parse_record(obj: dict, where: str = "record") -> HPIRRecord:
 
 
 def load_hpir(path: str) -> list[HPIRRecord]:
+  """All records of an HPIR JSON-lines file, in order; blank lines are skipped.
+
+  FileNotFoundError if the file is missing; ValueError naming file:line for a bad line, or if there are no records."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"HPIR file {path} not found")
   out = []
@@ -64,6 +73,7 @@ def load_hpir(path: str) -> list[HPIRRecord]:
 
 
 def write_hpir(path: str, records: Sequence[HPIRRecord]) -> str:
+  """Writes `records` to `path` as HPIR JSON lines (what load_hpir reads); returns `path`."""
   with open(path, "w") as f:
     for r in records:
       f.write(json.dumps(dataclasses.asdict(r) | {"results_a": list(r.results_a), "results_b": list(r.results_b)})

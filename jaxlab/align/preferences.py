@@ -84,6 +84,10 @@ def top_k(sims: np.ndarray, k: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class PreferencesConfig(tfds.core.BuilderConfig):
+  """tfds builder config of AlignPreferences.
+
+  `source` is the .npz the records come from: query [R], rephrased [R], candidates [R, N], ref_logp [R, N],
+  pairs [P, 2]."""
   source: str = ""        # an .npz: query [R], rephrased [R], candidates [R, N], ref_logp [R, N], pairs [P, 2]
 
 

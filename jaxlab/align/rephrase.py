@@ -49,21 +49,29 @@ AESTHETIC_TERMS = (("sharpness", "sharp"), ("composition", "centred"), ("colour"
 
 @dataclasses.dataclass(frozen=True)
 class Request:
+  """One rephrasing request: `query` rewritten in `style` (one of STYLES).
+
+  `k` is the item count of the "list" style; the offline expander also adds that many aesthetic terms."""
   query: str
   style: str
   k: int = 3
 
   def prompt(self) -> str:
+    """The style's template filled in with the query and k: what an LLM backend is sent."""
     return TEMPLATES[self.style].format(query=self.query, k=self.k)
 
 
 @dataclasses.dataclass(frozen=True)
 class Backend:
+  """A rephrasing backend: `complete` maps requests to rephrased texts, one per request, in order.
+
+  `name` is part of the cache key, so cached results of different backends never mix."""
   name: str
   complete: Callable[[list[Request]], list[str]]
 
 
 def check_style(style: str) -> str:
+  """Returns `style` unchanged; ValueError if it is not one of STYLES."""
   if style not in STYLES:
     raise ValueError(f"unknown rephrasing style {style!r}; use one of {STYLES}")
   return style
@@ -84,6 +92,7 @@ def expand(query: str, style: str, k: int = 3) -> str:
 
 
 def offline_backend() -> Backend:
+  """The deterministic template expander (`expand`) as a backend: no model, no network."""
   return Backend("offline", lambda requests: [expand(r.query, r.style, r.k) for r in requests])
 
 

@@ -49,6 +49,7 @@ WORDS = (("a", "image", "of", "beautiful", "subject", "sharpness", "composition"
 
 
 def query_for(content: str) -> str:
+  """The text query for a content: "red circle" -> "a red circle" (also how every caption starts)."""
   return f"a {content}"
 
 
@@ -97,6 +98,10 @@ def render(content: str, factors, size: int, rng: np.random.Generator) -> np.nda
 
 
 def caption_for(content: str, factors, rng: np.random.Generator, desc_prob: float) -> str:
+  """A caption for an image of `content` with factors (composition, sharpness, harmony).
+
+  The query, then, with probability desc_prob each, the word of every clearly good (>= 0.6) or bad (<= 0.4)
+  factor, joined by " , " like noisy alt-text."""
   words = []
   for name, f in zip(FACTORS, factors):
     if rng.uniform() < desc_prob and (f >= 0.6 or f <= 0.4):
@@ -123,6 +128,14 @@ def generate(n: int, size: int, seed, desc_prob: float = 0.5, rating_noise: floa
 
 @dataclasses.dataclass
 class TestbedConfig(tfds.core.BuilderConfig):
+  """tfds builder config of AlignTestbed: the settings `generate` gets for each split.
+
+    num_train, num_val, num_test  images per split
+    image_size    side of the square RGB images, in pixels
+    seed          base seed; each split draws from its own stream of it
+    desc_prob     probability that a caption names each clearly good or bad aesthetic factor
+    rating_noise  std of the Gaussian noise on the ground truth that gives `rating`
+  """
   num_train: int = 4000
   num_val: int = 1000
   num_test: int = 1000
@@ -133,6 +146,9 @@ class TestbedConfig(tfds.core.BuilderConfig):
 
 
 def config_name(num_train, num_val, num_test, image_size, seed, desc_prob, rating_noise) -> str:
+  """The builder config name for these settings, e.g. "s16_n4000_1000_1000_seed0_d0p5_r0p08".
+
+  Distinct settings get distinct names, so each gets its own dataset on disk; "." is written as "p"."""
   return (f"s{image_size}_n{num_train}_{num_val}_{num_test}_seed{seed}_d{desc_prob:g}_r{rating_noise:g}"
           .replace(".", "p"))
 
@@ -173,6 +189,13 @@ class AlignTestbed(tfds.core.GeneratorBasedBuilder):
 
 @dataclasses.dataclass(frozen=True)
 class Testbed:
+  """A prepared testbed, as prepare_testbed returns it.
+
+    train, validation, test  the splits as random-access tfds data sources (features as in AlignTestbed)
+    image_size     side of the images, in pixels
+    hpir_path      HPIR-format labels over the test split
+    hpir_val_path  HPIR-format labels over the validation split
+  """
   train: object           # tfds data sources (random access)
   validation: object
   test: object
@@ -210,6 +233,9 @@ def prepare_testbed(data_dir: str, *, num_train: int = 4000, num_val: int = 1000
 
 
 def column(source, key: str) -> np.ndarray | list:
+  """One feature of every record of a (non-empty) data source, in order.
+
+  Text features (str / bytes) come back as a list; anything else stacked into an array [len(source), ...]."""
   values = [source[i][key] for i in range(len(source))]
   return values if isinstance(values[0], (str, bytes)) else np.stack(values)
 
@@ -239,6 +265,7 @@ def hpir_labels(source, n: int, set_size: int, annotators: int, noise: float, se
 
 
 def as_text(x) -> str:
+  """A text feature as str: bytes (as tfds returns Text features) decoded as UTF-8, anything else via str()."""
   return x.decode() if isinstance(x, bytes) else str(x)
 
 

@@ -63,6 +63,9 @@ def load_arrays(name: str, source_dir: str = "") -> tuple[np.ndarray, np.ndarray
 
 @dataclasses.dataclass
 class DigitsConfig(tfds.core.BuilderConfig):
+  """Builder config: `name` is the source (`mnist` or `digits`); `source_dir` holds the MNIST
+  IDX files (unused for `digits`)."""
+
   source_dir: str = ""
 
 
@@ -99,6 +102,9 @@ class LocalDigits(tfds.core.GeneratorBasedBuilder):
 
 @dataclasses.dataclass(frozen=True)
 class ImageData:
+  """A prepared image dataset: `train`/`test` random-access tfds data sources of
+  {"image" uint8 [H, W, C], "label"}, the (H, W, C) image shape and the number of classes."""
+
   train: object
   test: object
   image_shape: tuple[int, int, int]
@@ -118,6 +124,8 @@ def prepare_images(name: str, *, data_dir: str, source_dir: str = "") -> ImageDa
 
 
 def to_example(record) -> dict:
+  """One record -> {"images" float32 [H, W, C] in [0, 1], "labels" int32, "mask" float32 1.0}.
+  The mask is 1 for a real example; padding added by `image_dataset` has 0."""
   return {"images": np.asarray(record["image"], np.float32) / 255.0, "labels": np.int32(record["label"]),
           "mask": np.float32(1.0)}
 

@@ -50,13 +50,19 @@ class Record:
 
 @dataclasses.dataclass(frozen=True)
 class Reject:
+  """A candidate record that cannot be used: its file name, where it starts (the 1-based
+  line, or the row of a table or dataset), one of REJECT_REASONS and the first characters
+  of that line when there is one. The text pipeline and the ScalingFilter scorer both
+  report malformed input with it."""
+
   file: str
   line: int  # 1-based
   reason: str
-  excerpt: str
+  excerpt: str = ""
 
 
-def _excerpt(raw: bytes) -> str:
+def excerpt(raw: bytes) -> str:
+  """The first characters of a raw line, undecodable bytes escaped, for a Reject."""
   text = raw.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
   return text[:_EXCERPT_CHARS]
 
@@ -89,7 +95,7 @@ def _paragraph_record(name: str, index: int, paragraph: list[tuple[int, bytes]])
     try:
       lines.append(raw.decode("utf-8").rstrip("\r\n"))
     except UnicodeDecodeError:
-      return Reject(name, line_no, "invalid_utf8", _excerpt(raw))
+      return Reject(name, line_no, "invalid_utf8", excerpt(raw))
   return Record(name, index, paragraph[0][0], "\n".join(lines))
 
 
@@ -146,7 +152,7 @@ def _read_jsonl(path: str, text_field: str) -> Iterator[Record | Reject]:
       try:
         yield Record(name, line_no - 1, line_no, _parse_json_line(raw, text_field))
       except _Rejected as e:
-        yield Reject(name, line_no, str(e), _excerpt(raw))
+        yield Reject(name, line_no, str(e), excerpt(raw))
 
 
 def read_records(path: str, text_field: str = "text") -> Iterator[Record | Reject]:
@@ -195,6 +201,10 @@ def config_name(files: Sequence[str], text_field: str, validation_fraction: floa
 
 @dataclasses.dataclass
 class LocalTextConfig(tfds.core.BuilderConfig):
+  """Builder config: the input `files` (absolute paths), the dotted JSON field holding the text
+  of a .jsonl record, and the fraction of records hashed into `validation`. `name` should come
+  from `config_name`, so a changed input never reuses a stale dataset."""
+
   files: tuple[str, ...] = ()
   text_field: str = "text"
   validation_fraction: float = 0.05
@@ -307,6 +317,9 @@ def _decode(record: dict[str, Any]) -> dict[str, Any]:
 
 @dataclasses.dataclass(frozen=True)
 class TextData:
+  """A prepared text dataset: both splits as TextSources, records per split, rejects per
+  reason, and where the rejects file and the dataset folder are."""
+
   train: TextSource
   validation: TextSource
   num_records: dict[str, int]

@@ -39,6 +39,9 @@ SCALINGS = ("delayed", "current", "block")
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
+  """How FP8 GEMMs are scaled: `scaling` (delayed, current or block; see the module docstring),
+  the amax `history` length for delayed scaling, a `margin` (scale = amax * 2**margin / fmax,
+  headroom against growth between steps), power-of-two scales, and the tile size for block."""
   scaling: str = "delayed"
   history: int = 16          # amax history length (delayed)
   margin: int = 0            # scale = amax * 2**margin / fmax
@@ -176,4 +179,5 @@ class Fp8DotGeneral(nn.Module):
 
 
 def dot_general_cls(recipe: Recipe):
+  """The `dot_general_cls` a Flax Dense takes to run its GEMM in FP8 with `recipe`."""
   return functools.partial(Fp8DotGeneral, recipe=recipe)

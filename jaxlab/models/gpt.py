@@ -75,6 +75,9 @@ SIZES = {
 
 
 def sized(size: str, vocab_size: int, **overrides) -> GPTConfig:
+  """GPTConfig of a named size in SIZES ("toy" ... "1.3b") with the tokenizer's vocabulary size.
+
+  `overrides` set any other field, or replace one of the size's; an unknown size is a KeyError."""
   layers, d_model, heads, max_len = SIZES[size]
   base = dict(vocab_size=vocab_size, num_layers=layers, d_model=d_model, num_heads=heads, max_len=max_len)
   base.update(overrides)
@@ -82,6 +85,10 @@ def sized(size: str, vocab_size: int, **overrides) -> GPTConfig:
 
 
 class GPT(nn.Module):
+  """Decoder-only language model: tokens [B, T] int -> next-token logits [B, T, vocab_size] float32.
+
+  T is at most cfg.max_len. Residual output projections start with std 0.02 / sqrt(2 * num_layers), as GPT-2;
+  the head is wte's transpose with tied embeddings, else its own `lm_head` Dense."""
   cfg: GPTConfig
   dot_general_cls: Any = None
 

@@ -38,6 +38,10 @@ def gpt2_config_dict(cfg: GPTConfig, eos_token_id: int | None = None) -> dict:
 
 
 def gpt_config_from_hf(hf: dict, **overrides) -> GPTConfig:
+  """GPTConfig from a transformers GPT-2 config.json (as a dict); `overrides` set other fields (dtype, ...).
+
+  ValueError for another model_type, for the GPT-2 options jaxlab's GPT does not implement
+  (scale_attn_by_inverse_layer_idx, reorder_and_upcast_attn, scale_attn_weights=False) and unknown activations."""
   if hf.get("model_type") != "gpt2":
     raise ValueError(f"expected a GPT-2 checkpoint (model_type 'gpt2'), got {hf.get('model_type')!r}")
   for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):

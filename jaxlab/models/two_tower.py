@@ -46,6 +46,12 @@ from jaxlab.sharding import constrain
 
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
+  """The text tower's shape and numerics: a causal pre-LN transformer, no dropout.
+
+    max_len  positions: the longest text, in tokens
+    mlp_dim  hidden width of the MLP; 0 means 4 * d_model
+    eos_id   pool the state at the first eos_id token; < 0 pools at the last real token (by the mask)
+  """
   vocab_size: int
   max_len: int = 16
   num_layers: int = 2
@@ -59,6 +65,7 @@ class TextConfig:
   param_dtype: Any = jnp.float32
 
   def block(self) -> BlockConfig:
+    """The shared block's settings for the text tower: causal, pre-LN."""
     return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
                        causal=True, pre_ln=True, activation=self.activation, layer_norm_eps=self.layer_norm_eps,
                        dtype=self.dtype, param_dtype=self.param_dtype)
@@ -66,6 +73,14 @@ class TextConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TwoTowerConfig:
+  """A two-tower model: its towers, the joint space, and the initial temperature and bias of the scores.
+
+    vision            the image tower; num_classes must be 0 (features, no head)
+    text              the text tower
+    embed_dim         width of the joint embedding space (both projections)
+    logit_scale_init  initial log of the score scale (CLIP: log(1 / 0.07); SigLIP: log(10))
+    logit_bias_init   initial score bias, used by the sigmoid loss only (SigLIP: -10)
+  """
   vision: ViTConfig             # num_classes must be 0 (features)
   text: TextConfig
   embed_dim: int = 64
@@ -105,6 +120,10 @@ class TextTower(nn.Module):
 
 
 class TwoTower(nn.Module):
+  """CLIP-style model: images and texts -> unit embeddings in one space, with the score's scale and bias.
+
+  __call__(images [B, H, W, C], tokens [B, L], mask [B, L]) -> (image embeddings [B, embed_dim], text embeddings
+  [B, embed_dim], scale = exp(logit_scale), logit_bias), all float32. encode_image / encode_text embed one side."""
   cfg: TwoTowerConfig
   dot_general_cls: Any = None
 
@@ -123,6 +142,7 @@ class TwoTower(nn.Module):
     return l2_normalize(self.image_proj(self.vision(images)).astype(jnp.float32))
 
   def encode_text(self, tokens, mask):
+    """tokens, mask [B, L] -> unit vectors [B, embed_dim] float32."""
     return l2_normalize(self.text_proj(self.text(tokens, mask)).astype(jnp.float32))
 
   def __call__(self, images, tokens, mask):
@@ -131,10 +151,12 @@ class TwoTower(nn.Module):
 
 
 def embed_images(model: TwoTower, params, images):
+  """Unit float32 embeddings [B, embed_dim] of images [B, H, W, C] (pure; jit with the model bound)."""
   return model.apply({"params": params}, images, method=TwoTower.encode_image)
 
 
 def embed_texts(model: TwoTower, params, tokens, mask):
+  """Unit float32 embeddings [B, embed_dim] of tokens, mask [B, L] (pure; jit with the model bound)."""
   return model.apply({"params": params}, tokens, mask, method=TwoTower.encode_text)
 
 
@@ -166,6 +188,10 @@ def sigmoid_contrastive_loss(img, txt, scale, bias, positives=None):
 
 
 def contrastive_loss(kind: str, img, txt, scale, bias, label_smoothing: float = 0.0, positives=None):
+  """The scalar contrastive loss of `kind` on unit embeddings img, txt [B, D].
+
+  "softmax": symmetric InfoNCE (uses label_smoothing, ignores bias); "sigmoid": SigLIP (uses bias, ignores
+  label_smoothing). `positives` is an optional [B, B] 0/1 matrix of matching pairs (default: the diagonal)."""
   if kind == "softmax":
     return softmax_contrastive_loss(img, txt, scale, label_smoothing, positives)
   if kind == "sigmoid":

@@ -23,6 +23,14 @@ from jaxlab.sharding import constrain
 
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
+  """A ViT's shape and numerics; the defaults are a small model for 28 x 28 grey images.
+
+    num_classes  outputs of the linear head; 0 for no head (pooled features, as a two-tower image tower)
+    image_size   side of the square input, in pixels; patch_size the side of a square patch
+    channels     input channels (C)
+    mlp_dim      hidden width of the MLP; 0 means 4 * d_model
+    pool, pre_norm, patch_bias, activation  where TLEG's ViT and CLIP's differ (see the module doc)
+  """
   num_classes: int
   image_size: int = 28
   patch_size: int = 4
@@ -47,9 +55,11 @@ class ViTConfig:
 
   @property
   def num_patches(self) -> int:
+    """Patches per image: (image_size // patch_size) ** 2, the class token not included."""
     return (self.image_size // self.patch_size) ** 2
 
   def block(self) -> BlockConfig:
+    """The shared block's settings for the ViT: bidirectional, pre-LN."""
     return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
                        causal=False, pre_ln=True, activation=self.activation, layer_norm_eps=self.layer_norm_eps,
                        dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
@@ -75,6 +85,11 @@ def patchify(images: jnp.ndarray, patch: int) -> jnp.ndarray:
 
 
 class ViT(nn.Module):
+  """Vision Transformer: images [B, H, W, C] -> logits [B, num_classes] float32.
+
+  With num_classes=0 it returns the pooled features [B, d_model] float32 instead. __call__(images,
+  deterministic=True); H and W must be multiples of patch_size, and the patch count (+1 with pool="cls") must be
+  the one the parameters were initialised with."""
   cfg: ViTConfig
   dot_general_cls: Any = None
 

@@ -37,12 +37,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxlab import sharding
 from jaxlab.data import tokenizer as tokenizer_lib
+from jaxlab.data.text import Reject, excerpt, field_at
 from jaxlab.models import gpt, hf
 from jaxlab.train import runs
 
 
 @dataclasses.dataclass(frozen=True)
 class MetaModel:
+  """A scoring model: where it was loaded from, the GPT module, its parameters and its
+  Hugging Face tokenizer."""
+
   path: str
   model: gpt.GPT
   params: Any
@@ -50,6 +54,7 @@ class MetaModel:
 
   @property
   def context(self) -> int:
+    """The longest sequence (in tokens) the model takes: its `max_len`."""
     return self.model.cfg.max_len
 
 
@@ -242,7 +247,7 @@ def _decode_record(value):
     try:
       return value.decode("utf-8")
     except UnicodeDecodeError:
-      return Reject("invalid_utf8")
+      return _INVALID_UTF8
   if isinstance(value, np.generic):
     return value.item()
   if isinstance(value, np.ndarray) and value.ndim == 0:
@@ -257,52 +262,48 @@ def read_tfds(spec: str, text_field: str = "text", id_field: str = "id", data_di
   jaxlab's LocalText builder (jaxlab.data.text) is registered on import, so its datasets
   open by name (`local_text/<config>`); use id_field=index for its record index."""
   import tensorflow_datasets as tfds
-  from jaxlab.data import text as _registers_local_text  # noqa: F401
-  from jaxlab.data.text import field_at
 
   name, split = parse_tfds_spec(spec)
   source = tfds.data_source(name, split=split, data_dir=data_dir or None, download=False)
   for i in range(len(source)):
     record = _decode_record(source[i])
     doc_id = record.get(id_field)
-    doc_id = str(doc_id) if doc_id is not None and not isinstance(doc_id, Reject) else f"{name}/{split}:{i}"
-    text = _text_or_reject(record, text_field, field_at)
-    yield doc_id, text
+    doc_id = str(doc_id) if doc_id is not None and doc_id is not _INVALID_UTF8 else f"{name}/{split}:{i}"
+    yield doc_id, _text_or_reject(record, text_field, f"{name}/{split}", i + 1)
 
 
-def _read_jsonl(path: str, name: str, text_field: str, id_field: str, field_at) -> Iterator[tuple[str, Any]]:
+def _read_jsonl(path: str, name: str, text_field: str, id_field: str) -> Iterator[tuple[str, Any]]:
   with _open_text(path) as f:
     for line_no, raw in enumerate(f, 1):
       fallback = f"{name}:{line_no}"
       try:
         record = json.loads(raw.decode("utf-8"))
       except UnicodeDecodeError:
-        yield fallback, Reject("invalid_utf8")
+        yield fallback, Reject(name, line_no, "invalid_utf8", excerpt(raw))
         continue
       except json.JSONDecodeError:
-        yield fallback, Reject("bad_json")
+        yield fallback, Reject(name, line_no, "bad_json", excerpt(raw))
         continue
       if not isinstance(record, dict):
-        yield fallback, Reject("not_object")
+        yield fallback, Reject(name, line_no, "not_object", excerpt(raw))
         continue
       doc_id = record.get(id_field)
-      yield (str(doc_id) if doc_id is not None else fallback), _text_or_reject(record, text_field, field_at)
+      yield (str(doc_id) if doc_id is not None else fallback), _text_or_reject(record, text_field, name, line_no)
 
 
-def _read_parquet(path: str, name: str, text_field: str, id_field: str, field_at) -> Iterator[tuple[str, Any]]:
+def _read_parquet(path: str, name: str, text_field: str, id_field: str) -> Iterator[tuple[str, Any]]:
   import pyarrow.parquet as pq
   row = 0
   for batch in pq.ParquetFile(path).iter_batches(columns=None):
     for record in batch.to_pylist():
       doc_id = record.get(id_field)
-      yield (str(doc_id) if doc_id is not None else f"{name}:{row}"), _text_or_reject(record, text_field, field_at)
+      yield (str(doc_id) if doc_id is not None else f"{name}:{row}"), _text_or_reject(record, text_field, name, row + 1)
       row += 1
 
 
 def read_input(unit: InputFile, text_field: str = "text", id_field: str = "id",
                data_dir: str | None = None) -> Iterator[tuple[str, Any]]:
   """(id, text) pairs, or (id, Reject) for malformed records, of one input unit."""
-  from jaxlab.data.text import field_at
 
   if unit.path.startswith(TFDS_PREFIX):
     yield from read_tfds(unit.path, text_field, id_field, data_dir)
@@ -312,11 +313,11 @@ def read_input(unit: InputFile, text_field: str = "text", id_field: str = "id",
     try:
       yield unit.name, raw.decode("utf-8")
     except UnicodeDecodeError:
-      yield unit.name, Reject("invalid_utf8")
+      yield unit.name, Reject(unit.name, 1, "invalid_utf8")
   elif unit.path.endswith(".parquet"):
-    yield from _read_parquet(unit.path, unit.name, text_field, id_field, field_at)
+    yield from _read_parquet(unit.path, unit.name, text_field, id_field)
   elif unit.path.endswith((".jsonl", ".jsonl.gz")):
-    yield from _read_jsonl(unit.path, unit.name, text_field, id_field, field_at)
+    yield from _read_jsonl(unit.path, unit.name, text_field, id_field)
   else:
     raise ValueError(f"{unit.path}: expected one of {', '.join(DATA_SUFFIXES)} or tfds:NAME[:split]")
 
@@ -330,20 +331,19 @@ def read_documents(path, text_field: str = "text", id_field: str = "id",
     yield from read_input(unit, text_field, id_field, data_dir)
 
 
-@dataclasses.dataclass(frozen=True)
-class Reject:
-  reason: str
+# Stands in for a tfds field whose bytes are not UTF-8, until the record's text is chosen.
+_INVALID_UTF8 = object()
 
 
-def _text_or_reject(record: dict, text_field: str, field_at):
+def _text_or_reject(record: dict, text_field: str, file: str, line: int) -> str | Reject:
   try:
     text = field_at(record, text_field)
   except (KeyError, TypeError):
-    return Reject("missing_field")
-  if isinstance(text, Reject):  # undecodable bytes from a tfds record
-    return text
+    return Reject(file, line, "missing_field")
+  if text is _INVALID_UTF8:
+    return Reject(file, line, "invalid_utf8")
   if not isinstance(text, str):
-    return Reject("not_string")
+    return Reject(file, line, "not_string")
   return text
 
 
@@ -378,6 +378,7 @@ def shard_inputs(units: Sequence[InputFile], process_index: int, process_count: 
 
 
 def part_path(output_dir: str, process_index: int, process_count: int) -> str:
+  """The output file of one process: `output_dir/part-IIIII-of-NNNNN.jsonl`."""
   return os.path.join(output_dir, f"part-{process_index:05d}-of-{process_count:05d}.jsonl")
 
 

@@ -31,6 +31,9 @@ class MetricWriter:
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, split: str, metrics: Mapping[str, float]) -> None:
+    """Appends one row to the JSONL file and logs each metric to TensorBoard as `split/key`.
+    Non-finite values are kept in the JSONL row but not sent to TensorBoard. A no-op
+    outside process 0."""
     if not self.enabled:
       return
     row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
@@ -41,11 +44,13 @@ class MetricWriter:
         self._tb.add_scalar(f"{split}/{key}", float(value), step)
 
   def close(self) -> None:
+    """Flushes and closes the TensorBoard writer."""
     if self._tb is not None:
       self._tb.close()
 
 
 def read_rows(path: str) -> list[dict]:
+  """Every row of a metrics JSONL file, in file order; blank lines skipped."""
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 

@@ -154,7 +154,7 @@ def test_tfds_input_gives_the_same_rows_as_jsonl(pair, tmp_path):
   got = list(score.read_documents(f"tfds:{name}", data_dir=str(tmp_path / "tfds"), id_field="nope"))
   assert got[3] == (f"{name}/train:3", docs[3])
   assert list(score.read_documents(f"tfds:{name}", text_field="index", data_dir=str(tmp_path / "tfds")))[0][1] == \
-      score.Reject("not_string")
+      score.Reject(f"{name}/train", 1, "not_string")
 
 
 def test_per_host_shards_union_is_one_row_per_document(pair, tmp_path):
