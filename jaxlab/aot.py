@@ -12,7 +12,9 @@ lowered and compiled by XLA for the mesh (`jaxlab.train.loop.compile_step`, the 
 whether the partition rules fit the parameters (a wrong rule is reported naming the stage
 and the parameter) and how much memory each device needs: parameters, optimizer state and
 the batch (the compiled program's input shardings), and temporaries (activations kept for
-the backward pass and XLA's workspace, from `compiled.memory_analysis()`).
+the backward pass and XLA's workspace, from `compiled.memory_analysis()`). Each stage
+also reports how many dots of its lowered step take FP8 operands in the form XLA's GPU GEMM
+rewriter turns into FP8 GEMMs (`jaxlab.fp8.hlo`); `--dump-hlo DIR` writes that HLO text.
 """
 from __future__ import annotations
 
@@ -67,11 +69,14 @@ def _figures(stage, out, mesh) -> dict[str, Any]:
       ))
 
 
-def check(config_spec: str, overrides: Sequence[str] = ()) -> list[dict[str, Any]]:
+def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None = None) -> list[dict[str, Any]]:
   """Compile every stage's train step the config describes; one dict of figures per stage
-  (what `report` prints). Raises ConfigError naming the key, or StageError naming the stage
-  and the parameter a partition rule does not fit."""
+  (what `report` prints), with how many of its dots are FP8 GEMMs (`jaxlab.fp8.hlo`).
+  With `dump_hlo` (a folder), each stage's lowered, pre-optimisation HLO text is written to
+  `dump_hlo/<stage>.hlo.txt`. Raises ConfigError naming the key, or StageError naming the
+  stage and the parameter a partition rule does not fit."""
   from jaxlab import config as config_lib, sharding, trainers
+  from jaxlab.fp8 import hlo
   from jaxlab.train import loop
 
   cfg = config_lib.load(config_spec, overrides)
@@ -85,7 +90,15 @@ def check(config_spec: str, overrides: Sequence[str] = ()) -> list[dict[str, Any
       raise StageError(f"stage {stage.name}: {e}") from None
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f"stage {stage.name}: {e}") from None
-    results.append(dict(_figures(stage, out, mesh), config=config_spec))
+    text = out.lowered.as_text(dialect="hlo")
+    if dump_hlo:
+      os.makedirs(dump_hlo, exist_ok=True)
+      path = os.path.join(dump_hlo, f"{stage.name}.hlo.txt")
+      with open(path, "w") as f:
+        f.write(text)
+    dots = hlo.fp8_dots(text)
+    results.append(dict(_figures(stage, out, mesh), config=config_spec, dots=dots.summary(),
+                        hlo_path=os.path.join(dump_hlo, f"{stage.name}.hlo.txt") if dump_hlo else None))
   return results
 
 
@@ -120,6 +133,10 @@ def report(result: dict) -> str:
             f"  outputs           {_fmt(d['outputs'])}   ({_fmt(d['aliased']).strip()} reuse donated inputs)",
             f"  estimated peak    {_fmt(peak)}",
             *([f"  generated code    {_fmt(d['code'])}"] if d["code"] else [])]
+  if result.get("dots"):
+    lines += ["", f"dots of the lowered step: {result['dots']}"]
+  if result.get("hlo_path"):
+    lines.append(f"lowered HLO written to {result['hlo_path']}")
   return "\n".join(lines)
 
 
@@ -137,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--config", required=True, help="configs/X.py[:ARG]")
   parser.add_argument("--mesh", default=None, help="mesh override, e.g. \"(('data', 4), ('model', 2))\"")
   parser.add_argument("--devices", type=int, default=0, help="simulate this many CPU devices")
+  parser.add_argument("--dump-hlo", default=None, metavar="DIR",
+                      help="write each stage's lowered (pre-optimisation) HLO text to DIR/<stage>.hlo.txt")
   parser.add_argument("overrides", nargs="*", help="key=value config overrides")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   if args.devices:
@@ -152,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   overrides = list(args.overrides) + ([f"mesh={args.mesh}"] if args.mesh else [])
   try:
-    results = check(args.config, overrides)
+    results = check(args.config, overrides, dump_hlo=args.dump_hlo)
   except StageError as e:
     print(f"sharding error in {e}", file=sys.stderr)
     return 2

@@ -6,6 +6,7 @@ Pieces (each usable on its own from a notebook):
   optim     the levels (none/O1/O2/O3) as storage formats; AdamW with FP8/FP16 moments
   comm      FP8 gradient all-reduce with automatic scaling (jax.shard_map)
   memory    bytes per parameter of a real train state, by category
+  hlo       which dots of a lowered step are FP8 GEMMs after XLA's GPU rewrite
 
 Training uses all of them through one transformation of a trainer's Task:
 `task = fp8.apply(cfg, task)` (after `cfg = fp8.configure(cfg)` has checked the `fp8`
@@ -21,7 +22,7 @@ import optax
 from flax.linen import fp8_ops
 
 from jaxlab import config as config_lib
-from jaxlab.fp8 import comm, dot, formats, memory, optim as fp8_optim
+from jaxlab.fp8 import comm, dot, formats, hlo, memory, optim as fp8_optim
 from jaxlab.fp8.dot import Recipe
 from jaxlab.train import optim as train_optim
 from jaxlab.train.state import Task
@@ -111,5 +112,5 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
                       partition_rules=tuple(task.partition_rules) + PARTITION_RULES, **task_options(f))
 
 
-__all__ = ["NAME", "Recipe", "comm", "dot", "formats", "memory", "fp8_optim", "default_config", "configure",
+__all__ = ["NAME", "Recipe", "comm", "dot", "formats", "hlo", "memory", "fp8_optim", "default_config", "configure",
            "apply", "recipe", "dot_general_for", "task_options", "optimizer_for", "LEVEL_NAMES"]

@@ -1,12 +1,18 @@
 """FP8 `dot_general` with a custom VJP, and the Flax module models inject as `dot_general_cls`.
 
-Forward: both operands in E4M3, GEMM accumulated in float32. Backward: the output gradient
-in E5M2; both backward GEMMs (input gradient g.W^T and weight gradient x^T.g) take FP8
-operands too. Operands enter each GEMM as `convert(fp8) * scalar scale`, the dequantize
-pattern XLA's GPU GEMM rewriter fuses into a cuBLASLt FP8 matmul with scale arguments.
+Forward: both operands in E4M3. Backward: the output gradient in E5M2. All three GEMMs
+(y = x.W, the input gradient g.W^T and the weight gradient x^T.g) are dots taken directly
+on the FP8 operands, accumulated in float32 (`preferred_element_type`), with the product
+of the two operands' scales applied to the output. A dot whose operands are FP8 arrays
+(reached through layout ops only) is the form XLA's GPU GEMM rewriter turns into a cuBLASLt
+FP8 matmul; `jaxlab.fp8.hlo` checks a lowered step for it. Only Dense-shaped contractions
+(x[..., K] . w[K, N], what flax's Dense calls) are supported: the weight-gradient GEMM is
+taken on the flattened (tokens, K) x (tokens, N) operands.
 
 Recipes (`Recipe.scaling`):
-  delayed  per-tensor scales from an amax history of past steps (FP8-LM, Transformer Engine)
+  delayed  per-tensor scales from an amax history of past steps (FP8-LM, Transformer Engine);
+           until the history holds an amax, the scale is this step's (just-in-time, as
+           MS-AMP), so step 0 neither flushes small gradients to zero nor overflows
   current  per-tensor scales from this step's amax
   block    one scale per 1 x block activation tile and block x block weight tile (DeepSeek-V3),
            FP32 accumulation per K-block; Dense-shaped contractions only
@@ -53,9 +59,13 @@ class Recipe:
       raise ValueError(f"fp8.scaling={self.scaling!r} is not one of {SCALINGS}")
 
 
-def _scale(recipe: Recipe, history, x, dtype):
-  """Delayed: from the history of past steps (1.0 before any was recorded); current: from x."""
-  a = jnp.max(history) if recipe.scaling == "delayed" else formats.amax(x)
+def _scale(recipe: Recipe, history, current_amax, dtype):
+  """Delayed: from the history of past steps, or this step's amax while the history is still
+  empty (all zero); current: from this step's amax."""
+  a = current_amax
+  if recipe.scaling == "delayed":
+    past = jnp.max(history)
+    a = jnp.where(past > 0, past, current_amax)
   return formats.scale_for(a, dtype, recipe.margin, recipe.power_of_two)
 
 
@@ -63,36 +73,44 @@ def _observation(history, value):
   return jnp.zeros_like(history).at[0].set(value)
 
 
-def _dq(q, s, dtype):
-  return q.astype(dtype) * s.astype(dtype)
+def _check_dense(x, w, dims):
+  (lc, rc), (lb, rb) = dims
+  if lb or rb or tuple(lc) != (x.ndim - 1,) or tuple(rc) != (0,) or w.ndim != 2:
+    raise ValueError(f"FP8 dot_general supports Dense-shaped contractions (x[..., K] . w[K, N]); got {dims}")
+
+
+def _scaled_dot(qa, qb, dims, scale, dtype):
+  """The GEMM on FP8 operands, accumulated in float32, times the product of their scales."""
+  return (lax.dot_general(qa, qb, dims, preferred_element_type=jnp.float32) * scale).astype(dtype)
 
 
 def _fwd(x, w, meta, dims, recipe):
+  _check_dense(x, w, dims)
   hx, hw, hg = meta if meta else (None, None, None)
-  cd = x.dtype
-  sx, sw = _scale(recipe, hx, x, E4M3), _scale(recipe, hw, w, E4M3)
+  ax, aw = formats.amax(x), formats.amax(w)
+  sx, sw = _scale(recipe, hx, ax, E4M3), _scale(recipe, hw, aw, E4M3)
   qx, qw = formats.quantize(x, E4M3, sx), formats.quantize(w, E4M3, sw)
-  y = lax.dot_general(_dq(qx, sx, cd), _dq(qw, sw, cd), dims, preferred_element_type=jnp.float32)
-  observed = (formats.amax(x), formats.amax(w)) if meta else (None, None)  # only delayed scaling records
-  res = (qx, qw, sx, sw, hg, *observed, meta)
-  return y.astype(cd), res
+  y = _scaled_dot(qx, qw, dims, sx * sw, x.dtype)
+  # The FP8 operands are the residuals: the backward GEMMs reuse them (1 byte per element).
+  return y, (qx, qw, sx, sw, hg, ax, aw, meta)
 
 
 def _bwd(dims, recipe, res, g):
   qx, qw, sx, sw, hg, ax, aw, meta = res
-  cd = g.dtype
-  sg = _scale(recipe, hg, g, E5M2)
+  ag = formats.amax(g)
+  sg = _scale(recipe, hg, ag, E5M2)
   qg = formats.quantize(g, E5M2, sg)
-  # Both backward GEMMs are the transposes of the forward one, on FP8 operands.
-  _, vjp = jax.vjp(lambda a, b: lax.dot_general(a, b, dims, preferred_element_type=jnp.float32),
-                   _dq(qx, sx, cd), _dq(qw, sw, cd))
-  dx, dw = vjp(_dq(qg, sg, jnp.float32))  # the GEMM's output is float32: so is its cotangent (exact)
+  n = g.ndim - 1
+  # dgrad: g[..., N] . w[K, N] over N;  wgrad: x[T, K] . g[T, N] over the T flattened tokens.
+  dx = _scaled_dot(qg, qw, (((n,), (1,)), ((), ())), sg * sw, g.dtype)
+  dw = _scaled_dot(qx.reshape(-1, qx.shape[-1]), qg.reshape(-1, qg.shape[-1]), (((0,), (0,)), ((), ())),
+                   sx * sg, g.dtype)
   if meta:
     hx, hw, _ = meta
-    obs = (_observation(hx, ax), _observation(hw, aw), _observation(hg, formats.amax(g)))
+    obs = (_observation(hx, ax), _observation(hw, aw), _observation(hg, ag))
   else:
     obs = ()
-  return dx.astype(cd), dw.astype(cd), obs
+  return dx, dw, obs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -104,20 +122,14 @@ _fp8_dot.defvjp(lambda x, w, meta, dims, recipe: _fwd(x, w, meta, dims, recipe),
 
 
 def fp8_dot_general(x, w, meta, dims, recipe: Recipe):
-  """x . w per `dims` with per-tensor FP8 scaling; `meta` = (x, kernel, grad) amax
-  histories for delayed scaling, () for current scaling. Operands are first promoted to a
-  common dtype, the precision of the dequantized GEMM inputs and of the output."""
+  """x . w per `dims` (Dense-shaped: x[..., K] . w[K, N]) with per-tensor FP8 scaling;
+  `meta` = (x, kernel, grad) amax histories for delayed scaling, () for current scaling.
+  Operands are first promoted to a common dtype, the dtype of the output and gradients."""
   dtype = jnp.promote_types(x.dtype, w.dtype)
   return _fp8_dot(x.astype(dtype), w.astype(dtype), meta, dims, recipe)
 
 
 # ------------------------------------------------------------------------- block scaling
-
-def _check_dense(x, w, dims):
-  (lc, rc), (lb, rb) = dims
-  if lb or rb or tuple(lc) != (x.ndim - 1,) or tuple(rc) != (0,) or w.ndim != 2:
-    raise ValueError(f"block scaling supports Dense-shaped contractions (x[..., K] . w[K, N]); got {dims}")
-
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _block_dense(x, w, block: int, dims):

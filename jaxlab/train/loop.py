@@ -207,22 +207,38 @@ def abstract_batch(local_batch: dict, data_sharding: NamedSharding | None = None
   return jax.tree.map(one, local_batch)
 
 
+class Lowered(NamedTuple):
+  """A stage's train step lowered for a mesh (not yet compiled), with what it was lowered from."""
+  setup: StepSetup
+  lowered: Any         # jax.stages.Lowered: as_text(dialect="hlo") is the pre-optimisation HLO
+  batch: dict          # the global batch's ShapeDtypeStructs, with their sharding
+
+
 class Compiled(NamedTuple):
   """A stage's train step compiled for a mesh, with what it was compiled from."""
   setup: StepSetup
   compiled: Any        # jax.stages.Compiled: memory_analysis(), as_text()
   batch: dict          # the global batch's ShapeDtypeStructs, with their sharding
+  lowered: Any = None  # the jax.stages.Lowered it was compiled from
 
 
-def compile_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict) -> Compiled:
-  """Lower and compile the train step `run` would train, from shapes alone: `batch` holds
-  the global batch's ShapeDtypeStructs (e.g. a Stage's). Nothing is initialised or read."""
+def lower_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict) -> Lowered:
+  """Lower the train step `run` would train, from shapes alone: `batch` holds the global
+  batch's ShapeDtypeStructs (e.g. a Stage's). Nothing is initialised, read or compiled."""
   with mesh_context(opts, mesh):
     setup = build(task, opts, mesh)
     batch = jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape, b.dtype, sharding=setup.data_sharding), batch)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=setup.replicated)
-    compiled = setup.train_step.lower(setup.abstract_state, batch, rng).compile()
-  return Compiled(setup, compiled, batch)
+    lowered = setup.train_step.lower(setup.abstract_state, batch, rng)
+  return Lowered(setup, lowered, batch)
+
+
+def compile_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict) -> Compiled:
+  """`lower_step`, then XLA's compile for the mesh."""
+  low = lower_step(task, opts, mesh, batch)
+  with mesh_context(opts, mesh):
+    compiled = low.lowered.compile()
+  return Compiled(low.setup, compiled, low.batch, low.lowered)
 
 
 @dataclasses.dataclass

@@ -75,3 +75,15 @@ def test_a_wrong_rule_in_a_later_stage_names_that_stage(capsys):
   assert aot.main(["--config", spec, rule]) == 2
   err = capsys.readouterr().err
   assert "sharding error in stage aesthetic: params/out/kernel" in err, err
+
+
+def test_dump_hlo_writes_each_stage_and_counts_fp8_dots(tmp_path, capsys):
+  # The toy GPT in BF16 at O2 with a tied head: 6 projections in the scanned block, each
+  # with its forward, dgrad and wgrad GEMM on FP8 operands.
+  argv = ["--dump-hlo", str(tmp_path / "hlo"), *args("fp8.level=O2", "model.dtype=bfloat16")]
+  assert aot.main(argv) == 0
+  out = capsys.readouterr().out
+  text = (tmp_path / "hlo" / "lm.hlo.txt").read_text()
+  assert text.startswith("HloModule") and "f8e4m3fn" in text and "f8e5m2" in text
+  assert "dots of the lowered step: 18 of " in out and ", 0 blocked" in out
+  assert f"lowered HLO written to {tmp_path / 'hlo' / 'lm.hlo.txt'}" in out
