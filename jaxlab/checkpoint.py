@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -28,6 +27,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iter: Any = No
   """State (and the data iterator's position, if given) at `step`, asynchronously."""
   items = {"state": ocp.args.StandardSave(state)}
   if data_iter is not None:
+    import grain  # only runs with a data iterator need it (a GPU bench imports the loop without)
     items["data"] = grain.checkpoint.CheckpointSave(data_iter)
   mngr.save(step, args=ocp.args.Composite(**items), force=True)
 
@@ -45,6 +45,7 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any, data_iter: 
     return None
   items = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
+    import grain
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
   return step, restored["state"]
