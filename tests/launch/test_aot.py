@@ -1,6 +1,8 @@
 """python -m jaxlab.aot: compile every stage's train step for 8 devices from shapes alone."""
 import pathlib
 
+import pytest
+
 from jaxlab import aot
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -77,6 +79,7 @@ def test_a_wrong_rule_in_a_later_stage_names_that_stage(capsys):
   assert "sharding error in stage aesthetic: params/out/kernel" in err, err
 
 
+@pytest.mark.slow  # a full compile on a TP mesh; tests/fp8/test_hlo.py checks the count in make test
 def test_dump_hlo_writes_each_stage_and_counts_fp8_dots(tmp_path, capsys):
   # The toy GPT in BF16 at O2 with a tied head: 6 projections in the scanned block, each
   # with its forward, dgrad and wgrad GEMM on FP8 operands.
