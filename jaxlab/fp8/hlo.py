@@ -213,7 +213,7 @@ class DotReport:
 
 
 def fp8_dots(text: str) -> DotReport:
-  """Classify every dot (and convolution-free GEMM) of an HLO module's text."""
+  """Classify every dot of an HLO module's text."""
   dots = []
   for cname, comp in parse(text).items():
     for ins in comp.values():
