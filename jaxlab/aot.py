@@ -91,14 +91,13 @@ def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None 
     except config_lib.ConfigError as e:
       raise config_lib.ConfigError(f"stage {stage.name}: {e}") from None
     text = out.lowered.as_text(dialect="hlo")
-    if dump_hlo:
+    path = os.path.join(dump_hlo, f"{stage.name}.hlo.txt") if dump_hlo else None
+    if path:
       os.makedirs(dump_hlo, exist_ok=True)
-      path = os.path.join(dump_hlo, f"{stage.name}.hlo.txt")
       with open(path, "w") as f:
         f.write(text)
-    dots = hlo.fp8_dots(text)
-    results.append(dict(_figures(stage, out, mesh), config=config_spec, dots=dots.summary(),
-                        hlo_path=os.path.join(dump_hlo, f"{stage.name}.hlo.txt") if dump_hlo else None))
+    results.append(dict(_figures(stage, out, mesh), config=config_spec, dots=hlo.fp8_dots(text).summary(),
+                        hlo_path=path))
   return results
 
 
