@@ -251,8 +251,9 @@ def launch_local(num_processes: int, command: Sequence[str], *, devices_per_proc
     if rc != 0:
       print(f"[launch] process {i} {_describe_exit(rc)}", file=out, flush=True)
   if any(rc == -signal.SIGABRT for rc in codes):
-    print("[launch] a process stopped with SIGABRT: JAX's distributed service stops every process once one "
-          "of them dies (see 'detected fatal errors' above). Rerun the same command to resume from the last "
+    print("[launch] a process stopped with SIGABRT: JAX's distributed runtime aborts the surviving "
+          "processes once one of them dies (its coordination service reports 'detected fatal errors', or the "
+          "collective transport fails mid-step; see above). Rerun the same command to resume from the last "
           "checkpoint.", file=out, flush=True)
   failed = [rc for rc in codes if rc != 0]
   return failed[0] if failed[0] > 0 else 128 - failed[0]

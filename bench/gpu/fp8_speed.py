@@ -129,6 +129,11 @@ def bench_gemms(args, gpu: bool) -> dict:
 
 # ------------------------------------------------------------------------------ GPT step
 
+# One chip: the timings are per GPU, and a host with forced CPU devices (XLA_FLAGS) still
+# compiles the same single-device step in --dry-run.
+ONE_CHIP = (("data", 1), ("model", 1))
+
+
 def level_config(level: str, args) -> ml_collections.ConfigDict:
   # The groups fp8.apply reads, written out: configs/fp8/gpt.py imports the LM trainer, whose
   # data pipeline (tfds, grain, tokenizers) the GPU machine does not have.
@@ -138,7 +143,7 @@ def level_config(level: str, args) -> ml_collections.ConfigDict:
   c.optim = dict(learning_rate=2e-4, warmup_steps=10, min_lr_ratio=0.1, weight_decay=0.1, b1=0.9, b2=0.95,
                  eps=1e-8, grad_clip=1.0)
   c.train = dict(steps=1000, batch_size=args.batch)
-  c.mesh = (("data", -1), ("model", 1))
+  c.mesh = ONE_CHIP
   c.sharding = dict(layout="dp", extra_rules=())
   return fp8.configure(c)
 
@@ -163,8 +168,8 @@ def gpt_task(level: str, args) -> Task:
 
 def bench_step(level: str, args, gpu: bool) -> dict:
   task = gpt_task(level, args)
-  opts = loop.Options(steps=1000, batch_size=args.batch)
-  mesh = sharding.make_mesh(opts.mesh)
+  opts = loop.Options(steps=1000, batch_size=args.batch, mesh=ONE_CHIP)
+  mesh = sharding.make_mesh(opts.mesh, jax.devices()[:1])
   spec = {k: jax.ShapeDtypeStruct((args.batch, args.seq), jnp.int32) for k in ("inputs", "targets")}
   t0 = time.perf_counter()
   low = loop.lower_step(task, opts, mesh, spec)

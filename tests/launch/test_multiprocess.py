@@ -111,10 +111,12 @@ def test_killing_one_process_stops_the_others_with_a_clear_error(run):
   out = run["killed_output"]
   assert run["killed_rc"] != 0
   assert "[launch] process 1 was stopped by SIGKILL" in out, out
-  # Process 0 stopped on its own (JAX's coordination service noticed), not by the launcher.
+  # Process 0 stopped on its own, not by the launcher.
   assert "still running" not in out, out
   assert re.search(r"^\[launch\] process 0 (was stopped by|exited with status)", out, re.M), out
-  assert "JAX distributed service detected fatal errors" in out, out
+  # Whichever part of JAX's runtime notices first: the coordination service, or the collective
+  # transport (gloo on CPU) failing mid-step when its peer vanished.
+  assert re.search(r"JAX distributed service detected fatal errors|gloo::EnforceNotMet|Gloo.*(closed|reset)", out), out
   assert run["stop_seconds"] < BOUND, f"took {run['stop_seconds']:.0f} s"
 
 
