@@ -11,10 +11,14 @@ Narrow tensors carry a per-tensor (per-layer for stacked parameters) scale. The 
 apply to matrices (kernels and embeddings, >99% of a GPT's parameters); biases and LayerNorm
 vectors stay FP32 with FP32 moments, as in MS-AMP.
 
-The optimizer returns the next *stored* parameters rather than additive updates: with FP16
-or FP8 weights, `w + u` must be computed in FP32 from the master (or the FP16 weight) and
-rounded once. `precision(level)` gives the train step the matching store/view/wire/apply
-functions (see train/state.py).
+`scaled_adamw` is an optax GradientTransformation that returns additive updates, so it
+chains with `optax.MultiSteps`, `optax.apply_if_finite` and the rest of optax. It computes
+the next weight w' in FP32 (from the master copy where the level keeps one) and returns
+u = w' - w, with w the parameters it was given: the stored weights' exact FP32 values
+(`precision(level).values`). `precision(level).apply` adds u to the same values and rounds
+once into the storage format, so w' reaches storage as the optimizer computed it, never
+through FP16 or FP8 arithmetic on w + u, and a zero update leaves every stored byte as it
+was. See train/state.py for the other store/view/wire functions.
 """
 from __future__ import annotations
 
@@ -103,9 +107,11 @@ class ScaledAdamState(NamedTuple):
 
 def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2=0.999, eps=1e-8,
                  weight_decay=0.0) -> optax.GradientTransformation:
-  """AdamW with m, v and master weights in `level`'s formats; `update` returns the next
-  stored parameters (see the module docstring). Gradients may arrive as ScaledTensors.
-  Weight decay applies to kernels and embeddings only, as `train.optim.decay_mask`."""
+  """AdamW with m, v and master weights in `level`'s formats; `update(grads, state, params)`
+  returns FP32 updates (see the module docstring). `init` takes the parameters in full
+  precision (train/state.init_state passes the unrounded initial values, so O3's master starts
+  from them, as in MS-AMP) or as stored. Gradients may arrive as ScaledTensors. Weight decay
+  applies to kernels and embeddings only, as `train.optim.decay_mask`."""
   fmt = lambda name, dtype: dtype if is_matrix(name) else F32
   # Only matrices have a separate master copy; FP32 vectors are their own (a one-element
   # placeholder keeps the trees aligned: orbax refuses zero-size arrays).
@@ -119,6 +125,9 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
                            nu=_map(lambda n, p: zeros(n, p, level.v), params), master=master)
 
   def update(grads, state, params):
+    if params is None:
+      raise ValueError("scaled_adamw needs the parameters (update(grads, state, params)): weight decay and "
+                       "the updates are computed from them")
     count = state.count + 1
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     c1, c2 = 1 - b1 ** count.astype(F32), 1 - b2 ** count.astype(F32)
@@ -140,8 +149,8 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
     pick = lambda i: jax.tree.map(lambda t: t[i], results, is_leaf=is_triple)
     mu, nu, new = pick(0), pick(1), pick(2)
     master = _map(_master, new) if level.master is not None else ()
-    stored = _map(lambda n, x: encode(x, fmt(n, level.weight), n), new)
-    return stored, ScaledAdamState(count=count, mu=mu, nu=nu, master=master)
+    updates = jax.tree.map(lambda w_new, w: w_new - decode(w), new, params, is_leaf=formats.is_scaled)
+    return updates, ScaledAdamState(count=count, mu=mu, nu=nu, master=master)
 
   return optax.GradientTransformation(init, update)
 
@@ -149,12 +158,18 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
 def precision(level: Level) -> Precision:
   """Storage and gradient formats of `level` for the train step (train/state.py)."""
   compute = F16 if level.weight == E4M3 else level.weight  # O3's FP8 weights are used as FP16
+  stored_format = lambda name: level.weight if is_matrix(name) else F32
+
+  def apply(stored, updates):
+    return _map(lambda n, w, u: encode(decode(w) + u, stored_format(n), n), stored, updates)
+
   return Precision(
-      store=lambda params: _map(lambda n, p: encode(p, level.weight if is_matrix(n) else F32, n), params),
+      store=lambda params: _map(lambda n, p: encode(p, stored_format(n), n), params),
       view=lambda stored: _map(lambda n, p: decode(p, compute) if is_matrix(n) else p, stored),
+      values=decode_tree,
       encode_grads=lambda grads: _map(lambda n, g: encode(g, level.grad, n) if is_matrix(n) else g, grads),
       decode_grads=decode_tree,
-      apply=lambda stored, new: new)
+      apply=apply)
 
 
 def optimizer(level: Level, schedule: optax.Schedule, cfg) -> optax.GradientTransformation:

@@ -29,10 +29,13 @@ class Precision:
   view(stored)         stored -> the params the model computes with (and is differentiated by)
   encode_grads(grads)  gradients as they travel to the optimizer (e.g. narrow with scales)
   decode_grads(grads)  back to float for clipping and the optimizer
-  apply(stored, out)   stored params and the optimizer's output -> next stored params
+  values(stored)       stored -> their exact values (e.g. FP32), the params the optimizer
+                       is given and its updates are relative to
+  apply(stored, upd)   stored params and the optimizer's updates -> next stored params
   """
   store: Callable = lambda p: p
   view: Callable = lambda p: p
+  values: Callable = lambda p: p
   encode_grads: Callable = lambda g: g
   decode_grads: Callable = lambda g: g
   apply: Callable = optax.apply_updates
@@ -98,8 +101,11 @@ class Task:
 def init_state(task: Task, rng: jax.Array) -> TrainState:
   """The step-0 state: the task's variables, params stored in its precision, fresh optimizer."""
   variables = dict(task.init(task.model, rng))
-  params = task.precision.store(variables.pop("params"))
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=task.optimizer.init(params),
+  full = variables.pop("params")
+  # The optimizer starts from the unrounded values (e.g. an FP16 master copy of FP8 weights),
+  # in the tree its updates have: that of `precision.values`, not of storage.
+  return TrainState(step=jnp.zeros((), jnp.int32), params=task.precision.store(full),
+                    opt_state=task.optimizer.init(full),
                     model_state=variables,
                     sync_state=task.grad_sync.init() if task.grad_sync else ())
 
@@ -181,10 +187,10 @@ def make_train_step(task: Task, microbatches: int = 1):
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
-    loss, metrics, updates, grads, obs, sync_state = gradients(state, batch, rng)
-    out, opt_state = tx.update(grads, state.opt_state, prec.view(state.params))
-    params = prec.apply(state.params, out)
-    model_state = {**state.model_state, **updates}
+    loss, metrics, collections, grads, obs, sync_state = gradients(state, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, prec.values(state.params))
+    params = prec.apply(state.params, updates)
+    model_state = {**state.model_state, **collections}
     for name, update in task.observed.items():
       if name in obs:
         model_state[name] = update(state.model_state[name], obs[name])

@@ -33,10 +33,82 @@ def test_scaled_adamw_in_fp32_formats_equals_optax_adamw():
   p_ours = params
   for i in range(3):
     g = jax.tree.map(lambda p: jnp.sin(p * 100 + i), params)
-    p_ours, s_ours = ours.update(g, s_ours, p_ours)
+    u_ours, s_ours = ours.update(g, s_ours, p_ours)
     u, s_ref = ref.update(g, s_ref, p_ref)
-    p_ref = optax.apply_updates(p_ref, u)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), u_ours, u)  # updates, as optax
+    p_ours, p_ref = optax.apply_updates(p_ours, u_ours), optax.apply_updates(p_ref, u)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p_ours, p_ref)
+
+
+F32_LEVEL = fo.Level(gemm_fp8=False, weight=jnp.float32, grad=jnp.float32, master=None, m=jnp.float32, v=jnp.float32)
+
+
+def test_scaled_adamw_accumulates_under_optax_multisteps_as_optax_adamw_does():
+  params = _params()
+  ours = optax.MultiSteps(fo.scaled_adamw(F32_LEVEL, 1e-2, 0.9, 0.95, 1e-8, 0.1), every_k_schedule=2)
+  ref = optax.MultiSteps(optax.adamw(1e-2, 0.9, 0.95, 1e-8, weight_decay=0.1, mask=fp8_decay_mask), every_k_schedule=2)
+  s_ours, s_ref, p_ours, p_ref = ours.init(params), ref.init(params), params, params
+  for i in range(6):
+    g = jax.tree.map(lambda p: jnp.sin(p * 100 + i), params)
+    u_ours, s_ours = ours.update(g, s_ours, p_ours)
+    u_ref, s_ref = ref.update(g, s_ref, p_ref)
+    p_ours, p_ref = optax.apply_updates(p_ours, u_ours), optax.apply_updates(p_ref, u_ref)
+    if i % 2 == 0:  # a microstep: nothing moves yet
+      jax.tree.map(lambda u: np.testing.assert_array_equal(u, 0), u_ours)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), p_ours, p_ref)
+  assert int(s_ours.inner_opt_state.count) == 3
+
+
+def _kernel(tree):
+  return tree["decoder"]["layers"]["block"]["mlp"]["fc"]["kernel"]
+
+
+def test_o3_first_step_stores_master_minus_lr_sign_g_rounded_once():
+  """Adam's first step is lr * g / (|g| + eps): with eps tiny, w' = w - lr * sign(g). At O3 the
+  master copy (FP16 of the unrounded initial weights) moves by it and the FP8 weight is that
+  value rounded once; worked without the optimizer's code."""
+  params, lvl, lr = _params(), fo.LEVELS["O3"], 1e-3
+  prec, tx = fo.precision(lvl), fo.scaled_adamw(lvl, lr, 0.9, 0.95, eps=1e-12)
+  stored, state = prec.store(params), tx.init(params)
+  g = jax.tree.map(lambda p: jnp.cos(p * 50 + 1), params)
+  updates, state = tx.update(g, state, prec.values(stored))
+  new = prec.apply(stored, updates)
+  w0 = np.asarray(_kernel(params), np.float32)
+  master = w0 - lr * np.sign(np.asarray(_kernel(g)))
+  got_master = np.asarray(_kernel(state.master).dequantize())
+  # Two FP16 roundings (the initial copy, the step's result): 2^-11 relative each.
+  assert np.all(np.abs(got_master - master) <= 2 ** -10 * (np.abs(w0) + lr))
+  got = _kernel(new)
+  assert got.data.dtype == formats.E4M3
+  # The FP8 weight is the master rounded once (not w + u in FP8 arithmetic) ...
+  once = fo.encode(jnp.asarray(got_master), formats.E4M3, "decoder/layers/block/mlp/fc/kernel")
+  np.testing.assert_array_equal(np.asarray(got.data, np.float32), np.asarray(once.data, np.float32))
+  # ... and within E4M3's rounding (2^-4 relative) of the hand-worked value.
+  floor = float(np.max(np.asarray(got.scale))) * 2 ** -9
+  np.testing.assert_allclose(np.asarray(got.dequantize()), master, rtol=2 ** -4, atol=floor)
+  bias = params["decoder"]["layers"]["block"]["mlp"]["fc"]["bias"]
+  gb = g["decoder"]["layers"]["block"]["mlp"]["fc"]["bias"]
+  np.testing.assert_allclose(new["decoder"]["layers"]["block"]["mlp"]["fc"]["bias"],
+                             np.asarray(bias) - lr * np.sign(np.asarray(gb)), rtol=1e-6, atol=1e-7)
+
+
+def test_o2_optimizer_under_apply_if_finite_skips_a_nonfinite_step_and_keeps_its_state():
+  params, lvl = _params(), fo.LEVELS["O2"]
+  prec = fo.precision(lvl)
+  tx = optax.apply_if_finite(fo.scaled_adamw(lvl, 1e-3, 0.9, 0.95), max_consecutive_errors=3)
+  stored, state = prec.store(params), tx.init(params)
+  g = jax.tree.map(lambda p: jnp.cos(p * 50), params)
+  bad = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), g)
+  updates, state_after_bad = jax.jit(tx.update)(bad, state, prec.values(stored))
+  skipped = prec.apply(stored, updates)
+  assert int(state_after_bad.notfinite_count) == 1 and int(state_after_bad.inner_state.count) == 0
+  # Nothing moved: every stored byte (FP16 weights with their scales, FP32 vectors) is as it was.
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), skipped, stored)
+  # The following finite step is the plain optimizer's first step.
+  u1, s1 = tx.update(g, state_after_bad, prec.values(skipped))
+  u2, _ = fo.scaled_adamw(lvl, 1e-3, 0.9, 0.95).update(g, fo.scaled_adamw(lvl, 1e-3).init(params), prec.values(stored))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), u1, u2)
+  assert int(s1.inner_state.count) == 1
 
 
 def fp8_decay_mask(params):
@@ -51,7 +123,7 @@ def test_o2_moments_are_fp8_and_fp16_with_per_tensor_scales():
   stored = prec.store(params)
   state = tx.init(stored)
   g = jax.tree.map(lambda p: jnp.cos(p * 50) * 1e-3, params)
-  _, state = tx.update(g, state, prec.view(stored))
+  _, state = tx.update(g, state, prec.values(stored))
   m = state.mu["decoder"]["layers"]["block"]["mlp"]["fc"]["kernel"]
   v = state.nu["decoder"]["layers"]["block"]["mlp"]["fc"]["kernel"]
   assert m.data.dtype == formats.E4M3 and v.data.dtype == jnp.float16 and m.scale.shape == (2, 1, 1)
