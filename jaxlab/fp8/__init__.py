@@ -7,6 +7,7 @@ Pieces (each usable on its own from a notebook):
   comm      FP8 gradient all-reduce with automatic scaling (jax.shard_map)
   memory    bytes per parameter of a real train state, by category
   hlo       which dots of a lowered step are FP8 GEMMs after XLA's GPU rewrite
+  own       FP8 GEMMs in your own Flax model and training loop (inject, value_and_grad, checked)
 
 Training uses all of them through one transformation of a trainer's Task:
 `task = fp8.apply(cfg, task)` (after `cfg = fp8.configure(cfg)` has checked the `fp8`
@@ -22,7 +23,7 @@ import optax
 from flax.linen import fp8_ops
 
 from jaxlab import config as config_lib
-from jaxlab.fp8 import comm, dot, formats, hlo, memory, optim as fp8_optim
+from jaxlab.fp8 import comm, dot, formats, hlo, memory, own, optim as fp8_optim
 from jaxlab.fp8.dot import Recipe
 from jaxlab.train import optim as train_optim
 from jaxlab.train.state import Task
@@ -112,5 +113,5 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
                       partition_rules=tuple(task.partition_rules) + PARTITION_RULES, **task_options(f))
 
 
-__all__ = ["NAME", "Recipe", "comm", "dot", "formats", "hlo", "memory", "fp8_optim", "default_config", "configure",
+__all__ = ["NAME", "Recipe", "comm", "dot", "formats", "hlo", "memory", "own", "fp8_optim", "default_config", "configure",
            "apply", "recipe", "dot_general_for", "task_options", "optimizer_for", "LEVEL_NAMES"]
