@@ -1,11 +1,13 @@
 """python -m jaxlab.scalingfilter {score, select, diversity} ...
 
-  score   --small PATH --large PATH --input SRC [SRC ...] --output OUT.jsonl|OUT_DIR
+  score   --small PATH --large PATH --input SRC [SRC ...] --output OUT [--sharded] [--overwrite]
           [--text-field F] [--id-field F] [--data-dir TFDS_DIR]
           SRC: a .jsonl/.jsonl.gz/.parquet/.txt file, a directory of them, or tfds:NAME[:split]
           (read with tfds.data_source from --data-dir; e.g. tfds:local_text/hXXXX --id-field index).
-          OUT.jsonl: one output file (one process). OUT_DIR: per-host sharding, each JAX process
-          scores every process_count-th input file into OUT_DIR/part-IIIII-of-NNNNN.jsonl.
+          OUT: one JSONL output file (one process). With --sharded, OUT is a directory: each JAX
+          process scores every process_count-th input file into OUT/part-IIIII-of-NNNNN.jsonl.
+          An existing OUT is resumed (ids already there keep their scores, and the run says how
+          many it skipped); --overwrite deletes it and rescores everything.
   select  --scores OUT.jsonl --output KEPT.jsonl --method topk|threshold|temperature|random|ppl_gate|dsir|classifier
           [--k 70] [--threshold X] [--temperature T] [--input DOCS --text-field F --id-field F]
           [--target FILE] [--positives FILE --negatives FILE] [--seed 0]
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from jaxlab.scalingfilter import score as score_lib
@@ -31,22 +34,26 @@ def _texts(path: str, text_field: str, id_field: str) -> dict[str, str]:
 
 def cmd_score(args) -> int:
   import jax
-  single = args.output.endswith(".jsonl")
-  if single and jax.process_count() > 1:
-    raise SystemExit(f"--output {args.output}: {jax.process_count()} processes need an output directory "
-                     "(one part per process)")
+  if not args.sharded and jax.process_count() > 1:
+    raise SystemExit(f"{jax.process_count()} processes: pass --sharded (--output is then a directory, "
+                     "one part per process)")
+  if not args.sharded and os.path.isdir(args.output):
+    raise SystemExit(f"--output {args.output} is a directory: pass --sharded to write one part per process there")
   small, large = score_lib.load_meta_model(args.small), score_lib.load_meta_model(args.large)
   common = dict(text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
-                tokens_per_batch=args.tokens_per_batch)
-  if single:
-    counts = score_lib.score_file(args.input, args.output, small, large, **common)
-    rejects = f"{args.output}.rejects.jsonl"
-  else:
+                tokens_per_batch=args.tokens_per_batch, overwrite=args.overwrite)
+  if args.sharded:
     counts = score_lib.score_sharded(args.input, args.output, small, large, **common)
-    rejects = score_lib.part_path(args.output, counts["process_index"], counts["process_count"]) + ".rejects.jsonl"
+    output = score_lib.part_path(args.output, counts["process_index"], counts["process_count"])
+  else:
+    counts = score_lib.score_file(args.input, args.output, small, large, **common)
+    output = args.output
+  if counts["resumed_from"]:
+    print(f"resumed {output}: {counts['skipped_done']} documents already there were skipped and keep their "
+          "old scores (--overwrite rescores them)", file=sys.stderr)
   print(json.dumps(counts))
   if counts["rejected"]:
-    print(f"rejected documents and reasons: {rejects}", file=sys.stderr)
+    print(f"rejected documents and reasons: {output}.rejects.jsonl", file=sys.stderr)
   return 0
 
 
@@ -83,7 +90,10 @@ def main(argv=None) -> int:
   s.add_argument("--small", required=True)
   s.add_argument("--large", required=True)
   s.add_argument("--input", required=True, nargs="+")
-  s.add_argument("--output", required=True)
+  s.add_argument("--output", required=True, help="a JSONL file, or with --sharded a directory")
+  s.add_argument("--sharded", action="store_true",
+                 help="split the input files over the JAX processes, one part file each under --output")
+  s.add_argument("--overwrite", action="store_true", help="rescore everything instead of resuming --output")
   s.add_argument("--data-dir", default="", help="tfds data_dir for tfds:NAME inputs")
   s.add_argument("--text-field", default="text")
   s.add_argument("--id-field", default="id")

@@ -15,7 +15,11 @@ predictions' NLL over all windows divided by n - 1.
 Output: one JSONL row per input document, in input order; rejected documents (bad JSON,
 missing or non-string text, empty text, fewer than 2 tokens, invalid UTF-8, duplicate id)
 go to `<output>.rejects.jsonl` with the reason. An interrupted run resumes: documents whose
-id is already in the output or rejects file are skipped, a torn last line is dropped.
+id is already in the output or rejects file are skipped (and counted as `skipped_done`), a
+torn last line is dropped; `overwrite=True` rescores from scratch instead.
+
+In memory, `score_texts` scores a list of strings and returns arrays (no files); the
+datatrove stage (jaxlab.scalingfilter.datatrove) scores Documents with `score_batch`.
 """
 from __future__ import annotations
 
@@ -187,6 +191,112 @@ def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int, tokens_p
   return sums[:-1] / predictions[:, None]
 
 
+# ------------------------------------------------------------------------------ batches of texts
+
+@dataclasses.dataclass(frozen=True)
+class Scorer:
+  """A meta-model pair made ready to score: parameters on the mesh, the compiled NLL
+  functions, the shared tokenizer and the batching options. Built once per run (or per
+  datatrove task) by `make_scorer`, used by `score_batch`."""
+
+  nll_fns: tuple
+  params: tuple
+  encoder: Any
+  context: int
+  row_multiple: int
+  tokens_per_batch: int
+  pack_len: int
+
+
+def make_scorer(small: MetaModel, large: MetaModel, *, tokens_per_batch: int = TOKENS_PER_BATCH,
+                pack_len: int = PACK_LEN, mesh=None) -> Scorer:
+  """Check the pair (same tokenizer), place both models' parameters on `mesh` (default: all
+  devices on one "data" axis) and build their NLL functions."""
+  check_pair(small, large)
+  mesh = mesh if mesh is not None else sharding.make_mesh([("data", -1)])
+  replicated = NamedSharding(mesh, P())
+  return Scorer(nll_fns=(make_nll_fn(small.model, mesh), make_nll_fn(large.model, mesh)),
+                params=(jax.device_put(small.params, replicated), jax.device_put(large.params, replicated)),
+                encoder=small.tokenizer.backend_tokenizer, context=min(small.context, large.context),
+                row_multiple=mesh.shape["data"], tokens_per_batch=tokens_per_batch, pack_len=pack_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextScores:
+  """Scores of a list of texts, each array aligned with the input. A text that cannot be
+  scored has NaN scores, n_tokens 0 (or its token count when too short) and a reason in
+  `reasons` ("not_string", "empty_text", "too_short"); scored texts have reason ""."""
+
+  n_tokens: np.ndarray
+  nll_small: np.ndarray
+  nll_large: np.ndarray
+  reasons: tuple[str, ...]
+
+  @property
+  def ppl_small(self) -> np.ndarray:
+    """exp(nll_small): the small model's perplexity."""
+    return np.exp(self.nll_small)
+
+  @property
+  def ppl_large(self) -> np.ndarray:
+    """exp(nll_large): the large model's perplexity."""
+    return np.exp(self.nll_large)
+
+  @property
+  def quality_factor(self) -> np.ndarray:
+    """d = PPL_small / PPL_large = exp(nll_small - nll_large)."""
+    return np.exp(self.nll_small - self.nll_large)
+
+  @property
+  def scored(self) -> np.ndarray:
+    """Boolean mask of the texts that have scores."""
+    return np.array([not r for r in self.reasons], bool)
+
+  def row(self, i: int) -> dict:
+    """The scores-file fields of text i (n_tokens, nll/ppl of both models, quality_factor)."""
+    l_small, l_large = float(self.nll_small[i]), float(self.nll_large[i])
+    return {"n_tokens": int(self.n_tokens[i]), "nll_small": l_small, "ppl_small": math.exp(l_small),
+            "nll_large": l_large, "ppl_large": math.exp(l_large), "quality_factor": math.exp(l_small - l_large)}
+
+
+def score_batch(scorer: Scorer, texts: Sequence[Any]) -> TextScores:
+  """Tokenize and score one batch of texts, packed (see score_token_lists)."""
+  reasons = ["not_string" if not isinstance(t, str) else "empty_text" if not t.strip() else "" for t in texts]
+  todo = [i for i, r in enumerate(reasons) if not r]
+  encoded = scorer.encoder.encode_batch([texts[i] for i in todo]) if todo else []
+  n_tokens = np.zeros(len(texts), np.int64)
+  ids = {}
+  for i, e in zip(todo, encoded):
+    n_tokens[i] = len(e.ids)
+    if len(e.ids) < 2:  # no next-token prediction to average
+      reasons[i] = "too_short"
+    else:
+      ids[i] = np.asarray(e.ids, np.int32)
+  nll = np.full((len(texts), 2), np.nan)
+  if ids:
+    nll[list(ids)] = score_token_lists(list(ids.values()), scorer.nll_fns, context=scorer.context,
+                                       tokens_per_batch=scorer.tokens_per_batch, row_multiple=scorer.row_multiple,
+                                       params=scorer.params, pack_len=scorer.pack_len)
+  return TextScores(n_tokens, nll[:, 0], nll[:, 1], tuple(reasons))
+
+
+def score_texts(texts: Sequence[str], small: MetaModel | str, large: MetaModel | str, *,
+                tokens_per_batch: int = TOKENS_PER_BATCH, pack_len: int = PACK_LEN, mesh=None,
+                batch_docs: int = 4096) -> TextScores:
+  """Score a list of strings in memory (no files): `small` and `large` are MetaModels or
+  paths for `load_meta_model`. Returns arrays aligned with `texts` (see TextScores);
+  texts that cannot be scored are NaN with their reason, never dropped."""
+  small = load_meta_model(small) if isinstance(small, str) else small
+  large = load_meta_model(large) if isinstance(large, str) else large
+  scorer = make_scorer(small, large, tokens_per_batch=tokens_per_batch, pack_len=pack_len, mesh=mesh)
+  texts = list(texts)
+  parts = [score_batch(scorer, texts[i:i + batch_docs]) for i in range(0, len(texts), batch_docs)]
+  if not parts:
+    return TextScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), ())
+  return TextScores(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("n_tokens", "nll_small", "nll_large")),
+                    sum((p.reasons for p in parts), ()))
+
+
 # ------------------------------------------------------------------------------ input
 
 DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".txt")
@@ -272,33 +382,48 @@ def read_tfds(spec: str, text_field: str = "text", id_field: str = "id", data_di
     yield doc_id, _text_or_reject(record, text_field, f"{name}/{split}", i + 1)
 
 
+def jsonl_records(f, name: str, text_field: str = "text", id_field: str = "id"
+                  ) -> Iterator[tuple[str, Any, dict | None]]:
+  """(id, text or Reject, record or None) for each line of an open binary JSONL file;
+  `name` prefixes fallback ids (`name:line`). Readers over other file systems share it."""
+  for line_no, raw in enumerate(f, 1):
+    fallback = f"{name}:{line_no}"
+    try:
+      record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+      yield fallback, Reject(name, line_no, "invalid_utf8", excerpt(raw)), None
+      continue
+    except json.JSONDecodeError:
+      yield fallback, Reject(name, line_no, "bad_json", excerpt(raw)), None
+      continue
+    if not isinstance(record, dict):
+      yield fallback, Reject(name, line_no, "not_object", excerpt(raw)), None
+      continue
+    doc_id = record.get(id_field)
+    yield (str(doc_id) if doc_id is not None else fallback), _text_or_reject(record, text_field, name, line_no), record
+
+
+def parquet_records(f, name: str, text_field: str = "text", id_field: str = "id"
+                    ) -> Iterator[tuple[str, Any, dict]]:
+  """(id, text or Reject, record) for each row of an open Parquet file (fallback id `name:row`, 0-based)."""
+  import pyarrow.parquet as pq
+  row = 0
+  for batch in pq.ParquetFile(f).iter_batches(columns=None):
+    for record in batch.to_pylist():
+      doc_id = record.get(id_field)
+      yield ((str(doc_id) if doc_id is not None else f"{name}:{row}"),
+             _text_or_reject(record, text_field, name, row + 1), record)
+      row += 1
+
+
 def _read_jsonl(path: str, name: str, text_field: str, id_field: str) -> Iterator[tuple[str, Any]]:
   with _open_text(path) as f:
-    for line_no, raw in enumerate(f, 1):
-      fallback = f"{name}:{line_no}"
-      try:
-        record = json.loads(raw.decode("utf-8"))
-      except UnicodeDecodeError:
-        yield fallback, Reject(name, line_no, "invalid_utf8", excerpt(raw))
-        continue
-      except json.JSONDecodeError:
-        yield fallback, Reject(name, line_no, "bad_json", excerpt(raw))
-        continue
-      if not isinstance(record, dict):
-        yield fallback, Reject(name, line_no, "not_object", excerpt(raw))
-        continue
-      doc_id = record.get(id_field)
-      yield (str(doc_id) if doc_id is not None else fallback), _text_or_reject(record, text_field, name, line_no)
+    yield from ((i, t) for i, t, _ in jsonl_records(f, name, text_field, id_field))
 
 
 def _read_parquet(path: str, name: str, text_field: str, id_field: str) -> Iterator[tuple[str, Any]]:
-  import pyarrow.parquet as pq
-  row = 0
-  for batch in pq.ParquetFile(path).iter_batches(columns=None):
-    for record in batch.to_pylist():
-      doc_id = record.get(id_field)
-      yield (str(doc_id) if doc_id is not None else f"{name}:{row}"), _text_or_reject(record, text_field, name, row + 1)
-      row += 1
+  with open(path, "rb") as f:
+    yield from ((i, t) for i, t, _ in parquet_records(f, name, text_field, id_field))
 
 
 def read_input(unit: InputFile, text_field: str = "text", id_field: str = "id",
@@ -427,18 +552,18 @@ def read_parts(output_dir: str) -> tuple[list[dict], list[dict]]:
 
 def score_documents(documents, output_path: str, small: MetaModel, large: MetaModel, *,
                     tokens_per_batch: int = TOKENS_PER_BATCH, pack_len: int = PACK_LEN, chunk_docs: int = 256,
-                    mesh=None, stop_after_chunks: int = 0, progress: bool = True) -> dict:
-  """Score (id, text-or-Reject) pairs into `output_path` (resumable). Returns counts."""
-  check_pair(small, large)
-  mesh = mesh if mesh is not None else sharding.make_mesh([("data", -1)])
-  context = min(small.context, large.context)
+                    mesh=None, stop_after_chunks: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
+  """Score (id, text-or-Reject) pairs into `output_path`. An existing output is resumed:
+  ids already in it (or in its rejects file) are skipped and keep their old scores, counted
+  in `skipped_done`; overwrite=True deletes both files first and rescores everything."""
+  scorer = make_scorer(small, large, tokens_per_batch=tokens_per_batch, pack_len=pack_len, mesh=mesh)
   rejects_path = output_path + ".rejects.jsonl"
+  if overwrite:
+    for path in (output_path, rejects_path):
+      if os.path.exists(path):
+        os.remove(path)
   done = _completed_ids(output_path) | _completed_ids(rejects_path)
   resumed = len(done)
-  nll_fns = (make_nll_fn(small.model, mesh), make_nll_fn(large.model, mesh))
-  replicated = NamedSharding(mesh, P())
-  params = (jax.device_put(small.params, replicated), jax.device_put(large.params, replicated))
-  encoder = small.tokenizer.backend_tokenizer
   counts = {"scored": 0, "rejected": 0, "skipped_done": 0, "tokens": 0}
   seen: set[str] = set()
   bar = tqdm.tqdm(disable=not progress, unit="doc", desc="score")
@@ -452,24 +577,14 @@ def score_documents(documents, output_path: str, small: MetaModel, large: MetaMo
     def flush(chunk):
       if not chunk:
         return
-      ids = [c[0] for c in chunk]
-      encoded = encoder.encode_batch([c[1] for c in chunk])
-      docs = [np.asarray(e.ids, np.int32) for e in encoded]
-      usable = [i for i, d in enumerate(docs) if len(d) >= 2]
-      nll = score_token_lists([docs[i] for i in usable], nll_fns, context=context,
-                              tokens_per_batch=tokens_per_batch, row_multiple=mesh.shape["data"],
-                              params=params, pack_len=pack_len) if usable else np.zeros((0, 2))
-      by_doc = dict(zip(usable, nll))
-      for i, doc_id in enumerate(ids):  # input order
-        if i not in by_doc:
-          reject(doc_id, "too_short")
+      scores = score_batch(scorer, [c[1] for c in chunk])
+      for i, (doc_id, _) in enumerate(chunk):  # input order
+        if scores.reasons[i]:
+          reject(doc_id, scores.reasons[i])
           continue
-        l_small, l_large = (float(v) for v in by_doc[i])
-        out.write(json.dumps({"id": doc_id, "n_tokens": int(len(docs[i])), "nll_small": l_small,
-                              "ppl_small": math.exp(l_small), "nll_large": l_large, "ppl_large": math.exp(l_large),
-                              "quality_factor": math.exp(l_small - l_large)}) + "\n")
+        out.write(json.dumps({"id": doc_id, **scores.row(i)}) + "\n")
         counts["scored"] += 1
-        counts["tokens"] += int(len(docs[i]))
+        counts["tokens"] += int(scores.n_tokens[i])
       out.flush()
       rej.flush()
       bar.update(len(chunk))

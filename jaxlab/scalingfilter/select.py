@@ -77,19 +77,29 @@ def perplexity_gate(ppl: Sequence[float], low: float = 15.0, high: float = 85.0)
 
 # ------------------------------------------------------------------------------ hashed n-grams
 
+def ngram_buckets(text: str, num_buckets: int, n_max: int = 2) -> np.ndarray:
+  """The bucket (crc32, stable across runs) of each word 1..n_max-gram occurrence in text."""
+  words = _WORD.findall(text.lower())
+  return np.array([zlib.crc32(" ".join(words[i:i + n]).encode()) % num_buckets
+                   for n in range(1, n_max + 1) for i in range(len(words) - n + 1)], np.int64)
+
+
 def hashed_ngrams(text: str, num_buckets: int, n_max: int = 2) -> np.ndarray:
   """Counts of word 1..n_max-grams hashed (crc32, stable across runs) into buckets."""
-  words = _WORD.findall(text.lower())
-  counts = np.zeros(num_buckets, np.float32)
-  for n in range(1, n_max + 1):
-    for i in range(len(words) - n + 1):
-      counts[zlib.crc32(" ".join(words[i:i + n]).encode()) % num_buckets] += 1
-  return counts
+  return np.bincount(ngram_buckets(text, num_buckets, n_max), minlength=num_buckets).astype(np.float32)
 
 
 def features(texts: Sequence[str], num_buckets: int, n_max: int = 2) -> np.ndarray:
   """[len(texts), num_buckets] float hashed n-gram counts (`hashed_ngrams` per text)."""
   return np.stack([hashed_ngrams(t, num_buckets, n_max) for t in texts]) if texts else np.zeros((0, num_buckets))
+
+
+def _sparse_ngrams(texts: Sequence[str], num_buckets: int, n_max: int) -> tuple[np.ndarray, np.ndarray]:
+  """(bucket of every n-gram occurrence, index of its text): the corpus without a dense
+  [texts, buckets] matrix, which at 20,000 texts x 10,000 buckets would take 800 MB."""
+  buckets = [ngram_buckets(t, num_buckets, n_max) for t in texts]
+  owner = np.repeat(np.arange(len(texts)), [len(b) for b in buckets])
+  return (np.concatenate(buckets) if buckets else np.zeros(0, np.int64)), owner
 
 
 def dsir(texts: Sequence[str], target_texts: Sequence[str], k_percent: float, *, num_buckets: int = 10_000,
@@ -98,11 +108,10 @@ def dsir(texts: Sequence[str], target_texts: Sequence[str], k_percent: float, *,
   raw and the target corpus (add-one smoothing); a document's log importance weight is
   sum_j count_j * (log p_target_j - log p_raw_j); k% resampled without replacement with
   probability proportional to the weight (Gumbel top-k)."""
-  raw = features(texts, num_buckets, n_max)
-  target = features(target_texts, num_buckets, n_max)
-  log_p_raw = np.log((raw.sum(0) + 1.0) / (raw.sum() + num_buckets))
-  log_p_target = np.log((target.sum(0) + 1.0) / (target.sum() + num_buckets))
-  log_w = raw @ (log_p_target - log_p_raw)
+  raw, owner = _sparse_ngrams(texts, num_buckets, n_max)
+  target, _ = _sparse_ngrams(target_texts, num_buckets, n_max)
+  log_p = lambda b: np.log((np.bincount(b, minlength=num_buckets) + 1.0) / (len(b) + num_buckets))
+  log_w = np.bincount(owner, weights=(log_p(target) - log_p(raw))[raw], minlength=len(texts))
   gumbel = np.random.default_rng(seed).gumbel(size=len(texts))
   return _keep_top(log_w + gumbel, _count(len(texts), k_percent))
 
@@ -133,9 +142,15 @@ def train_quality_classifier(positives: Sequence[str], negatives: Sequence[str],
   for _ in range(steps):
     params, opt = step(params, opt)
 
+  w, b = np.asarray(params["w"], np.float64), float(params["b"])
+
   def score(texts: Sequence[str]) -> np.ndarray:
-    f = jnp.asarray(np.log1p(features(texts, num_buckets, n_max)))
-    return np.asarray(jax.nn.sigmoid(f @ params["w"] + params["b"]))
+    # Sparse: sum over each text's distinct buckets of log1p(count) * w, as x @ w on the dense features.
+    buckets, owner = _sparse_ngrams(texts, num_buckets, n_max)
+    cells, counts = np.unique(owner * num_buckets + buckets, return_counts=True)
+    logits = np.bincount(cells // num_buckets, weights=np.log1p(counts) * w[cells % num_buckets],
+                         minlength=len(texts)) + b
+    return 1.0 / (1.0 + np.exp(-logits))
 
   return score
 

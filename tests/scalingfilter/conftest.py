@@ -1,5 +1,28 @@
-"""Shared by the pipeline tests: toy sizes for both meta-models of configs/scalingfilter/pipeline.py."""
+"""Shared by the scalingfilter tests: a random toy meta-model pair as GPT-2 folders, and toy
+sizes for both meta-models of configs/scalingfilter/pipeline.py."""
+import jax
+import jax.numpy as jnp
 import pytest
+
+from jaxlab.data import tokenizer as tokenizer_lib
+from jaxlab.models import gpt, hf
+from jaxlab.scalingfilter import score
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory):
+  """A small and a large random GPT sharing one locally trained tokenizer, as GPT-2 folders."""
+  from pydoc_data import topics
+  root = tmp_path_factory.mktemp("pair")
+  texts = [topics.topics[k] for k in sorted(topics.topics)[:60]]
+  tok = tokenizer_lib.train_bpe(texts, vocab_size=300, out_dir=str(root / "tok"))
+  models = []
+  for name, layers, width in (("small", 1, 16), ("large", 2, 32)):
+    cfg = gpt.GPTConfig(vocab_size=len(tok), max_len=32, num_layers=layers, d_model=width, num_heads=2)
+    params = gpt.GPT(cfg).init(jax.random.key(layers), jnp.zeros((1, 4), jnp.int32))["params"]
+    hf.save_gpt2(str(root / name), params, cfg, tok)
+    models.append(score.load_meta_model(str(root / name)))
+  return models[0], models[1], texts
 
 
 @pytest.fixture

@@ -9,31 +9,19 @@ import pytest
 
 from jaxlab import sharding
 from jaxlab.data import tokenizer as tokenizer_lib
-from jaxlab.models import gpt, hf
 from jaxlab.scalingfilter import score
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-  """A small and a large random GPT sharing one locally trained tokenizer, as GPT-2 folders."""
-  from pydoc_data import topics
-  root = tmp_path_factory.mktemp("pair")
-  texts = [topics.topics[k] for k in sorted(topics.topics)[:60]]
-  tok = tokenizer_lib.train_bpe(texts, vocab_size=300, out_dir=str(root / "tok"))
-  models = []
-  for name, layers, width in (("small", 1, 16), ("large", 2, 32)):
-    cfg = gpt.GPTConfig(vocab_size=len(tok), max_len=32, num_layers=layers, d_model=width, num_heads=2)
-    params = gpt.GPT(cfg).init(jax.random.key(layers), jnp.zeros((1, 4), jnp.int32))["params"]
-    hf.save_gpt2(str(root / name), params, cfg, tok)
-    models.append(score.load_meta_model(str(root / name)))
-  return models[0], models[1], texts
+_FORWARD = {}
 
 
 def direct_nll(meta, ids):
   """Mean NLL of tokens 1..n-1 from one forward pass per window. Each window is followed by
   arbitrary filler up to the context length, which a causal model cannot look at, so one
   compiled shape serves every window; no masking, bucketing or batching involved."""
-  forward = jax.jit(lambda x: jax.nn.log_softmax(meta.model.apply({"params": meta.params}, x)[0]))
+  if id(meta) not in _FORWARD:  # one compilation per model, not per call
+    _FORWARD[id(meta)] = jax.jit(lambda x: jax.nn.log_softmax(meta.model.apply({"params": meta.params}, x)[0]))
+  forward = _FORWARD[id(meta)]
   total = 0.0
   for w in score.windows(np.asarray(ids), meta.context):
     filled = np.full((1, meta.context - 1), 7, np.int32)
@@ -231,3 +219,47 @@ def test_packed_scoring_equals_one_document_per_row(pair):
         logp = jax.nn.log_softmax(forward(jnp.asarray(w[None, :-1])))[0]
         total -= float(jnp.sum(logp[jnp.arange(len(w) - 1), w[1:]]))
       np.testing.assert_allclose(packed[d, m], total / (len(ids) - 1), atol=1e-5)
+
+
+def test_score_texts_returns_arrays_matching_direct_log_probs(pair):
+  """The notebook API: a list of strings in, arrays out; unscorable entries are NaN with a reason."""
+  from jaxlab import scalingfilter
+  small, large, texts = pair
+  docs = [texts[0][:300], "", texts[1][:40], 7, "a", texts[2][:90]]
+  got = scalingfilter.score_texts(docs, small, large.path, batch_docs=4)  # a path loads the model
+  enc = small.tokenizer.backend_tokenizer
+  assert got.reasons == ("", "empty_text", "", "not_string", "too_short", "")
+  assert got.scored.tolist() == [True, False, True, False, False, True]
+  for i in (0, 2, 5):
+    ids = enc.encode(docs[i]).ids
+    assert got.n_tokens[i] == len(ids)
+    np.testing.assert_allclose([got.nll_small[i], got.nll_large[i]], [direct_nll(small, ids), direct_nll(large, ids)],
+                               rtol=2e-5)
+  np.testing.assert_allclose(got.quality_factor[[0, 2, 5]], got.ppl_small[[0, 2, 5]] / got.ppl_large[[0, 2, 5]])
+  assert np.isnan(got.quality_factor[[1, 3, 4]]).all() and got.n_tokens[4] == 1
+  assert scalingfilter.score_texts([], small, large).n_tokens.shape == (0,)
+
+
+def test_cli_rerun_says_it_resumes_and_overwrite_rescores(pair, tmp_path, capsys):
+  """Rerunning with the same ids keeps the old scores and says so; --overwrite rescores. The
+  second run swaps the pair, so rescored quality factors are the reciprocals of the first."""
+  from jaxlab.scalingfilter import __main__ as cli
+  small, large, texts = pair
+  write_jsonl(tmp_path / "in.jsonl", [{"id": f"d{i}", "text": t[:100]} for i, t in enumerate(texts[:6])])
+  out = str(tmp_path / "s.jsonl")
+  args = ["score", "--input", str(tmp_path / "in.jsonl"), "--output", out]
+  assert cli.main(args + ["--small", small.path, "--large", large.path]) == 0
+  first = [json.loads(l) for l in open(out)]
+  capsys.readouterr()
+  assert cli.main(args + ["--small", large.path, "--large", small.path]) == 0
+  assert "6 documents already there were skipped" in capsys.readouterr().err
+  assert [json.loads(l) for l in open(out)] == first
+  assert cli.main(args + ["--small", large.path, "--large", small.path, "--overwrite"]) == 0
+  again = [json.loads(l) for l in open(out)]
+  assert [r["id"] for r in again] == [r["id"] for r in first]
+  np.testing.assert_allclose([r["quality_factor"] for r in again], [1 / r["quality_factor"] for r in first], rtol=1e-5)
+  # --sharded writes one part per process into a directory; a directory without --sharded is refused
+  assert cli.main(args[:-1] + [str(tmp_path / "parts"), "--sharded", "--small", small.path, "--large", large.path]) == 0
+  assert [json.loads(l) for l in open(tmp_path / "parts" / "part-00000-of-00001.jsonl")] == first
+  with pytest.raises(SystemExit, match="--sharded"):
+    cli.main(args[:-1] + [str(tmp_path / "parts"), "--small", small.path, "--large", large.path])

@@ -105,3 +105,44 @@ def test_select_scores_takes_texts_by_id():
   assert keep.tolist() == select.dsir(docs, target, 50).tolist()
   with pytest.raises(KeyError, match="d5"):
     select.select_scores(rows, "dsir", texts={f"d{i}": "x" for i in range(5)}, target_texts=target)
+
+
+def test_dsir_equals_the_dense_formula():
+  """The sparse implementation against the formula on dense count matrices, same Gumbel noise."""
+  texts = ["the court held the statute applies", "bake the cake", "", "the cake court the the"]
+  target = ["the court held that the statute applies", "a court"]
+  raw, tgt = select.features(texts, 64), select.features(target, 64)
+  delta = np.log((tgt.sum(0) + 1) / (tgt.sum() + 64)) - np.log((raw.sum(0) + 1) / (raw.sum() + 64))
+  keys = raw.astype(np.float64) @ delta + np.random.default_rng(5).gumbel(size=4)
+  for k in (25, 50, 75):
+    assert select.dsir(texts, target, k, num_buckets=64, seed=5).tolist() == select._keep_top(keys, round(4 * k / 100)).tolist()
+
+
+def test_cli_select_20000_documents_in_seconds(tmp_path):
+  """dsir and classifier over 20,000 documents: the input is read once and no dense
+  [documents x buckets] matrix is built (the O(n^2) re-read took hours at this size)."""
+  import json
+  import time
+  from jaxlab.scalingfilter import __main__ as cli
+  legal = "the court held that the statute applies to the defendant".split()
+  recipe = "mix flour sugar and eggs then bake the cake for minutes".split()
+  rng = np.random.default_rng(0)
+  picks = rng.integers(0, 10, (20_000, 12))
+  with open(tmp_path / "docs.jsonl", "w") as f, open(tmp_path / "scores.jsonl", "w") as g:
+    for i in range(20_000):
+      words = legal if i % 2 else recipe
+      f.write(json.dumps({"id": f"d{i}", "text": " ".join(words[j] for j in picks[i])}) + "\n")
+      g.write(f'{{"id": "d{i}", "quality_factor": 1.0, "ppl_large": 1.0}}\n')
+  for name, words in (("target", legal), ("neg", recipe)):  # 150 fresh documents of each kind
+    (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"id": i, "text": " ".join(rng.choice(words, 12))})
+                                                    + "\n" for i in range(150)))
+  common = ["--scores", str(tmp_path / "scores.jsonl"), "--input", str(tmp_path / "docs.jsonl"), "--k", "50"]
+  for method, extra in (("dsir", ["--target", str(tmp_path / "target.jsonl")]),
+                        ("classifier", ["--positives", str(tmp_path / "target.jsonl"),
+                                        "--negatives", str(tmp_path / "neg.jsonl")])):
+    start = time.perf_counter()
+    assert cli.main(["select", "--method", method, "--output", str(tmp_path / f"{method}.jsonl")] + common + extra) == 0
+    elapsed = time.perf_counter() - start
+    kept = [int(json.loads(l)["id"][1:]) for l in open(tmp_path / f"{method}.jsonl")]
+    assert len(kept) == 10_000 and sum(i % 2 for i in kept) >= 9_900, method  # the legal (odd) documents
+    assert elapsed < 20, f"{method} took {elapsed:.1f} s"
