@@ -15,21 +15,22 @@ def same_tokens(tokens) -> jax.Array:
   return jnp.all(tokens[:, None, :] == tokens[None, :, :], axis=-1)
 
 
-def finetune_loss(model: tt.TwoTower, d, pretrain, params, batch) -> tuple[jax.Array, dict]:
+def finetune_loss(model: tt.TwoTower, d, pretrain, variables, batch) -> tuple[jax.Array, dict]:
   """The fine-tuning loss on a batch of B queries with N candidates each and R random pairs:
   ranked DPO (d.objective="dpo") or SFT on the top preferred image ("sft"), plus
   d.contrastive_weight times pretrain.loss (softmax or sigmoid) over the image-text pairs:
   the candidates with their own captions when d.contrastive_candidates (hard negatives:
   the retriever's near-misses for the query, the distinctions recall@1 rests on), then the
-  R random pairs. One forward over all images and all texts. `d` and `pretrain` are the
-  config's dpo and pretrain groups."""
+  R random pairs. One forward over all images and all texts. `variables` are the model's
+  ({"params": ...} and any other collection, e.g. FP8 scale state); `d` and `pretrain` are
+  the config's dpo and pretrain groups."""
   flat = lambda x: x.reshape((-1,) + x.shape[2:])
   b, n = batch["cand_images"].shape[:2]
   use_cands = bool(d.contrastive_candidates)
   pair_tokens = ([flat(batch["cand_tokens"])] if use_cands else []) + [flat(batch["tokens"])]
   pair_mask = ([flat(batch["cand_mask"])] if use_cands else []) + [flat(batch["mask"])]
   img, txt, scale, bias = model.apply(
-      {"params": params}, jnp.concatenate([flat(batch["cand_images"]), flat(batch["images"])]),
+      variables, jnp.concatenate([flat(batch["cand_images"]), flat(batch["images"])]),
       jnp.concatenate([batch["q_tokens"]] + pair_tokens), jnp.concatenate([batch["q_mask"]] + pair_mask))
   cands, q = img[:b * n].reshape(b, n, -1), txt[:b]
   logp = dpo_lib.candidate_log_probs(q, cands, scale)

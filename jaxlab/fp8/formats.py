@@ -95,6 +95,22 @@ def is_scaled(x) -> bool:
   return isinstance(x, ScaledTensor)
 
 
+def plain(tree, dtype=jnp.float32):
+  """Stored parameters as plain `dtype` arrays: ScaledTensors dequantized, and so are the
+  {"data", "scale"} pairs a ScaledTensor becomes when a checkpoint is restored without its
+  train state's structure (`checkpoint.restore_params`); other float arrays cast."""
+  is_pair = lambda x: isinstance(x, dict) and set(x) == {"data", "scale"}
+
+  def one(x):
+    if is_scaled(x):
+      return x.dequantize(dtype)
+    if is_pair(x):
+      return ScaledTensor(jnp.asarray(x["data"]), jnp.asarray(x["scale"])).dequantize(dtype)
+    x = jnp.asarray(x)
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+  return jax.tree.map(one, tree, is_leaf=lambda x: is_scaled(x) or is_pair(x))
+
+
 # ---------------------------------------------------------------- block scaling (DeepSeek-V3)
 
 def _pad_to(x: jax.Array, axis: int, multiple: int) -> jax.Array:

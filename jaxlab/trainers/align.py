@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxlab import checkpoint, config as config_lib, distributed, sharding
+from jaxlab import checkpoint, config as config_lib, distributed, fp8, sharding
 from jaxlab.align import aesthetic as aesthetic_lib
 from jaxlab.align import finetune as finetune_lib, hpir, judge as judge_lib, mining, preferences as pref_lib
 from jaxlab.align import rephrase as rephrase_lib, retrieval, testbed
@@ -45,6 +45,7 @@ from jaxlab.models import two_tower as tt
 from jaxlab.models.vit import ViTConfig
 from jaxlab.train import loop, optim
 from jaxlab.train.state import Task
+from jaxlab.trainers import methods
 
 STAGES = ("pretrain", "aesthetic", "finetune")
 GROUPS = {"pretrain": "pretrain", "aesthetic": "aesthetic", "finetune": "dpo"}  # stage -> config group
@@ -88,6 +89,7 @@ def default_config() -> ml_collections.ConfigDict:
   # recall@k falls as the gallery grows, and one 1,000-image gallery moved the same model's
   # recall@1 by 14 points between draws (0.40 vs 0.54): the mean over fixed-size galleries
   c.eval = dict(top_k=4, batch_size=256, recall_gallery=1000)
+  c.fp8 = fp8.default_config()  # FP8-LM levels for the DPO fine-tuning stage (fp8.level=O2, ...)
   return c
 
 
@@ -140,6 +142,7 @@ def validate(cfg) -> None:
       f"(each query brings contrastive_batch / batch_size random pairs)")
   req(cfg.dpo.contrastive_batch > 0 or cfg.dpo.contrastive_candidates, "dpo.contrastive_batch",
       "is 0 and dpo.contrastive_candidates is off: the contrastive term has no pairs")
+  methods.configure(methods.stage_view(cfg, "dpo"))  # fp8.*: the DPO fine-tuning stage's FP8-LM level
   req(cfg.eval.top_k >= 1, "eval.top_k", "must be >= 1")
   req(cfg.eval.recall_gallery >= 2, "eval.recall_gallery", "must be >= 2 images")
   for stage in ("pretrain", "aesthetic"):
@@ -228,14 +231,17 @@ def finetune_task(cfg, mcfg, train: dict | None = None, prefs=None, init_params=
   n_pairs = len(pref_lib.grid_pairs(cfg.preferences.u, cfg.preferences.v))
 
   def init(model, rng):
-    if init_params is None:  # shapes only: the pretrained parameters have the model's own shapes
-      return {"params": model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, L), jnp.int32),
-                                   jnp.ones((1, L), jnp.int32))["params"]}
-    return {"params": jax.tree.map(jnp.asarray, init_params)}
+    # The model's own init gives the shapes and any other collection (e.g. fp8.level's scale
+    # state); the pretrained parameters, when given, replace its params.
+    variables = dict(model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, L), jnp.int32),
+                                jnp.ones((1, L), jnp.int32)))
+    if init_params is not None:
+      variables["params"] = jax.tree.map(jnp.asarray, init_params)
+    return variables
 
   def loss(model, variables, batch, rng):
     del rng
-    value, metrics = finetune_lib.finetune_loss(model, d, cfg.pretrain, variables["params"], batch)
+    value, metrics = finetune_lib.finetune_loss(model, d, cfg.pretrain, variables, batch)
     return value, (metrics, {})
 
   data = None
@@ -260,7 +266,9 @@ def finetune_task(cfg, mcfg, train: dict | None = None, prefs=None, init_params=
           "cand_tokens": sd((b, n, L), i32), "cand_mask": sd((b, n, L), i32), "ref_logp": sd((b, n), f32),
           "pairs": sd((b, n_pairs, 2), i32), "images": sd((b, n_pair, s, s, 3), f32),
           "tokens": sd((b, n_pair, L), i32), "mask": sd((b, n_pair, L), i32)}
-  return _task(cfg, "finetune", tt.TwoTower(mcfg), init, loss, data, ("queries", b)), spec
+  # FP8-LM's levels (fp8.level) apply to this stage, as the paper applies them to fine-tuning
+  return methods.apply(methods.stage_view(cfg, "dpo"),
+                       _task(cfg, "finetune", tt.TwoTower(mcfg), init, loss, data, ("queries", b))), spec
 
 
 def _task(cfg, stage, model, init, loss, data, units) -> Task:
@@ -342,6 +350,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
   fine = stage("finetune", lambda: finetune_task(cfg, mcfg, train, prefs, pre["params"], tok))
   if not fine["finished"]:
     return Result(workdir, False, {"stopped": "finetune"})
+  fine["params"] = fp8.formats.plain(fine["params"])  # evaluated as stored, in FP32 (FP8 levels store FP16/FP8)
 
   aes_scores = np.asarray(aesthetic_lib.score(mlp, aes["params"], jnp.asarray(
       retrieval.embed_images(mcfg, pre["params"], test["images"], bs))))

@@ -183,6 +183,7 @@ def export_hf(workdir: str, out_dir: str, step: int | None = None) -> str:
   cfg = config_lib.read(workdir)
   tok = tokenizer_lib.load_tokenizer(runs.tokenizer_dir(cfg, workdir))
   _, params = checkpoint.restore_params(workdir, step)
+  params = fp8.formats.plain(params)  # an FP8-level run stores FP16/FP8 weights with scales
   return hf.save_gpt2(out_dir, params, model_config(cfg, len(tok)), tok)
 
 

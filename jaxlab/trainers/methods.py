@@ -30,3 +30,14 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
     if method.NAME in cfg:
       task = method.apply(cfg, task)
   return task
+
+
+def stage_view(cfg: ml_collections.ConfigDict, group: str) -> ml_collections.ConfigDict:
+  """The config as the methods read it for one stage of a multi-stage trainer: the method
+  groups, mesh and sharding as they are, and `train` / `optim` from `cfg[group]`."""
+  view = ml_collections.ConfigDict({k: cfg[k] for k in ("mesh", "sharding") if k in cfg})
+  for method in METHODS:
+    if method.NAME in cfg:
+      view[method.NAME] = cfg[method.NAME]
+  view.train, view.optim = cfg[group].train, cfg[group].optim
+  return view

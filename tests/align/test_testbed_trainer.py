@@ -204,7 +204,7 @@ def test_finetune_loss_pairs_candidates_with_their_own_captions(candidates):
     pair_img = np.concatenate([cand.reshape(b * n, -1), pair_img])
     pair_txt = np.concatenate([emb_txt(batch["cand_tokens"], batch["cand_mask"]), pair_txt])
   want = _np_clip_loss(pair_img, pair_txt, scale)
-  value, metrics = jax.jit(lambda p, x: finetune.finetune_loss(model, cfg.dpo, cfg.pretrain, p, x))(params, batch)
+  value, metrics = jax.jit(lambda p, x: finetune.finetune_loss(model, cfg.dpo, cfg.pretrain, {"params": p}, x))(params, batch)
   assert float(metrics["preference_loss"]) == pytest.approx(math.log(2), rel=1e-5)
   assert float(metrics["contrastive"]) == pytest.approx(want, rel=1e-4)
   assert float(value) == pytest.approx(math.log(2) + 0.5 * want, rel=1e-4)
