@@ -47,6 +47,30 @@ def expand(gene: dict, depth: int) -> Any:
   return jax.tree.map(one, gene["A"], gene["B"])
 
 
+def interpolate_layers(stacked: Any, depth: int) -> Any:
+  """A control initialisation (not TLEG): a trained model's stacked layers resampled to
+  `depth` layers. Layer l sits at source position p = l (L0 - 1) / (depth - 1) (0 for
+  depth 1), so first and last layers map to first and last; it is the linear blend of
+  source layers floor(p) and floor(p) + 1 with weight p - floor(p). Depth L0 gives the
+  layers back; a deeper target repeats blends of neighbours, a shallower one skips."""
+  if not isinstance(depth, int) or depth <= 0:
+    raise ValueError(f"depth must be a positive integer, got {depth!r}")
+  src = {jnp.shape(x)[0] for x in jax.tree.leaves(stacked)}
+  if len(src) != 1:
+    raise ValueError(f"stacked layers disagree on their count: {sorted(src)}")
+  n = src.pop()
+  pos = jnp.arange(depth, dtype=jnp.float32) * ((n - 1) / (depth - 1) if depth > 1 else 0.0)
+  lo = jnp.floor(pos).astype(jnp.int32)
+  hi = jnp.minimum(lo + 1, n - 1)
+  frac = pos - lo
+
+  def one(x):
+    w = frac.reshape((depth,) + (1,) * (jnp.ndim(x) - 1)).astype(jnp.result_type(x))
+    return (1 - w) * x[lo] + w * x[hi]
+
+  return jax.tree.map(one, stacked)
+
+
 def find_stack(params: dict) -> tuple[str, ...]:
   """Path of the one stacked-block subtree (e.g. ('encoder', 'layers', 'block'))."""
   found = []
@@ -124,7 +148,7 @@ def count_params(tree: Any) -> int:
   return int(sum(jnp.size(x) for x in jax.tree.leaves(tree)))
 
 
-MODES = ("none", "auxiliary", "descendant")
+MODES = ("none", "auxiliary", "descendant", "interpolated")
 
 
 def validate(cfg) -> None:
@@ -133,6 +157,8 @@ def validate(cfg) -> None:
   require(cfg.learngene.mode in MODES, "learngene.mode", f"{cfg.learngene.mode!r} is not one of {MODES}")
   require(cfg.learngene.mode != "descendant" or bool(cfg.learngene.gene_workdir), "learngene.gene_workdir",
           "a descendant needs the workdir of an auxiliary (learngene) run")
+  require(cfg.learngene.mode != "interpolated" or bool(cfg.learngene.gene_workdir), "learngene.gene_workdir",
+          "mode 'interpolated' needs the workdir of a plain (learngene.mode=none) run to resample")
 
 
 def initial_params(mode: str, fresh: dict, rng: jax.Array, *, depth: int, b_std: float = 0.02,
@@ -142,6 +168,8 @@ def initial_params(mode: str, fresh: dict, rng: jax.Array, *, depth: int, b_std:
   auxiliary   {"shared", "gene"} built from the fresh init (see `auxiliary_params`)
   descendant  the plain model expanded from `gene` to `depth`; top-level entries named in
               `keep_fresh` (e.g. a classifier head for transfer) come from the fresh init
+  interpolated  the control: `gene` is a trained plain model's params, its layers resampled
+              to `depth` (`interpolate_layers`), the rest as trained; `keep_fresh` as above
   """
   if mode == "none":
     return fresh
@@ -149,6 +177,10 @@ def initial_params(mode: str, fresh: dict, rng: jax.Array, *, depth: int, b_std:
     return auxiliary_params(rng, fresh, b_std)
   if mode == "descendant":
     params = descendant_params(gene, depth, find_stack(fresh))
+    return {**params, **{key: fresh[key] for key in keep_fresh}}
+  if mode == "interpolated":
+    path = find_stack(gene)
+    params = jax.tree.map(jnp.asarray, _with(gene, path, interpolate_layers(_get(gene, path), depth)))
     return {**params, **{key: fresh[key] for key in keep_fresh}}
   raise ValueError(f"learngene.mode={mode!r} is not one of {MODES}")
 
@@ -162,28 +194,37 @@ def model_params(mode: str, params: dict, depth: int, stack_path: tuple[str, ...
 MAY_DIFFER = ("num_layers", "dropout", "dtype", "remat")
 
 
-def load_gene(gene_workdir: str, model_cfg, same_keys: tuple[str, ...] | None = None) -> dict:
-  """{"shared", "gene"} of an auxiliary run, after checking that this model differs from the
-  learngene's only where a descendant may (`same_keys`: the keys to compare; default every
-  key of the learngene's model group but MAY_DIFFER)."""
+def load_gene(gene_workdir: str, model_cfg, same_keys: tuple[str, ...] | None = None, *,
+              source_mode: str = "auxiliary") -> dict:
+  """{"shared", "gene"} of an auxiliary run (or, with source_mode="none", a plain run's params),
+  after checking that this model differs from the source's only where a descendant may
+  (`same_keys`: the keys to compare; default every key of its model group but MAY_DIFFER)."""
   from jaxlab import checkpoint
 
-  check_gene_run(gene_workdir, model_cfg, same_keys)
+  check_gene_run(gene_workdir, model_cfg, same_keys, source_mode=source_mode)
   return checkpoint.restore_params(gene_workdir)[1]
 
 
-def check_gene_run(gene_workdir: str, model_cfg, same_keys: tuple[str, ...] | None = None):
-  """The auxiliary run's config, checked: an auxiliary run whose model matches `model_cfg`
-  but for MAY_DIFFER (ConfigError naming the key otherwise)."""
+def _as_json(value):
+  """A config value as the run's config.json holds it (tuples come back as lists)."""
+  return [_as_json(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def check_gene_run(gene_workdir: str, model_cfg, same_keys: tuple[str, ...] | None = None, *,
+                   source_mode: str = "auxiliary"):
+  """The source run's config, checked: a run of learngene.mode `source_mode` (an auxiliary
+  run for a descendant, a plain one for the interpolated control) whose model matches
+  `model_cfg` but for MAY_DIFFER (ConfigError naming the key otherwise)."""
   from jaxlab import config as config_lib
 
   gene_cfg = config_lib.read(gene_workdir)
-  if gene_cfg.learngene.mode != "auxiliary":
+  if gene_cfg.learngene.mode != source_mode:
+    want = "an auxiliary (learngene)" if source_mode == "auxiliary" else f"a {source_mode!r}"
     raise config_lib.ConfigError(f"learngene.gene_workdir: {gene_workdir} is a {gene_cfg.learngene.mode!r} run, "
-                                 "not an auxiliary (learngene) run")
+                                 f"not {want} run")
   keys = same_keys if same_keys is not None else [k for k in gene_cfg.model if k not in MAY_DIFFER]
   for key in keys:
-    if key in model_cfg and gene_cfg.model[key] != model_cfg[key]:
+    if key in model_cfg and _as_json(gene_cfg.model[key]) != _as_json(model_cfg[key]):
       raise config_lib.ConfigError(f"model.{key}={model_cfg[key]} differs from the learngene's "
                                    f"{gene_cfg.model[key]}; a descendant may change depth only")
   return gene_cfg

@@ -8,6 +8,9 @@
   mode=descendant  a plain model of depth model.num_layers initialised from the gene of
                    learngene.gene_workdir (an auxiliary run), then trained normally;
                    reinit_head keeps the classifier head's fresh init (transfer)
+  mode=interpolated  a control, not TLEG: a plain model of depth model.num_layers whose
+                   layers are those of the plain run learngene.gene_workdir resampled to
+                   that depth (expansion.interpolate_layers); reinit_head as above
 
 `configure(cfg)` checks the group before any work and, for a descendant that names no
 tokenizer, points `tokenizer.path` at the learngene run's (a descendant must read text as
@@ -26,6 +29,7 @@ from jaxlab.train.state import Task
 
 NAME = "learngene"  # the config group this method reads
 HEADS = ("head", "lm_head")  # top-level params that `reinit_head` keeps fresh
+SOURCE_MODES = {"descendant": "auxiliary", "interpolated": "none"}  # mode -> learngene.mode of gene_workdir
 
 
 def default_config() -> dict:
@@ -39,9 +43,9 @@ def configure(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   learngene run's tokenizer. Returns the (possibly updated) config."""
   expansion.validate(cfg)
   lg = cfg.learngene
-  if lg.mode != "descendant":
+  if lg.mode not in SOURCE_MODES:
     return cfg
-  expansion.check_gene_run(lg.gene_workdir, cfg.model)
+  expansion.check_gene_run(lg.gene_workdir, cfg.model, source_mode=SOURCE_MODES[lg.mode])
   if "tokenizer" in cfg and not cfg.tokenizer.path:
     tok_dir = os.path.join(lg.gene_workdir, "tokenizer")
     if os.path.isdir(tok_dir):
@@ -72,12 +76,12 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
       return variables
     return task.replace(init=init, loss=_with_model_params(task.loss, depth, stack),
                         eval_sums=task.eval_sums and _with_model_params(task.eval_sums, depth, stack))
-  gene = expansion.load_gene(lg.gene_workdir, cfg.model)
+  gene = expansion.load_gene(lg.gene_workdir, cfg.model, source_mode=SOURCE_MODES[lg.mode])
   keep = tuple(k for k in HEADS if k in fresh_shapes) if lg.get("reinit_head", False) else ()
 
   def init(model, rng):
     variables = dict(base_init(model, rng))
-    variables["params"] = expansion.initial_params("descendant", variables["params"], rng, depth=depth,
+    variables["params"] = expansion.initial_params(lg.mode, variables["params"], rng, depth=depth,
                                                    gene=gene, keep_fresh=keep)
     return variables
   return task.replace(init=init)

@@ -1,5 +1,6 @@
-"""Image classification with a ViT: plain training (teachers, scratch baselines), TLEG
-auxiliary models trained by distillation, and descendants initialised from a learngene.
+"""Image classification with a ViT (or, for a teacher, a small CNN: `model.kind=cnn`):
+plain training (teachers, scratch baselines), TLEG auxiliary models trained by
+distillation, and descendants initialised from a learngene.
 
 The methods of jaxlab/trainers/methods.py apply as in every trainer; `learngene.mode`:
   none        a plain ViT of depth model.num_layers (a teacher or a scratch baseline)
@@ -22,7 +23,7 @@ import optax
 
 from jaxlab import checkpoint, config as config_lib, distributed, fp8, learngene, sharding
 from jaxlab.data import builtin, images
-from jaxlab.models import vit
+from jaxlab.models import cnn, vit
 from jaxlab.train import loop, optim
 from jaxlab.train.state import Task
 from jaxlab.trainers import methods
@@ -36,9 +37,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh = (("data", -1), ("model", 1))
   c.sharding = dict(layout="dp", extra_rules=())
   c.data = dict(name="digits", source_dir="", data_dir="")
-  c.model = dict(num_layers=4, d_model=64, num_heads=2, mlp_dim=0, patch_size=2, dropout=0.0)
+  c.model = dict(kind="vit", num_layers=4, d_model=64, num_heads=2, mlp_dim=0, patch_size=2, dropout=0.0,
+                 cnn_features=(16, 32), cnn_hidden=64)  # cnn_*: read only when kind is "cnn"
   c.learngene = learngene.default_config()
-  c.distill = dict(teacher_workdir="", alpha=1.0, tau=1.0)
+  # normalize: "batch_classes" (DeiT's soft loss, TLEG's reference) or "batch" (KL per example)
+  c.distill = dict(teacher_workdir="", alpha=1.0, tau=1.0, normalize="batch_classes")
   c.train = dict(batch_size=64, steps=1000, log_every=50, eval_every=250, eval_batches=0, checkpoint_every=500,
                  keep_checkpoints=2, stop_after=0, grad_accum=1)
   c.fp8 = fp8.default_config()  # FP8-LM levels for the ViT's GEMMs and optimizer
@@ -61,7 +64,7 @@ class Result:
   plot_path: str | None
   parameters_stored: int
   state: Any
-  model: vit.ViT
+  model: Any  # vit.ViT, or cnn.CNN for model.kind=cnn
 
   @property
   def params(self):
@@ -76,9 +79,26 @@ def vit_config(model: ml_collections.ConfigDict, image_shape, num_classes: int =
                        num_heads=model.num_heads, mlp_dim=model.mlp_dim, dropout=model.dropout)
 
 
+MODEL_KINDS = ("vit", "cnn")
+
+
+def build_model(model: ml_collections.ConfigDict, image_shape, num_classes: int = 10):
+  """The Flax module of a config's model group: a ViT, or a CNN for `kind="cnn"` (configs
+  written before `kind` existed are ViTs)."""
+  if model.get("kind", "vit") == "cnn":
+    return cnn.CNN(cnn.CNNConfig(num_classes=num_classes, features=tuple(model.cnn_features),
+                                 hidden=model.cnn_hidden))
+  return vit.ViT(vit_config(model, image_shape, num_classes))
+
+
 def validate(cfg) -> None:
   """The model and distillation keys, before any work."""
   req = config_lib.require
+  req(cfg.model.kind in MODEL_KINDS, "model.kind", f"{cfg.model.kind!r} is not one of {MODEL_KINDS}")
+  req(cfg.model.kind == "vit" or cfg.learngene.mode == "none", "model.kind",
+      f"learngene.mode={cfg.learngene.mode!r} needs a transformer (kind 'vit'), not {cfg.model.kind!r}")
+  req(cfg.distill.normalize in learngene.NORMALIZATIONS, "distill.normalize",
+      f"{cfg.distill.normalize!r} is not one of {learngene.NORMALIZATIONS}")
   req(cfg.data.name in images.IMAGE_SHAPES, "data.name",
       f"{cfg.data.name!r} is not one of {sorted(images.IMAGE_SHAPES)}")
   req(cfg.model.d_model % cfg.model.num_heads == 0, "model.num_heads",
@@ -95,11 +115,11 @@ def batch_spec(cfg) -> dict:
 
 
 def _teacher(cfg, image_shape, num_classes):
-  """(teacher ViT, params) of distill.teacher_workdir, or (None, None)."""
+  """(teacher module, params) of distill.teacher_workdir, or (None, None)."""
   if not cfg.distill.teacher_workdir:
     return None, None
   teacher_cfg = config_lib.read(cfg.distill.teacher_workdir)
-  teacher = vit.ViT(vit_config(teacher_cfg.model, image_shape, num_classes))
+  teacher = build_model(teacher_cfg.model, image_shape, num_classes)
   return teacher, checkpoint.restore_params(cfg.distill.teacher_workdir)[1]
 
 
@@ -108,7 +128,7 @@ def make_task(cfg, data: images.ImageData | None = None) -> Task:
   t = cfg.train
   image_shape = data.image_shape if data is not None else tuple(images.IMAGE_SHAPES[cfg.data.name])
   num_classes = data.num_classes if data is not None else 10
-  model = vit.ViT(vit_config(cfg.model, image_shape, num_classes))
+  model = build_model(cfg.model, image_shape, num_classes)
   dummy = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
   teacher, teacher_params = _teacher(cfg, image_shape, num_classes)
 
@@ -130,7 +150,8 @@ def make_task(cfg, data: images.ImageData | None = None) -> Task:
     if teacher is not None:
       teacher_logits = teacher.apply({"params": variables["teacher"]}, batch["images"])
       value, parts = learngene.soft_distillation_loss(logits, teacher_logits, batch["labels"],
-                                                      alpha=cfg.distill.alpha, tau=cfg.distill.tau)
+                                                      alpha=cfg.distill.alpha, tau=cfg.distill.tau,
+                                                      normalize=cfg.distill.normalize)
       metrics.update(parts)
     else:
       value = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"]).mean()
@@ -162,7 +183,7 @@ def make_task(cfg, data: images.ImageData | None = None) -> Task:
 def parameters_stored(cfg, image_shape, num_classes: int = 10) -> int:
   """Parameters a user keeps to initialise this run's model: the whole model, or for an
   auxiliary run the learngene plus the shared parts (the descendants' only source)."""
-  model = vit.ViT(vit_config(cfg.model, image_shape, num_classes))
+  model = build_model(cfg.model, image_shape, num_classes)
   params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1,) + tuple(image_shape)))["params"]
   if cfg.learngene.mode == "auxiliary":
     params = jax.eval_shape(lambda p: learngene.auxiliary_params(jax.random.key(0), p), params)

@@ -1,5 +1,6 @@
 """TLEG: expansion by hand, the auxiliary model equals a plain model built from the
-expanded gene, gradient identity for theta_B, distillation loss by hand, checkpoints."""
+expanded gene, gradient identity for theta_B, distillation loss (both normalisations) and
+the interpolated control by hand, config mistakes, checkpoints."""
 import pathlib
 
 import jax
@@ -112,7 +113,7 @@ def test_soft_distillation_by_hand():
   p_s = z / z.sum()
   kl = float(np.sum(p_t * np.log(p_t / p_s))) * tau**2
   ce = -np.log(np.exp(0.0) / (np.exp(1.0) + 1.0 + np.exp(-1.0)))  # label 1
-  loss, parts = learngene.soft_distillation_loss(s, t, jnp.array([1]), alpha=alpha, tau=tau)
+  loss, parts = learngene.soft_distillation_loss(s, t, jnp.array([1]), alpha=alpha, tau=tau, normalize="batch")
   np.testing.assert_allclose(float(parts["kl"]), kl, rtol=1e-5)
   np.testing.assert_allclose(float(parts["ce"]), ce, rtol=1e-5)
   np.testing.assert_allclose(float(loss), (1 - alpha) * ce + alpha * kl, rtol=1e-5)
@@ -171,3 +172,86 @@ def test_gpt_learngene_through_the_lm_trainer(tmp_path):
   assert len(des.tokenizer) == len(aux.tokenizer)
   assert checkpoint.manager(str(tmp_path / "des" / "checkpoints")).all_steps() == [1]
   assert des.params["decoder"]["layers"]["block"]["mlp"]["fc"]["kernel"].shape == (5, 32, 128)
+
+
+def test_soft_distillation_deit_normalisation_by_hand():
+  # two examples, three classes, tau = 1, alpha = 1 (the reference setting)
+  s = jnp.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+  t = jnp.array([[np.log(2.0), 0.0, 0.0], [1.0, 0.0, 0.0]])
+  # example 0: p_t = [1/2, 1/4, 1/4], p_s = [1/3]*3 -> KL = 1/2 ln(3/2) + 2 * 1/4 ln(3/4)
+  # example 1: student equals teacher -> KL = 0
+  kl_sum = 0.5 * np.log(1.5) + 0.5 * np.log(0.75)
+  deit, parts = learngene.soft_distillation_loss(s, t, jnp.array([0, 0]))  # default: DeiT's batch x classes
+  np.testing.assert_allclose(float(deit), kl_sum / (2 * 3), rtol=1e-5)
+  np.testing.assert_allclose(float(parts["kl"]), kl_sum / 6, rtol=1e-5)
+  per_example, _ = learngene.soft_distillation_loss(s, t, jnp.array([0, 0]), normalize="batch")
+  np.testing.assert_allclose(float(per_example), kl_sum / 2, rtol=1e-5)
+  # a masked-out example counts in neither the sum nor the divisor: 1 example x 3 classes
+  masked, _ = learngene.soft_distillation_loss(s, t, jnp.array([0, 0]), mask=jnp.array([1.0, 0.0]))
+  np.testing.assert_allclose(float(masked), kl_sum / 3, rtol=1e-5)
+  with pytest.raises(ValueError, match="normalize='mean'"):
+    learngene.soft_distillation_loss(s, t, jnp.array([0, 0]), normalize="mean")
+
+
+def test_interpolate_layers_by_hand():
+  stacked = {"w": jnp.array([[0.0, 1.0], [10.0, 11.0], [20.0, 21.0]])}  # 3 layers of a 2-vector
+  # depth 5: positions l * 2 / 4 = 0, .5, 1, 1.5, 2 -> blends of neighbours
+  np.testing.assert_allclose(learngene.interpolate_layers(stacked, 5)["w"][:, 0], [0, 5, 10, 15, 20])
+  np.testing.assert_allclose(learngene.interpolate_layers(stacked, 5)["w"][:, 1], [1, 6, 11, 16, 21])
+  np.testing.assert_allclose(learngene.interpolate_layers(stacked, 3)["w"], stacked["w"])  # same depth: as is
+  np.testing.assert_allclose(learngene.interpolate_layers(stacked, 2)["w"][:, 0], [0, 20])  # first and last
+  np.testing.assert_allclose(learngene.interpolate_layers(stacked, 1)["w"][:, 0], [0])
+  # depth 4: positions 0, 2/3, 4/3, 2 -> 0, 6.667, 13.333, 20
+  np.testing.assert_allclose(learngene.interpolate_layers(stacked, 4)["w"][:, 0], [0, 20 / 3, 40 / 3, 20],
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="disagree"):
+    learngene.interpolate_layers({"a": jnp.ones((3, 2)), "b": jnp.ones((4, 2))}, 2)
+
+
+def test_config_mistakes_name_the_key(tmp_path):
+  from jaxlab.trainers import classify
+  cfg_file = str(REPO / "configs" / "learngene" / "vit.py")
+  teacher = config_lib.load(cfg_file + ":teacher")
+  classify.validate(teacher)  # the CNN teacher is a valid plain model
+  assert type(classify.build_model(teacher.model, (8, 8, 1))).__name__ == "CNN"
+  cases = [(":teacher", ["learngene.mode=auxiliary"], "model.kind"),
+           (":scratch", ["model.kind=resnet"], "model.kind"),
+           (":scratch", ["distill.normalize=mean"], "distill.normalize")]
+  for role, overrides, key in cases:
+    with pytest.raises(config_lib.ConfigError, match=key):
+      classify.validate(config_lib.load(cfg_file + role, overrides))
+  with pytest.raises(config_lib.ConfigError, match="learngene.gene_workdir"):
+    learngene.configure(config_lib.load(cfg_file + ":interpolated"))
+
+
+@pytest.mark.slow
+def test_interpolated_control_and_cnn_teacher_through_the_trainer(tmp_path):
+  """A CNN teacher, a plain depth-3 ViT distilled from it (checkpointed), and the control
+  built from that run: its layers resampled to depth 5, as `learngene.apply` gives it."""
+  from jaxlab import checkpoint
+  from jaxlab.data import images
+  from jaxlab.trainers import classify
+  cfg_file = str(REPO / "configs" / "learngene" / "vit.py")
+  common = [f"data.data_dir={tmp_path / 'data'}", "train.steps=2", "train.eval_every=0", "train.log_every=1",
+            "model.d_model=16", "model.num_heads=2"]
+  classify.train_and_evaluate(config_lib.load(cfg_file + ":teacher", common), str(tmp_path / "teacher"))
+  plain = classify.train_and_evaluate(
+      config_lib.load(cfg_file + ":scratch", common + ["model.num_layers=3",
+                                                       f"distill.teacher_workdir={tmp_path / 'teacher'}"]),
+      str(tmp_path / "plain"))
+  assert np.isfinite(plain.metrics["loss"])
+  _, trained = checkpoint.restore_params(str(tmp_path / "plain"))
+  cfg = config_lib.load(cfg_file + ":interpolated", common + [f"learngene.gene_workdir={tmp_path / 'plain'}",
+                                                              "model.num_layers=5"])
+  data = images.prepare_images("digits", data_dir=str(tmp_path / "data"))
+  task = learngene.apply(learngene.configure(cfg), classify.make_task(cfg, data))
+  init = task.init(task.model, jax.random.key(3))["params"]
+  src = trained["encoder"]["layers"]["block"]
+  # positions l * 2 / 4: layers 0, (0+1)/2, 1, (1+2)/2, 2
+  expected = jax.tree.map(lambda x: np.stack([x[0], (x[0] + x[1]) / 2, x[1], (x[1] + x[2]) / 2, x[2]]), src)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), y, rtol=1e-6, atol=1e-7),
+               init["encoder"]["layers"]["block"], expected)
+  np.testing.assert_array_equal(init["head"]["kernel"], trained["head"]["kernel"])
+  aux_cfg = config_lib.load(cfg_file + ":descendant", common + [f"learngene.gene_workdir={tmp_path / 'plain'}"])
+  with pytest.raises(config_lib.ConfigError, match="not an auxiliary"):
+    learngene.configure(aux_cfg)  # a descendant needs a learngene, not a plain run
