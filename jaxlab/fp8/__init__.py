@@ -61,8 +61,12 @@ def configure(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def recipe(f) -> Recipe:
-  """The scaling recipe of an `fp8` config group."""
-  return Recipe(scaling=f.scaling, history=f.history, margin=f.margin, power_of_two=f.power_of_two, block=f.block)
+  """The scaling recipe of an `fp8` config group. At O3 the weights are stored in E4M3 with
+  their own per-tensor scales, so the GEMM scales its kernel as they were stored
+  (`Recipe.kernel="stored"`) and sees the stored FP8 values unchanged."""
+  kernel = "stored" if f.level == "O3" and f.scaling != "block" else ""
+  return Recipe(scaling=f.scaling, history=f.history, margin=f.margin, power_of_two=f.power_of_two, block=f.block,
+                kernel=kernel)
 
 
 def dot_general_for(f):

@@ -47,16 +47,31 @@ SCALINGS = ("delayed", "current", "block")
 class Recipe:
   """How FP8 GEMMs are scaled: `scaling` (delayed, current or block; see the module docstring),
   the amax `history` length for delayed scaling, a `margin` (scale = amax * 2**margin / fmax,
-  headroom against growth between steps), power-of-two scales, and the tile size for block."""
+  headroom against growth between steps), power-of-two scales, and the tile size for block.
+
+  `kernel="stored"` is for weights that are stored in E4M3 with a per-tensor (per-layer)
+  scale from their own amax (O3): the kernel's scale is then recomputed just-in-time by the
+  same rule (this step's amax, no margin, not rounded to a power of two), which gives back the
+  stored scale, so quantizing the decoded weight reproduces the stored FP8 values bit for bit
+  (`tests/fp8/test_dot.py`). A delayed scale from past steps would round them a second time."""
   scaling: str = "delayed"
   history: int = 16          # amax history length (delayed)
   margin: int = 0            # scale = amax * 2**margin / fmax
   power_of_two: bool = False  # MS-AMP-style power-of-two scales
   block: int = 128           # tile size (block)
+  kernel: str = ""           # "" (as `scaling`) or "stored" (see above)
 
   def __post_init__(self):
     if self.scaling not in SCALINGS:
       raise ValueError(f"fp8.scaling={self.scaling!r} is not one of {SCALINGS}")
+    if self.kernel not in ("", "stored"):
+      raise ValueError(f"Recipe.kernel={self.kernel!r} is not '' or 'stored'")
+
+  def for_kernel(self) -> "Recipe":
+    """The recipe the kernel operand is scaled with."""
+    if self.kernel == "stored":
+      return dataclasses.replace(self, scaling="current", margin=0, power_of_two=False, kernel="")
+    return self
 
 
 def _scale(recipe: Recipe, history, current_amax, dtype):
@@ -88,7 +103,7 @@ def _fwd(x, w, meta, dims, recipe):
   _check_dense(x, w, dims)
   hx, hw, hg = meta if meta else (None, None, None)
   ax, aw = formats.amax(x), formats.amax(w)
-  sx, sw = _scale(recipe, hx, ax, E4M3), _scale(recipe, hw, aw, E4M3)
+  sx, sw = _scale(recipe, hx, ax, E4M3), _scale(recipe.for_kernel(), hw, aw, E4M3)
   qx, qw = formats.quantize(x, E4M3, sx), formats.quantize(w, E4M3, sw)
   y = _scaled_dot(qx, qw, dims, sx * sw, x.dtype)
   # The FP8 operands are the residuals: the backward GEMMs reuse them (1 byte per element).

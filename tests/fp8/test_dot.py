@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import pytest
 from flax.linen import fp8_ops
 
-from jaxlab.fp8 import dot
+from jaxlab.fp8 import dot, formats
 
 DIMS = (((1,), (0,)), ((), ()))
 # Round-to-nearest with 3 (E4M3) / 2 (E5M2) mantissa bits: relative error <= 2^-4 / 2^-3 per
@@ -175,3 +176,37 @@ def test_delayed_scaling_cold_start_scales_just_in_time():
   cur = lambda x, w: dot.fp8_dot_general(x, w, (), DIMS, dot.Recipe("current"))
   for a, b in zip((y, dx, dw), _grads(cur, x, w, g)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("bf16_compute", [False, True])
+def test_o3_gemm_sees_the_stored_fp8_weights_bit_for_bit(bf16_compute):
+  """O3 stores each layer's kernel in E4M3 with its own scale. Its view is decoded to FP16
+  (and cast to BF16 by a BF16 model); with Recipe.kernel="stored" the GEMM's quantized kernel
+  is the stored E4M3 data exactly, whatever the delayed history says. Without it a stale
+  history (here 1.5x the amax) rounds the weights a second time."""
+  from jaxlab.fp8 import optim as fo
+  w = jax.random.normal(jax.random.key(3), (2, 64, 32)) * 0.02  # two stacked layers
+  stored = fo.encode(w, formats.E4M3, "decoder/layers/block/mlp/fc/kernel")
+  view = fo.decode(stored, jnp.float16)
+  x = jax.random.normal(jax.random.key(4), (8, 64))
+  if bf16_compute:
+    view, x = view.astype(jnp.bfloat16), x.astype(jnp.bfloat16)
+  layer = 1
+  stale = 1.5 * float(jnp.max(jnp.abs(view[layer].astype(jnp.float32))))
+  meta = tuple(jnp.zeros((4,)).at[0].set(v) for v in (float(jnp.max(jnp.abs(x.astype(jnp.float32)))), stale, 1.0))
+  dims = (((1,), (0,)), ((), ()))
+  _, res = dot._fwd(x, view[layer], meta, dims, dot.Recipe(history=4, kernel="stored"))
+  qw = res[1]
+  np.testing.assert_array_equal(np.asarray(qw).view(np.uint8), np.asarray(stored.data[layer]).view(np.uint8))
+  _, res = dot._fwd(x, view[layer], meta, dims, dot.Recipe(history=4))
+  assert np.mean(np.asarray(res[1]).view(np.uint8) != np.asarray(stored.data[layer]).view(np.uint8)) > 0.3
+
+
+def test_o3_config_scales_kernels_as_stored_and_other_levels_do_not():
+  import ml_collections
+  from jaxlab import fp8
+  f = ml_collections.ConfigDict(fp8.default_config())
+  for level, scaling, want in (("O3", "delayed", "stored"), ("O3", "current", "stored"), ("O2", "delayed", ""),
+                               ("O3", "block", "")):
+    f.level, f.scaling = level, scaling
+    assert fp8.recipe(f).kernel == want, (level, scaling)
