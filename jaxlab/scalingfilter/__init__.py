@@ -6,6 +6,8 @@ Submodules: score (meta-models, packed scoring of files or lists, resumable; `sc
 scores a list of strings in memory), select
 (top-k by quality factor and the baselines: random, perplexity gate, DSIR, a quality
 classifier), diversity (Vendi through the dual Gram matrix, the bundled MiniLM embedder).
+The datatrove steps (DocumentReader, ScoreDocuments, QualityHistogram, QualityFilter; module
+datatrove_stage, needs the `datatrove` extra) are exported here too, imported on first use.
 `python -m jaxlab.scalingfilter` is the command line; jaxlab/trainers/scalingfilter.py the
 whole pipeline as one config.
 """
@@ -18,3 +20,17 @@ from jaxlab.scalingfilter.select import (METHODS, classifier_select, dsir, perpl
 __all__ = ["METHODS", "MetaModel", "check_pair", "classifier_select", "dsir", "grouped_vendi", "load_meta_model",
            "perplexity_gate", "random_select", "read_documents", "score_documents", "score_file", "score_sharded",
            "score_texts", "TextScores", "select_file", "select_scores", "top_k", "vendi_score"]
+
+# The datatrove steps: imported on first access, so the package works without the extra.
+_DATATROVE = ("DocumentReader", "QualityFilter", "QualityHistogram", "ScoreDocuments", "read_histograms", "top_k_bin")
+__all__ += list(_DATATROVE)
+
+
+def __getattr__(name):
+  if name in _DATATROVE:
+    try:
+      from jaxlab.scalingfilter import datatrove_stage
+    except ImportError as e:
+      raise ImportError(f"jaxlab.scalingfilter.{name} needs datatrove: pip install 'jaxlab[datatrove]' ({e})") from e
+    return getattr(datatrove_stage, name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
