@@ -271,7 +271,7 @@ def cached(path: str, fn) -> dict:
 # ------------------------------------------------------------------------------ the study
 
 def study(args, s: dict) -> dict:
-  """Run (or read back) every stage; returns all runs' results."""
+  """Run (or read back) every stage of `args.part` (all, main or transfer); returns the results."""
   dataset = "mnist" if builtin.shared_data_dir() is not None else "digits"
   patch = 14 if dataset == "mnist" else 4  # 4 tokens either way
   base = [f"data.name={dataset}", f"model.patch_size={patch}", f"train.batch_size={s['batch']}"] + VIT + TRAIN
@@ -280,68 +280,61 @@ def study(args, s: dict) -> dict:
   say = lambda *a: print(*a, flush=True)  # noqa: E731
   say(f"data: {dataset}, {len(full_data[1][1]):,} train / {len(full_data[2][1]):,} held-out images; "
       f"{jax.device_count()} {jax.default_backend()} device(s)")
+  workdir = lambda name: os.path.join(out, "workdirs", name)  # noqa: E731
 
   def run(name, role, overrides, data=full_data, save=False, **kw):
     path = os.path.join(out, "runs", name + ".json")
-    save_dir = os.path.join(out, "workdirs", name) if save else None
     fresh = not os.path.exists(path)
-    result = cached(path, lambda: train_run(role, base + overrides, *data, save_dir=save_dir, **kw))
+    result = cached(path, lambda: train_run(role, base + overrides, *data, save_dir=workdir(name) if save else None,
+                                            **kw))
     if fresh:
       say(f"  {name}: {result['steps']} steps, accuracy {result['curve'][-1][1]:.4f} "
           f"({result['seconds']:.0f}s)")
     return result
 
+  def scratch_to_plateau(name, overrides, data):
+    sc = run(name, "scratch", overrides, data=data, max_steps=s["max_steps"],
+             stop=lambda c: plateau(c, s["window"], s["delta"], s["min_steps"]) is not None)
+    target = plateau(sc["curve"], s["window"], s["delta"], s["min_steps"])
+    sc["converged"] = target is not None  # else: the cap was hit, and the last window's mean stands in
+    sc["target"] = target if target is not None else window_mean(sc["curve"], sc["steps"] - s["window"], sc["steps"])
+    # the compared runs stop at the target or at scratch's last step
+    return sc, dict(max_steps=sc["steps"], stop=lambda c: reach(c, sc["target"]) is not None)
+
   res = {"dataset": dataset, "teacher": run("teacher", "teacher", ["optim.learning_rate=2e-3"], save=True,
                                             max_steps=s["teacher_steps"])}
-  teacher_dir = os.path.join(out, "workdirs", "teacher")
-  kd_pre = [f"distill.teacher_workdir={teacher_dir}", "distill.alpha=1.0", "distill.tau=1.0"]
-  kd_base = [f"distill.teacher_workdir={teacher_dir}", "distill.alpha=0.5", "distill.tau=1.0"]
+  teacher = [f"distill.teacher_workdir={workdir('teacher')}", "distill.tau=1.0"]
+  kd_pre, kd_base = teacher + ["distill.alpha=1.0"], teacher + ["distill.alpha=0.5"]
+  six = [f"model.num_layers={AUX_DEPTH}"]
   for seed in s["seeds"]:
     sd = [f"seed={seed}"]
-    res[f"aux_s{seed}"] = run(f"aux_s{seed}", "auxiliary", sd + kd_pre + [f"model.num_layers={AUX_DEPTH}"],
-                              save=True, max_steps=s["aux_steps"])
-    res[f"plain6_s{seed}"] = run(f"plain6_s{seed}", "scratch", sd + kd_pre + [f"model.num_layers={AUX_DEPTH}"],
-                                 save=True, max_steps=s["aux_steps"])
-    aux_dir, plain_dir = (os.path.join(out, "workdirs", f"{k}_s{seed}") for k in ("aux", "plain6"))
-    for depth in s["depths"]:
-      dl = sd + CONSTANT_LR + [f"model.num_layers={depth}"]
-      sc = run(f"scratch_L{depth}_s{seed}", "scratch", dl, max_steps=s["max_steps"],
-               stop=lambda c: plateau(c, s["window"], s["delta"], s["min_steps"]) is not None)
-      target = plateau(sc["curve"], s["window"], s["delta"], s["min_steps"])
-      sc["converged"] = target is not None
-      sc["target"] = target if target is not None else window_mean(sc["curve"], sc["steps"] - s["window"],
-                                                                    sc["steps"])
-      res[f"scratch_L{depth}_s{seed}"] = sc
-      until = dict(max_steps=sc["steps"], stop=lambda c, t=sc["target"]: reach(c, t) is not None)
-      res[f"des_L{depth}_s{seed}"] = run(f"des_L{depth}_s{seed}", "descendant",
-                                         dl + [f"learngene.gene_workdir={aux_dir}"], **until)
-      res[f"kd_L{depth}_s{seed}"] = run(f"kd_L{depth}_s{seed}", "scratch", dl + kd_base, **until)
-      res[f"interp_L{depth}_s{seed}"] = run(f"interp_L{depth}_s{seed}", "interpolated",
-                                            dl + [f"learngene.gene_workdir={plain_dir}"], **until)
-
-    # transfer: learned on digits 0-4, descendants with a fresh head on 5-9
-    src, dst = load_digits(dataset, (0, 1, 2, 3, 4)), load_digits(dataset, (5, 6, 7, 8, 9))
-    res[f"t_aux_s{seed}"] = run(f"t_aux_s{seed}", "auxiliary", sd + [f"model.num_layers={AUX_DEPTH}"], data=src,
-                                save=True, max_steps=s["aux_steps"])
-    res[f"t_plain6_s{seed}"] = run(f"t_plain6_s{seed}", "scratch", sd + [f"model.num_layers={AUX_DEPTH}"],
-                                   data=src, save=True, max_steps=s["aux_steps"])
-    t_aux, t_plain = (os.path.join(out, "workdirs", f"t_{k}_s{seed}") for k in ("aux", "plain6"))
-    for depth in s["transfer_depths"]:
-      dl = sd + CONSTANT_LR + [f"model.num_layers={depth}"]
-      sc = run(f"t_scratch_L{depth}_s{seed}", "scratch", dl, data=dst, max_steps=s["max_steps"],
-               stop=lambda c: plateau(c, s["window"], s["delta"], s["min_steps"]) is not None)
-      target = plateau(sc["curve"], s["window"], s["delta"], s["min_steps"])
-      sc["converged"] = target is not None
-      sc["target"] = target if target is not None else window_mean(sc["curve"], sc["steps"] - s["window"],
-                                                                    sc["steps"])
-      res[f"t_scratch_L{depth}_s{seed}"] = sc
-      until = dict(max_steps=sc["steps"], stop=lambda c, t=sc["target"]: reach(c, t) is not None)
+    if args.part in ("all", "main"):
+      res[f"aux_s{seed}"] = run(f"aux_s{seed}", "auxiliary", sd + kd_pre + six, save=True, max_steps=s["aux_steps"])
+      res[f"plain6_s{seed}"] = run(f"plain6_s{seed}", "scratch", sd + kd_pre + six, save=True,
+                                   max_steps=s["aux_steps"])
+      for depth in s["depths"]:
+        dl = sd + CONSTANT_LR + [f"model.num_layers={depth}"]
+        res[f"scratch_L{depth}_s{seed}"], until = scratch_to_plateau(f"scratch_L{depth}_s{seed}", dl, full_data)
+        res[f"des_L{depth}_s{seed}"] = run(f"des_L{depth}_s{seed}", "descendant",
+                                           dl + [f"learngene.gene_workdir={workdir(f'aux_s{seed}')}"], **until)
+        res[f"kd_L{depth}_s{seed}"] = run(f"kd_L{depth}_s{seed}", "scratch", dl + kd_base, **until)
+        res[f"interp_L{depth}_s{seed}"] = run(f"interp_L{depth}_s{seed}", "interpolated",
+                                              dl + [f"learngene.gene_workdir={workdir(f'plain6_s{seed}')}"], **until)
+    if args.part in ("all", "transfer"):
+      # learned on digits 0-4 (labels), descendants with a fresh head on 5-9
+      src, dst = load_digits(dataset, (0, 1, 2, 3, 4)), load_digits(dataset, (5, 6, 7, 8, 9))
+      res[f"t_aux_s{seed}"] = run(f"t_aux_s{seed}", "auxiliary", sd + six, data=src, save=True,
+                                  max_steps=s["aux_steps"])
+      res[f"t_plain6_s{seed}"] = run(f"t_plain6_s{seed}", "scratch", sd + six, data=src, save=True,
+                                     max_steps=s["aux_steps"])
       fresh_head = ["learngene.reinit_head=true"]
-      res[f"t_des_L{depth}_s{seed}"] = run(f"t_des_L{depth}_s{seed}", "descendant",
-                                           dl + fresh_head + [f"learngene.gene_workdir={t_aux}"], data=dst, **until)
-      res[f"t_interp_L{depth}_s{seed}"] = run(f"t_interp_L{depth}_s{seed}", "interpolated",
-                                              dl + fresh_head + [f"learngene.gene_workdir={t_plain}"], data=dst,
-                                              **until)
+      for depth in s["transfer_depths"]:
+        dl = sd + CONSTANT_LR + [f"model.num_layers={depth}"]
+        res[f"t_scratch_L{depth}_s{seed}"], until = scratch_to_plateau(f"t_scratch_L{depth}_s{seed}", dl, dst)
+        res[f"t_des_L{depth}_s{seed}"] = run(f"t_des_L{depth}_s{seed}", "descendant", dl + fresh_head + [
+            f"learngene.gene_workdir={workdir(f't_aux_s{seed}')}"], data=dst, **until)
+        res[f"t_interp_L{depth}_s{seed}"] = run(f"t_interp_L{depth}_s{seed}", "interpolated", dl + fresh_head + [
+            f"learngene.gene_workdir={workdir(f't_plain6_s{seed}')}"], data=dst, **until)
   return res
 
 
@@ -431,6 +424,8 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="tiny settings (a smoke run of every stage, minutes)")
   p.add_argument("--out", default=None, help="where stages are cached (default runs/learngene_mnist[_quick])")
+  p.add_argument("--part", default="all", choices=("all", "main", "transfer"),
+                 help="with --seeds: only the main study's or the transfer's stages")
   p.add_argument("--seeds", default="", help="comma-separated: run only these seeds' stages and stop (a second "
                  "process can fill the same --out in parallel; a plain rerun then reports)")
   args = p.parse_args()
@@ -444,8 +439,8 @@ def main():
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   t0 = time.perf_counter()
   res = study(args, s)
-  if args.seeds:
-    print(f"stages of seeds {list(s['seeds'])} done in {time.perf_counter() - t0:.0f}s; rerun without --seeds "
+  if args.seeds or args.part != "all":
+    print(f"{args.part} stages of seeds {list(s['seeds'])} done in {time.perf_counter() - t0:.0f}s; rerun without --seeds "
           "to report")
     return
   n_depths = len(s["depths"])
