@@ -426,6 +426,7 @@ def main():
   p.add_argument("--out", default=None, help="where stages are cached (default runs/learngene_mnist[_quick])")
   p.add_argument("--part", default="all", choices=("all", "main", "transfer"),
                  help="with --seeds: only the main study's or the transfer's stages")
+  p.add_argument("--depths", default="", help="comma-separated: with --seeds, only these depths' stages")
   p.add_argument("--seeds", default="", help="comma-separated: run only these seeds' stages and stop (a second "
                  "process can fill the same --out in parallel; a plain rerun then reports)")
   args = p.parse_args()
@@ -433,6 +434,8 @@ def main():
   s = SETTINGS[mode]
   if args.seeds:
     s = {**s, "seeds": tuple(int(k) for k in args.seeds.split(","))}
+    if args.depths:
+      s = {**s, "depths": tuple(int(k) for k in args.depths.split(","))}
   args.out = args.out or os.path.join(REPO, "runs", f"learngene_mnist{'_quick' if args.quick else ''}")
   # compiled steps are shared by seeds (same shapes): a persistent cache saves a recompile each
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.out, "jax_cache"))
