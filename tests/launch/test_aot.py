@@ -57,6 +57,7 @@ def test_devices_must_match_a_started_backend(capsys):
   assert "already runs JAX with 8 devices" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # five full compiles; the next test compiles align's stages up to the failing one in make test
 def test_every_stage_of_multi_stage_trainers_compiles(capsys):
   """align: pretrain, aesthetic, finetune; scalingfilter: the meta-model pair. From shapes
   alone (the pipeline's score.input does not exist; align renders no testbed)."""
