@@ -65,6 +65,7 @@ def pipelines(args) -> tuple[list, list]:
   source = split_lines(args.input, out("input"), args.split) if args.split else args.input
   score = [DocumentReader(source, text_key=args.text_key, id_key=args.id_key, glob_pattern=args.glob),
            ScoreDocuments(args.small, args.large, batch_size=args.batch_docs, tokens_per_batch=args.tokens_per_batch,
+                          long_docs=args.long_docs, min_context=args.min_context,
                           exclusion_writer=JsonlWriter(out("rejects"))),
            QualityHistogram(out("histograms"), bin_width=args.bin_width),
            writer(args.format, out("scored"))]
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
   p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
   p.add_argument("--batch-docs", type=int, default=256)
   p.add_argument("--tokens-per-batch", type=int, default=16384)
+  p.add_argument("--long-docs", choices=("window", "truncate", "stride"), default="window")
+  p.add_argument("--min-context", type=int, default=0, help="stride: least context per prediction (default C/2)")
   p.add_argument("--executor", choices=("local", "slurm"), default="local")
   p.add_argument("--partition", default="gpu")
   p.add_argument("--time", default="04:00:00")

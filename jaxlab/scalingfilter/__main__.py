@@ -1,7 +1,7 @@
 """python -m jaxlab.scalingfilter {score, select, diversity} ...
 
   score   --small PATH --large PATH --input SRC [SRC ...] --output OUT [--sharded] [--overwrite]
-          [--text-field F] [--id-field F] [--data-dir TFDS_DIR]
+          [--text-field F] [--id-field F] [--data-dir TFDS_DIR] [--long-docs window|truncate|stride]
           SRC: a .jsonl/.jsonl.gz/.parquet/.txt file, a directory of them, or tfds:NAME[:split]
           (read with tfds.data_source from --data-dir; e.g. tfds:local_text/hXXXX --id-field index).
           OUT: one JSONL output file (one process). With --sharded, OUT is a directory: each JAX
@@ -41,7 +41,8 @@ def cmd_score(args) -> int:
     raise SystemExit(f"--output {args.output} is a directory: pass --sharded to write one part per process there")
   small, large = score_lib.load_meta_model(args.small), score_lib.load_meta_model(args.large)
   common = dict(text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
-                tokens_per_batch=args.tokens_per_batch, overwrite=args.overwrite)
+                tokens_per_batch=args.tokens_per_batch, overwrite=args.overwrite, long_docs=args.long_docs,
+                min_context=args.min_context)
   if args.sharded:
     counts = score_lib.score_sharded(args.input, args.output, small, large, **common)
     output = score_lib.part_path(args.output, counts["process_index"], counts["process_count"])
@@ -98,6 +99,10 @@ def main(argv=None) -> int:
   s.add_argument("--text-field", default="text")
   s.add_argument("--id-field", default="id")
   s.add_argument("--tokens-per-batch", type=int, default=16384)
+  s.add_argument("--long-docs", choices=score_lib.LONG_DOCS, default="window",
+                 help="documents longer than the context: one-token-overlap windows, the first C tokens "
+                      "(the reference), or sliding windows with --min-context tokens of context")
+  s.add_argument("--min-context", type=int, default=0, help="stride: least context per prediction (default C/2)")
   s.set_defaults(fn=cmd_score)
   t = sub.add_parser("select")
   t.add_argument("--scores", required=True)

@@ -40,6 +40,7 @@ import tqdm
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxlab import sharding
+from jaxlab.config import ConfigError
 from jaxlab.data import tokenizer as tokenizer_lib
 from jaxlab.data.text import Reject, excerpt, field_at
 from jaxlab.models import gpt, hf
@@ -93,6 +94,35 @@ def windows(ids: np.ndarray, context: int) -> list[np.ndarray]:
     if start + context >= len(ids):
       return out
     start += context - 1
+
+
+LONG_DOCS = ("window", "truncate", "stride")
+
+
+def spans(ids: np.ndarray, context: int, long_docs: str = "window", min_context: int = 0
+          ) -> list[tuple[np.ndarray, int]]:
+  """The windows of <= context tokens a document is scored in, each with the number of its
+  leading predictions that do not count (already made by the window before):
+    window    windows overlapping by one token, each prediction once (see the module docstring)
+    truncate  the first `context` tokens only, as the reference does
+    stride    sliding windows (transformers' perplexity guide): each prediction after the first
+              window has at least `min_context` tokens of context (default context // 2);
+              each window scores context - min_context new tokens"""
+  if long_docs == "window":
+    return [(w, 0) for w in windows(ids, context)]
+  if long_docs == "truncate":
+    return [(ids[:context], 0)]
+  if long_docs != "stride":
+    raise ConfigError(f"long_docs={long_docs!r}: use one of {', '.join(LONG_DOCS)}")
+  m = min_context or context // 2
+  if not 1 <= m < context:
+    raise ConfigError(f"min_context={min_context} must be in [1, context - 1] = [1, {context - 1}]")
+  out, end = [(ids[:context], 0)], min(context, len(ids))
+  while end < len(ids):  # tokens [0, end) are predicted; the next window starts m tokens before end
+    start = end - m
+    out.append((ids[start:start + context], m - 1))
+    end = min(start + context, len(ids))
+  return out
 
 
 TOKENS_PER_BATCH = 16384
@@ -168,10 +198,11 @@ def plan_packed(lengths: Sequence[int], *, context: int, pack_len: int, tokens_p
 
 
 def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int, tokens_per_batch: int, row_multiple: int,
-                      params, pack_len: int = PACK_LEN) -> np.ndarray:
-  """[n_docs, len(nll_fns)] mean NLL per document under each model (small, large)."""
-  flat = [(d, w) for d, ids in enumerate(docs) for w in windows(ids, context)]
-  plan = plan_packed([len(w) for _, w in flat], context=context, pack_len=pack_len,
+                      params, pack_len: int = PACK_LEN, long_docs: str = "window", min_context: int = 0) -> np.ndarray:
+  """[n_docs, len(nll_fns)] mean NLL per document under each model (small, large), over the
+  predictions that `spans` counts."""
+  flat = [(d, w, skip) for d, ids in enumerate(docs) for w, skip in spans(ids, context, long_docs, min_context)]
+  plan = plan_packed([len(w) for _, w, _ in flat], context=context, pack_len=pack_len,
                      tokens_per_batch=tokens_per_batch, row_multiple=row_multiple)
   sums = np.zeros((len(docs) + 1, len(nll_fns)))  # the last slot collects padding's zeros
   for capacity, rows, size in plan:
@@ -180,14 +211,16 @@ def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int, tokens_p
     for r, items in enumerate(rows):
       offset = 0
       for segment, i in enumerate(items, 1):
-        d, w = flat[i]
+        d, w, skip = flat[i]
         span = slice(offset, offset + len(w))
         tokens[r, span], segments[r, span], positions[r, span], owner[r, span] = w, segment, np.arange(len(w)), d
+        owner[r, offset:offset + skip] = len(docs)  # predictions made before: to the padding slot
         offset += len(w)
     for m, fn in enumerate(nll_fns):
       nll = np.asarray(fn(params[m], tokens, segments, positions), np.float64)
       sums[:, m] += np.bincount(owner[:, :-1].ravel(), weights=nll.ravel(), minlength=len(docs) + 1)
-  predictions = np.array([len(ids) - 1 for ids in docs], np.float64)
+  predictions = np.bincount([d for d, w, skip in flat], weights=[len(w) - 1 - skip for _, w, skip in flat],
+                            minlength=len(docs))
   return sums[:-1] / predictions[:, None]
 
 
@@ -206,19 +239,25 @@ class Scorer:
   row_multiple: int
   tokens_per_batch: int
   pack_len: int
+  long_docs: str = "window"
+  min_context: int = 0
 
 
 def make_scorer(small: MetaModel, large: MetaModel, *, tokens_per_batch: int = TOKENS_PER_BATCH,
-                pack_len: int = PACK_LEN, mesh=None) -> Scorer:
-  """Check the pair (same tokenizer), place both models' parameters on `mesh` (default: all
-  devices on one "data" axis) and build their NLL functions."""
+                pack_len: int = PACK_LEN, mesh=None, long_docs: str = "window", min_context: int = 0) -> Scorer:
+  """Check the pair (same tokenizer) and the long-document rule (see `spans`; a bad
+  `long_docs` or `min_context` is a ConfigError before anything compiles), place both
+  models' parameters on `mesh` (default: all devices on one "data" axis) and build their
+  NLL functions."""
   check_pair(small, large)
+  spans(np.zeros(0, np.int32), min(small.context, large.context), long_docs, min_context)  # validates
   mesh = mesh if mesh is not None else sharding.make_mesh([("data", -1)])
   replicated = NamedSharding(mesh, P())
   return Scorer(nll_fns=(make_nll_fn(small.model, mesh), make_nll_fn(large.model, mesh)),
                 params=(jax.device_put(small.params, replicated), jax.device_put(large.params, replicated)),
                 encoder=small.tokenizer.backend_tokenizer, context=min(small.context, large.context),
-                row_multiple=mesh.shape["data"], tokens_per_batch=tokens_per_batch, pack_len=pack_len)
+                row_multiple=mesh.shape["data"], tokens_per_batch=tokens_per_batch, pack_len=pack_len,
+                long_docs=long_docs, min_context=min_context)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,19 +315,21 @@ def score_batch(scorer: Scorer, texts: Sequence[Any]) -> TextScores:
   if ids:
     nll[list(ids)] = score_token_lists(list(ids.values()), scorer.nll_fns, context=scorer.context,
                                        tokens_per_batch=scorer.tokens_per_batch, row_multiple=scorer.row_multiple,
-                                       params=scorer.params, pack_len=scorer.pack_len)
+                                       params=scorer.params, pack_len=scorer.pack_len,
+                                       long_docs=scorer.long_docs, min_context=scorer.min_context)
   return TextScores(n_tokens, nll[:, 0], nll[:, 1], tuple(reasons))
 
 
 def score_texts(texts: Sequence[str], small: MetaModel | str, large: MetaModel | str, *,
                 tokens_per_batch: int = TOKENS_PER_BATCH, pack_len: int = PACK_LEN, mesh=None,
-                batch_docs: int = 4096) -> TextScores:
+                batch_docs: int = 4096, long_docs: str = "window", min_context: int = 0) -> TextScores:
   """Score a list of strings in memory (no files): `small` and `large` are MetaModels or
   paths for `load_meta_model`. Returns arrays aligned with `texts` (see TextScores);
   texts that cannot be scored are NaN with their reason, never dropped."""
   small = load_meta_model(small) if isinstance(small, str) else small
   large = load_meta_model(large) if isinstance(large, str) else large
-  scorer = make_scorer(small, large, tokens_per_batch=tokens_per_batch, pack_len=pack_len, mesh=mesh)
+  scorer = make_scorer(small, large, tokens_per_batch=tokens_per_batch, pack_len=pack_len, mesh=mesh,
+                       long_docs=long_docs, min_context=min_context)
   texts = list(texts)
   parts = [score_batch(scorer, texts[i:i + batch_docs]) for i in range(0, len(texts), batch_docs)]
   if not parts:
@@ -552,11 +593,13 @@ def read_parts(output_dir: str) -> tuple[list[dict], list[dict]]:
 
 def score_documents(documents, output_path: str, small: MetaModel, large: MetaModel, *,
                     tokens_per_batch: int = TOKENS_PER_BATCH, pack_len: int = PACK_LEN, chunk_docs: int = 256,
-                    mesh=None, stop_after_chunks: int = 0, progress: bool = True, overwrite: bool = False) -> dict:
+                    mesh=None, stop_after_chunks: int = 0, progress: bool = True, overwrite: bool = False,
+                    long_docs: str = "window", min_context: int = 0) -> dict:
   """Score (id, text-or-Reject) pairs into `output_path`. An existing output is resumed:
   ids already in it (or in its rejects file) are skipped and keep their old scores, counted
   in `skipped_done`; overwrite=True deletes both files first and rescores everything."""
-  scorer = make_scorer(small, large, tokens_per_batch=tokens_per_batch, pack_len=pack_len, mesh=mesh)
+  scorer = make_scorer(small, large, tokens_per_batch=tokens_per_batch, pack_len=pack_len, mesh=mesh,
+                       long_docs=long_docs, min_context=min_context)
   rejects_path = output_path + ".rejects.jsonl"
   if overwrite:
     for path in (output_path, rejects_path):

@@ -212,8 +212,15 @@ def test_slurm_dry_run_writes_scripts_and_a_pickled_task_runs(pair, tmp_path):
     assert line in script
   assert "--gpus" not in (out / "logs" / "select" / "launch_script.slurm").read_text()
   assert "afterok" in stderr  # the select job and the stats merge wait for the score job
+  # What a Slurm node provides: the array index, the node list, and scontrol to expand it.
+  bin_dir = tmp_path / "slurm_bin"
+  bin_dir.mkdir()
+  (bin_dir / "scontrol").write_text("#!/bin/bash\necho localhost\n")
+  (bin_dir / "scontrol").chmod(0o755)
+  node_env = dict(_example_env(), SLURM_ARRAY_TASK_ID="1", SLURM_NODELIST="localhost",
+                  PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
   task = subprocess.run([str(Path(sys.executable).parent / "launch_pickled_pipeline"),
-                         str(out / "logs" / "score" / "executor.pik")], env=dict(_example_env(), SLURM_ARRAY_TASK_ID="1"),
+                         str(out / "logs" / "score" / "executor.pik")], env=node_env,
                         capture_output=True, text=True, timeout=300)
   assert task.returncode == 0, task.stderr[-3000:]
   assert [p.name for p in (out / "logs" / "score" / "completions").iterdir()] == ["00001"]

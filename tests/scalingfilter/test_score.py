@@ -263,3 +263,53 @@ def test_cli_rerun_says_it_resumes_and_overwrite_rescores(pair, tmp_path, capsys
   assert [json.loads(l) for l in open(tmp_path / "parts" / "part-00000-of-00001.jsonl")] == first
   with pytest.raises(SystemExit, match="--sharded"):
     cli.main(args[:-1] + [str(tmp_path / "parts"), "--small", small.path, "--large", large.path])
+
+
+def test_spans_by_hand():
+  ids = np.arange(10)
+  got = [(list(w), skip) for w, skip in score.spans(ids, 4, "stride", min_context=2)]
+  # each of tokens 4..9 is predicted once, from at least 2 tokens of context
+  assert got == [([0, 1, 2, 3], 0), ([2, 3, 4, 5], 1), ([4, 5, 6, 7], 1), ([6, 7, 8, 9], 1)]
+  assert [list(w) for w, _ in score.spans(ids, 4, "truncate")] == [[0, 1, 2, 3]]
+  assert [(list(w), s) for w, s in score.spans(ids[:5], 4, "window")] == [([0, 1, 2, 3], 0), ([3, 4], 0)]
+  with pytest.raises(score.ConfigError, match="long_docs='slide'"):
+    score.spans(ids, 4, "slide")
+  with pytest.raises(score.ConfigError, match="min_context=4"):
+    score.spans(ids, 4, "stride", min_context=4)
+
+
+def _token_logp(meta, w):
+  """log p(w[t] | w[:t]) for t = 1..len(w)-1, from one unpacked forward pass (see direct_nll)."""
+  if id(meta) not in _FORWARD:
+    _FORWARD[id(meta)] = jax.jit(lambda x: jax.nn.log_softmax(meta.model.apply({"params": meta.params}, x)[0]))
+  filled = np.full((1, meta.context - 1), 7, np.int32)
+  filled[0, :len(w) - 1] = w[:-1]
+  logp = np.asarray(_FORWARD[id(meta)](jnp.asarray(filled)))
+  return logp[np.arange(len(w) - 1), w[1:]]
+
+
+def test_truncate_and_stride_against_direct_log_probs(pair):
+  """truncate: the mean NLL of the first C tokens. stride: transformers' perplexity-guide loop
+  (windows begin every C - m tokens, each scores only the tokens past the previous window)."""
+  small, large, texts = pair
+  docs = [texts[3][:500], texts[4][:90], texts[5][:260]]
+  enc = small.tokenizer.backend_tokenizer
+  c, m = small.context, 12
+  trunc = score.score_texts(docs, small, large, long_docs="truncate")
+  stride = score.score_texts(docs, small, large, long_docs="stride", min_context=m)
+  for i, text in enumerate(docs):
+    ids = np.asarray(enc.encode(text).ids)
+    for meta, got_t, got_s in ((small, trunc.nll_small, stride.nll_small), (large, trunc.nll_large, stride.nll_large)):
+      np.testing.assert_allclose(got_t[i], -_token_logp(meta, ids[:c]).mean(), rtol=2e-5)
+      total, prev_end = 0.0, 0
+      for begin in range(0, len(ids), c - m):
+        end = min(begin + c, len(ids))
+        logp = _token_logp(meta, ids[begin:end])  # predictions of tokens begin+1 .. end-1
+        total -= logp[max(prev_end, begin + 1) - begin - 1:].sum()
+        prev_end = end
+        if end == len(ids):
+          break
+      np.testing.assert_allclose(got_s[i], total / (len(ids) - 1), rtol=2e-5)
+  assert trunc.n_tokens.max() > 3 * c  # long documents really were cut
+  with pytest.raises(score.ConfigError, match="long_docs"):
+    score.score_texts(docs, small, large, long_docs="first")
