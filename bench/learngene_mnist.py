@@ -406,6 +406,7 @@ def plot(res: dict, s: dict, prefix: str, depths, names: dict, path: str, title:
     targets = [r["target"] for r in runs_of(res, prefix, "scratch", depth, s)]
     ax.axhline(float(np.mean(targets)), color="k", ls=":", lw=1, label="scratch converged (mean)")
     ax.set_xscale("symlog", linthresh=100)
+    ax.set_xlim(left=0)
     ax.set_ylim(max(0.0, min(targets) - 0.25), 1.0)
     ax.set_title(f"depth {depth}")
     ax.set_xlabel("step")
