@@ -68,6 +68,7 @@ def _assert_bitwise_equal(a, b):
                                   np.atleast_1d(np.asarray(y)).view(np.uint8))
 
 
+@pytest.mark.slow  # one of make test's longest; CI's make slow runs it
 def test_mid_training_o2_checkpoint_round_trip_is_bit_exact(tmp_path):
   from jaxlab import checkpoint, sharding
   mesh = sharding.make_mesh((("data", 8),))

@@ -196,6 +196,7 @@ def test_packing_plan_by_hand():
   assert plan == [(16, [[2, 3], [4, 5]], 2), (24, [[1]], 1), (32, [[6], [0]], 2)]
 
 
+@pytest.mark.slow  # one of make test's longest; CI's make slow runs it
 def test_packed_scoring_equals_one_document_per_row(pair):
   """Rows holding several documents (positions restart, attention stays inside a document)
   give each document the NLL it gets alone in an unmasked, unpacked forward pass."""
