@@ -2,8 +2,10 @@
 that disagree (position bias) count as a tie ("order consistency").
 
 A judge is a function judge(query, first_images, second_images) -> "first" | "second".
-Offline: `aesthetic_judge(score_fn)` prefers the set with the higher mean aesthetic
-score. Online: `rephrase.openai_vision_judge(...)` asks an OpenAI-compatible vision model.
+Offline: `score_judge(score_fn)` prefers the set with the higher mean score(query, images);
+the trainer's judge scores from the testbed's ground truth with its own noise (relevance
+first, then aesthetics), never from the aesthetic model that built the training pairs.
+`aesthetic_judge(score_fn)` ignores the query. Online: `rephrase.openai_vision_judge(...)` asks an OpenAI-compatible vision model.
 """
 from __future__ import annotations
 
@@ -26,6 +28,14 @@ def order_consistent(judge: Judge, query: str, set_a, set_b) -> str:
   if first == "second" and second == "first":
     return "b"
   return "tie"
+
+
+def score_judge(score: Callable[[str, Sequence], np.ndarray]) -> Judge:
+  """score(query, images) -> one score per image; the first set wins ties of the mean (a position
+  bias that the swapped order turns into a tie)."""
+  def judge(query, first, second):
+    return "first" if float(np.mean(score(query, first))) >= float(np.mean(score(query, second))) else "second"
+  return judge
 
 
 def aesthetic_judge(score: Callable[[Sequence], np.ndarray]) -> Judge:

@@ -1,8 +1,13 @@
-"""Preference mining (the paper's data pipeline): plain queries -> rephrased with aesthetic
-expectations -> top-K from a random gallery per round -> re-ranked by relevance to the
-rephrased query (the pretrained retriever) and by aesthetics (the aesthetic model) -> a
-u x v grid -> every pair consistent with it, on the ORIGINAL query; stored as a tfds
-dataset with each record's reference log-probabilities."""
+"""Preference mining (the paper's data pipeline): plain queries about the fine-tuning half
+of the contents -> rephrased with aesthetic expectations -> top-K from a random gallery per
+round (the pretrained retriever, rephrased query) -> re-ranked by relevance and by
+aesthetics (the aesthetic model) -> a u x v grid -> every pair consistent with it, on the
+ORIGINAL query; stored as a tfds dataset with each record's reference log-probabilities.
+
+Relevance (`preferences.relevance`): "caption" orders the candidates by the similarity of
+their captions to the rephrased query under a frozen sentence encoder, a signal other than
+the retriever's own score; "retriever" reuses the retriever's score (so the rows only
+re-cut its ranking)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,25 +18,36 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlab.align import aesthetic as aesthetic_lib, dpo as dpo_lib, preferences as pref_lib
-from jaxlab.align import rephrase as rephrase_lib, retrieval, testbed
+from jaxlab.align import rephrase as rephrase_lib, retrieval
+
+RELEVANCE = ("caption", "retriever")
 
 
 def mine_preferences(workdir: str, mcfg, params, mlp: aesthetic_lib.AestheticMLP, mlp_params, train: dict,
-                     img_emb: np.ndarray, tok, *, rephrase, preferences, seed: int, batch_size: int):
+                     img_emb: np.ndarray, encoder, *, rephrase, preferences, seed: int, batch_size: int,
+                     query_contents: dict[str, int], caption_encoder=None):
   """(tfds data source of preference records, stats) under workdir/preferences; the
   rephrasings are cached in workdir/rephrase_cache. `rephrase` and `preferences` are the
-  config's groups; `train` is `testbed.load_split`'s dict and `img_emb` its image embeddings."""
+  config's groups; `train` is `testbed.load_split`'s dict and `img_emb` its image embeddings;
+  `encoder` the text tower's encoder (align.texts); `query_contents` {plain query: content id}
+  the queries mined; `caption_encoder` (align.texts.FrozenEncoder) embeds the captions and
+  rephrased queries for preferences.relevance="caption"."""
   p, r = preferences, rephrase
-  queries = [testbed.query_for(c) for c in testbed.CONTENTS]
+  if p.relevance not in RELEVANCE:
+    raise ValueError(f"preferences.relevance={p.relevance!r} is not one of {RELEVANCE}")
+  if p.relevance == "caption" and caption_encoder is None:
+    raise ValueError("preferences.relevance='caption' needs a caption_encoder")
+  queries = list(query_contents)
   backend = rephrase_lib.backend_from_config(r)
   rephrased = (list(queries) if backend is None else
                rephrase_lib.rephrase(queries, r.style, backend, os.path.join(workdir, "rephrase_cache"), r.k))
-  q_emb = retrieval.embed_texts(mcfg, params, tok, queries, mcfg.text.max_len, batch_size)
-  r_emb = retrieval.embed_texts(mcfg, params, tok, rephrased, mcfg.text.max_len, batch_size)
+  q_emb = retrieval.embed_texts(mcfg, params, encoder, queries, batch_size)
+  r_emb = retrieval.embed_texts(mcfg, params, encoder, rephrased, batch_size)
+  if p.relevance == "caption":
+    cap_f, reph_f = caption_encoder.embed(train["captions"]), caption_encoder.embed(rephrased)
   aes = np.asarray(aesthetic_lib.score(mlp, mlp_params, jnp.asarray(img_emb)))
   # what the records depend on, the models included (by a fingerprint of their outputs)
-  key = json.dumps(["rows by rephrased relevance", backend.name if backend else "none", r.style, r.k, p.to_dict(),
-                    seed, rephrased,
+  key = json.dumps(["grid v2", backend.name if backend else "none", r.style, r.k, p.to_dict(), seed, rephrased,
                     np.round(img_emb[:16], 5).tolist(), np.round(q_emb, 5).tolist(), np.round(aes[:16], 5).tolist()])
   name = "prefs_" + hashlib.sha256(key.encode()).hexdigest()[:12]
   rng = np.random.default_rng(seed + 3)
@@ -43,13 +59,15 @@ def mine_preferences(workdir: str, mcfg, params, mlp: aesthetic_lib.AestheticMLP
     for qi, cands in enumerate(top):
       # relevance to the rephrased query: relevance to the plain one runs against the
       # aesthetic expectations inside the rephrased top-K (the plain-caption images win)
-      grid = pref_lib.build_grid(cands, img_emb[cands] @ r_emb[qi], aes[cands], p.u, p.v, p.stride)
+      relevance = cap_f[cands] @ reph_f[qi] if p.relevance == "caption" else img_emb[cands] @ r_emb[qi]
+      grid = pref_lib.build_grid(cands, relevance, aes[cands], p.u, p.v, p.stride)
       out_q.append(queries[qi]); out_r.append(rephrased[qi]); out_c.append(grid)
-      out_content.append(qi)  # queries follow testbed CONTENTS: the index is the content id
+      out_content.append(query_contents[queries[qi]])
       out_ref.append(np.asarray(dpo_lib.candidate_log_probs(q_emb[qi][None], img_emb[grid][None], scale))[0])
   pairs = pref_lib.grid_pairs(p.u, p.v)
   prefs = pref_lib.write_preferences(os.path.join(workdir, "preferences"), name, out_q, out_r, out_c, out_ref, pairs)
   stats = {"records": len(out_q), "pairs_per_record": int(len(pairs)), "rephrased_example": rephrased[0],
+           "queries": len(queries), "contents": len(set(query_contents.values())),
            **pref_lib.grid_stats(np.asarray(out_c), np.asarray(out_content), train["aesthetic"],
                                  train["content_id"], pairs)}
   return prefs, stats

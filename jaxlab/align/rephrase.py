@@ -42,9 +42,13 @@ TEMPLATES = {
                    "aesthetic qualities of an ideal result. Answer with the description only.\nQuery: {query}"),
 }
 
-# The offline expander's aesthetic expectations, as (attribute, word).
-AESTHETIC_TERMS = (("sharpness", "sharp"), ("composition", "centred"), ("colour", "harmonious"),
-                   ("overall", "beautiful"))
+# The offline expander's aesthetic expectations, (attribute, phrase), worded as an LLM might
+# and never with the captions' words (testbed.CAPTION_PHRASES; a test checks they are disjoint):
+# they reach the captions only through a text encoder that knows English.
+AESTHETIC_PHRASES = (("composition", "the subject sits right in the middle of the picture"),
+                     ("sharpness", "sharp and clear edges"),
+                     ("colour", "harmonious, gentle colours"),
+                     ("overall", "a beautiful, high quality shot"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,17 +82,18 @@ def check_style(style: str) -> str:
 
 
 def expand(query: str, style: str, k: int = 3) -> str:
-  """The deterministic offline expansion of one query."""
+  """The deterministic offline rephrasing of one query: its first k aesthetic expectations
+  (AESTHETIC_PHRASES) in the style's form."""
   check_style(style)
-  terms = AESTHETIC_TERMS[:max(1, min(k, len(AESTHETIC_TERMS)))]
-  words = [w for _, w in terms]
+  terms = AESTHETIC_PHRASES[:max(1, min(k, len(AESTHETIC_PHRASES)))]
+  phrases = [p for _, p in terms]
   if style == "details":
-    return f"{query} , " + " , ".join(words)
+    return f"{query}, " + ", ".join(phrases)
   if style == "list":
-    return f"{query} : " + " ".join(f"{i + 1} . {w}" for i, w in enumerate(words))
+    return f"{query}: " + " ".join(f"{i + 1}. {p}" for i, p in enumerate(phrases))
   if style == "keywords":
-    return json.dumps({"subject": query, **{a: w for a, w in terms}})
-  return " ".join(words) + f" image of {query}"   # reorganise
+    return json.dumps({"subject": query, **{a: p for a, p in terms}})
+  return "A picture with " + ", ".join(phrases) + f": {query}"   # reorganise
 
 
 def offline_backend() -> Backend:

@@ -1,25 +1,41 @@
-"""A controlled testbed for aesthetic alignment: rendered images with captions and a
-known aesthetic ground truth, HPIR-format human-like labels drawn from it with noise,
-and loaders for real preference folders (../shared/data/images/preference_example).
+"""A controlled testbed for aesthetic alignment: images with free-text captions and a known
+aesthetic ground truth, HPIR-format human-like labels drawn from it with noise (two
+aspects), a held-out half of the contents, and loaders for real preference folders
+(../shared/data/images/preference_example).
 
-Each image shows one shape (circle, square, triangle, cross) in one colour (6 colours):
-its content, e.g. "red circle" (24 contents). Three aesthetic factors, each uniform in
-[0, 1], change how it is rendered, never what it shows:
-  composition  1 = centred; the object moves off-centre (towards the edge) as it drops
-  sharpness    1 = clean; blur and pixel noise grow as it drops
-  harmony      1 = a soft neutral background; a random saturated (garish) one as it drops
-The ground-truth aesthetic score is their mean. Captions are "a red circle" plus, like
-web alt-text, some noisy aesthetic words: each factor is described with probability
-`desc_prob`, by its good word (>= 0.6) or bad word (<= 0.4). A `rating` (ground truth
-plus Gaussian noise, clipped to [0, 1]) plays the role of a human aesthetic rating.
+Two image sources behind the same builder and loaders (`data.source`):
+  rendered  one shape (circle, square, triangle, cross) in one colour (6 colours): its
+            content, e.g. "red circle" (24 contents)
+  photos    content crops of real photographs shipped with scikit-image / scikit-learn
+            (jaxlab/align/photos.py), degraded photographically
+Three aesthetic factors, each uniform in [0, 1], change how an image looks, never what it
+shows:
+  composition  1 = centred; off-centre (rendered: the object moves; photos: the crop) as it drops
+  sharpness    1 = clean; blur and noise (photos: + JPEG artefacts) grow as it drops
+  harmony      1 = soft neutral background / true exposure; garish background / exposure
+               error and colour cast as it drops
+The ground-truth aesthetic score is their mean. Captions are "a red circle" plus, like web
+alt-text, some noisy aesthetic phrases: each clearly good (>= 0.6) or bad (<= 0.4) factor is
+described with probability `desc_prob` by a phrase drawn from its synonym set (CAPTION_PHRASES,
+whose words the offline rephraser never uses: the two meet only through a text encoder that
+knows English). A `rating` (truth plus Gaussian noise, clipped to [0, 1]) plays the role of a
+human aesthetic rating.
+
+Contents are split in two (`content_split`): the fine-tuning half (preference mining and DPO
+see only its queries) and the held-out half (reported). Queries are worded by templates:
+TRAIN_TEMPLATES for mining, HELDOUT_TEMPLATES (never in training) for evaluation.
 
 Splits: train (pretraining, the aesthetic model, preference galleries), validation (for
 choosing settings: its images enter no grid and no training) and test (reported).
 
-HPIR labels (validation and test each have their own): for a content query, two disjoint
-result sets of `set_size` images of that content; `annotators` simulated people each
-prefer the set with the higher mean ground truth after adding N(0, noise) to the
-difference; the choice is the majority, the confidence the majority's share.
+HPIR labels, per split (validation, test), content half (heldout, finetune) and aspect:
+  aesthetic  two disjoint sets of `set_size` images of the query's content; each of
+             `annotators` simulated people prefers the set with the higher mean true
+             aesthetic after adding N(0, noise) to the difference
+  relevance  two sets with different mixes of images of the query's content, of related
+             contents (rendered: same colour or same shape, grade 0.5) and of others
+             (grade 0); the annotators compare the mean relevance grade, with noise
+The choice is the majority, the confidence the majority's share.
 """
 from __future__ import annotations
 
@@ -36,21 +52,92 @@ SHAPES = ("circle", "square", "triangle", "cross")
 COLOURS = {"red": (0.9, 0.1, 0.1), "green": (0.1, 0.7, 0.2), "blue": (0.15, 0.3, 0.95),
            "yellow": (0.95, 0.85, 0.1), "magenta": (0.85, 0.15, 0.8), "cyan": (0.1, 0.8, 0.85)}
 FACTORS = ("composition", "sharpness", "harmony")
-DESCRIPTORS = {"composition": ("centred", "skewed"), "sharpness": ("sharp", "noisy"),
-               "harmony": ("harmonious", "garish")}
 CONTENTS = tuple(f"{c} {s}" for s in SHAPES for c in COLOURS)
 NEUTRAL = np.array([0.92, 0.9, 0.85])
+SOURCES = ("rendered", "photos")
 
-# Word-level vocabulary: the testbed's words, the offline rephraser's, and punctuation.
+# Caption phrases per factor: (good synonyms, bad synonyms). Their words are disjoint from the
+# offline rephraser's (rephrase.AESTHETIC_PHRASES; a test checks it).
+CAPTION_PHRASES = {
+    "composition": (("well framed", "balanced layout", "centered"), ("off-center", "lopsided layout", "cropped badly")),
+    "sharpness": (("crisp", "in focus", "fine detail"), ("blurry", "grainy", "out of focus")),
+    "harmony": (("soft pastel backdrop", "calm tones", "muted background"),
+                ("loud backdrop", "clashing hues", "gaudy background")),
+}
+# Query wordings: mining and DPO see the first; evaluation uses only the second.
+TRAIN_TEMPLATES = ("a {}", "a photo of a {}", "an image of a {}")
+HELDOUT_TEMPLATES = ("a picture showing a {}", "looking for a {}", "{} shown in a photograph")
+
+# Word-level vocabulary of the small trainable text tower (model.text_tower=words): the
+# captions' and templates' words and punctuation. Anything else (a rephrasing) is [UNK]:
+# the closed vocabulary the frozen MiniLM tower (model.text_tower=minilm) does not have.
 PAD, UNK, EOS = "[PAD]", "[UNK]", "[EOS]"
-WORDS = (("a", "image", "of", "beautiful", "subject", "sharpness", "composition", "colour", "overall")
-         + tuple(COLOURS) + SHAPES + tuple(w for pair in DESCRIPTORS.values() for w in pair)
+
+
+def _words(texts) -> tuple[str, ...]:
+  out = []
+  for t in texts:
+    for w in t.replace("{}", " ").replace("-", " - ").split():
+      if w not in out:
+        out.append(w)
+  return tuple(out)
+
+
+def contents(source: str = "rendered") -> tuple[str, ...]:
+  """The content phrases of an image source ("rendered" or "photos")."""
+  if source == "rendered":
+    return CONTENTS
+  if source == "photos":
+    from jaxlab.align import photos
+    return photos.CONTENTS
+  raise ValueError(f"unknown testbed source {source!r}; use one of {SOURCES}")
+
+
+def content_split(source: str = "rendered") -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """(fine-tuning content ids, held-out content ids). Rendered: colour index + shape index
+  even -> fine-tuning, so every colour and every shape is in both halves; photos: even / odd ids."""
+  n = len(contents(source))
+  if source == "rendered":
+    ncol = len(COLOURS)
+    tune = tuple(k for k in range(n) if (k // ncol + k % ncol) % 2 == 0)
+  else:
+    tune = tuple(range(0, n, 2))
+  return tune, tuple(k for k in range(n) if k not in tune)
+
+
+def relevance_grade(source: str, query_content: int, image_content) -> np.ndarray:
+  """Relevance of images (content ids) to a query for a content: 1 for the same content;
+  rendered only, 0.5 for the same colour or the same shape; else 0."""
+  image_content = np.asarray(image_content)
+  same = (image_content == query_content).astype(np.float64)
+  if source != "rendered":
+    return same
+  ncol = len(COLOURS)
+  related = (image_content // ncol == query_content // ncol) | (image_content % ncol == query_content % ncol)
+  return np.where(same > 0, 1.0, np.where(related, 0.5, 0.0))
+
+
+def query_for(content: str, template: str = "a {}") -> str:
+  """A text query for a content: "red circle" -> "a red circle" (also how every caption starts)."""
+  return template.format(content)
+
+
+def queries(source: str, content_ids, templates) -> dict[str, int]:
+  """{query text: content id} for every template x content."""
+  names = contents(source)
+  return {query_for(names[c], t): int(c) for c in content_ids for t in templates}
+
+
+def caption_words() -> set[str]:
+  """Every word the caption phrases use (lower case), for the vocabulary-disjointness check."""
+  return set(_words(p for pair in CAPTION_PHRASES.values() for side in pair for p in side))
+
+
+WORDS = (("a", "an", "of", "image", "photo", "picture", "showing", "looking", "for", "shown", "in", "photograph")
+         + tuple(COLOURS) + SHAPES + tuple(w for w in _words(p for pair in CAPTION_PHRASES.values()
+                                                             for side in pair for p in side)
+                                           if w not in ("in", "of", "a"))
          + tuple("0123456789") + tuple(",.:;{}\"'-()[]"))
-
-
-def query_for(content: str) -> str:
-  """The text query for a content: "red circle" -> "a red circle" (also how every caption starts)."""
-  return f"a {content}"
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -100,26 +187,34 @@ def render(content: str, factors, size: int, rng: np.random.Generator) -> np.nda
 def caption_for(content: str, factors, rng: np.random.Generator, desc_prob: float) -> str:
   """A caption for an image of `content` with factors (composition, sharpness, harmony).
 
-  The query, then, with probability desc_prob each, the word of every clearly good (>= 0.6) or bad (<= 0.4)
-  factor, joined by " , " like noisy alt-text."""
+  The content as "a red circle", then, with probability desc_prob each, a phrase for every clearly good (>= 0.6)
+  or bad (<= 0.4) factor, drawn from its synonym set in CAPTION_PHRASES, joined by ", " like noisy alt-text."""
   words = []
   for name, f in zip(FACTORS, factors):
     if rng.uniform() < desc_prob and (f >= 0.6 or f <= 0.4):
-      words.append(DESCRIPTORS[name][0 if f >= 0.6 else 1])
-  return " , ".join([query_for(content)] + words)
+      synonyms = CAPTION_PHRASES[name][0 if f >= 0.6 else 1]
+      words.append(synonyms[rng.integers(len(synonyms))])
+  return ", ".join([query_for(content)] + words)
 
 
-def generate(n: int, size: int, seed, desc_prob: float = 0.5, rating_noise: float = 0.08) -> dict:
+def generate(n: int, size: int, seed, desc_prob: float = 0.5, rating_noise: float = 0.08,
+             source: str = "rendered") -> dict:
   """n examples as arrays: image, caption, content, content_id, factors, aesthetic, rating."""
+  names = contents(source)
+  if source == "photos":
+    from jaxlab.align import photos
+    draw = photos.render
+  else:
+    draw = render
   rng = np.random.default_rng(seed)
-  content_id = rng.integers(0, len(CONTENTS), n)
+  content_id = rng.integers(0, len(names), n)
   factors = rng.uniform(0, 1, (n, 3))
   aesthetic = factors.mean(1)
-  images = np.stack([render(CONTENTS[c], f, size, rng) for c, f in zip(content_id, factors)]) if n else \
+  images = np.stack([draw(names[c], f, size, rng) for c, f in zip(content_id, factors)]) if n else \
       np.zeros((0, size, size, 3), np.uint8)
-  captions = [caption_for(CONTENTS[c], f, rng, desc_prob) for c, f in zip(content_id, factors)]
+  captions = [caption_for(names[c], f, rng, desc_prob) for c, f in zip(content_id, factors)]
   rating = np.clip(aesthetic + rng.normal(0, rating_noise, n), 0, 1)
-  return {"image": images, "caption": captions, "content": [CONTENTS[c] for c in content_id],
+  return {"image": images, "caption": captions, "content": [names[c] for c in content_id],
           "content_id": content_id.astype(np.int32), "factors": factors.astype(np.float32),
           "aesthetic": aesthetic.astype(np.float32), "rating": rating.astype(np.float32)}
 
@@ -135,6 +230,7 @@ class TestbedConfig(tfds.core.BuilderConfig):
     seed          base seed; each split draws from its own stream of it
     desc_prob     probability that a caption names each clearly good or bad aesthetic factor
     rating_noise  std of the Gaussian noise on the ground truth that gives `rating`
+    source        "rendered" shapes or "photos" (crops of real photographs)
   """
   num_train: int = 4000
   num_val: int = 1000
@@ -143,26 +239,28 @@ class TestbedConfig(tfds.core.BuilderConfig):
   seed: int = 0
   desc_prob: float = 0.5
   rating_noise: float = 0.08
+  source: str = "rendered"
 
 
-def config_name(num_train, num_val, num_test, image_size, seed, desc_prob, rating_noise) -> str:
-  """The builder config name for these settings, e.g. "s16_n4000_1000_1000_seed0_d0p5_r0p08".
+def config_name(num_train, num_val, num_test, image_size, seed, desc_prob, rating_noise,
+                source: str = "rendered") -> str:
+  """The builder config name for these settings, e.g. "rendered_s16_n4000_1000_1000_seed0_d0p5_r0p08".
 
   Distinct settings get distinct names, so each gets its own dataset on disk; "." is written as "p"."""
-  return (f"s{image_size}_n{num_train}_{num_val}_{num_test}_seed{seed}_d{desc_prob:g}_r{rating_noise:g}"
+  return (f"{source}_s{image_size}_n{num_train}_{num_val}_{num_test}_seed{seed}_d{desc_prob:g}_r{rating_noise:g}"
           .replace(".", "p"))
 
 
 class AlignTestbed(tfds.core.GeneratorBasedBuilder):
-  """Rendered captioned images with a known aesthetic ground truth (see module doc)."""
+  """Captioned images with a known aesthetic ground truth (see module doc)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.", "2.0.0": "Caption synonym sets; photo source."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
     return self.dataset_info_from_configs(
-        description="Aesthetic-alignment testbed: rendered images, captions, aesthetic ground truth.",
+        description="Aesthetic-alignment testbed: images, captions, aesthetic ground truth.",
         features=tfds.features.FeaturesDict({
             "id": tfds.features.Text(), "image": tfds.features.Tensor(shape=(s, s, 3), dtype=np.uint8),
             "caption": tfds.features.Text(), "content": tfds.features.Text(),
@@ -182,9 +280,13 @@ class AlignTestbed(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split, n, seed):
     c = self.builder_config
-    arrays = generate(n, c.image_size, seed, c.desc_prob, c.rating_noise)
+    arrays = generate(n, c.image_size, seed, c.desc_prob, c.rating_noise, c.source)
     for i in range(n):
       yield i, {"id": f"{split}-{i:06d}", **{k: v[i] for k, v in arrays.items()}}
+
+
+HPIR_ASPECTS = ("aesthetic", "relevance")
+HPIR_GROUPS = ("heldout", "finetune")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,43 +295,52 @@ class Testbed:
 
     train, validation, test  the splits as random-access tfds data sources (features as in AlignTestbed)
     image_size     side of the images, in pixels
-    hpir_path      HPIR-format labels over the test split
-    hpir_val_path  HPIR-format labels over the validation split
+    source         "rendered" or "photos"
+    hpir           HPIR-format label files: {"test/heldout/aesthetic": path, ...} for split in (validation,
+                   test), content half in HPIR_GROUPS and aspect in HPIR_ASPECTS; queries worded by
+                   HELDOUT_TEMPLATES
   """
   train: object           # tfds data sources (random access)
   validation: object
   test: object
   image_size: int
-  hpir_path: str          # HPIR-format labels over the test split
-  hpir_val_path: str      # ... and over the validation split
+  source: str
+  hpir: dict
 
 
 def prepare_testbed(data_dir: str, *, num_train: int = 4000, num_val: int = 1000, num_test: int = 1000,
                     image_size: int = 16, seed: int = 0, desc_prob: float = 0.5, rating_noise: float = 0.08,
                     hpir_queries: int = 400, hpir_set_size: int = 4, hpir_annotators: int = 5,
-                    hpir_noise: float = 0.1) -> Testbed:
+                    hpir_noise: float = 0.1, source: str = "rendered") -> Testbed:
   """Build (once) the array_record dataset and its HPIR labels; open them."""
   for key, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test),
                      ("image_size", image_size)):
     if value <= 0:
       raise ValueError(f"testbed {key} must be positive, got {value}")
+  contents(source)  # a clear error for an unknown source
   tfds.disable_progress_bar()
-  name = config_name(num_train, num_val, num_test, image_size, seed, desc_prob, rating_noise)
+  name = config_name(num_train, num_val, num_test, image_size, seed, desc_prob, rating_noise, source)
   cfg = TestbedConfig(name=name, num_train=num_train, num_val=num_val, num_test=num_test, image_size=image_size,
-                      seed=seed, desc_prob=desc_prob, rating_noise=rating_noise)
+                      seed=seed, desc_prob=desc_prob, rating_noise=rating_noise, source=source)
   builder = AlignTestbed(config=cfg, data_dir=data_dir, file_format="array_record")
   builder.download_and_prepare()
   splits = {split: builder.as_data_source(split=split) for split in ("train", "validation", "test")}
+  halves = dict(zip(("finetune", "heldout"), content_split(source)))
   paths = {}
-  for split, label_seed in (("test", seed + 1), ("validation", [seed, 3])):
-    paths[split] = os.path.join(data_dir, f"hpir_{name}_{split}_q{hpir_queries}_k{hpir_set_size}_a{hpir_annotators}"
-                                          f"_n{hpir_noise:g}.jsonl".replace("0.", "0p"))
-    if not os.path.exists(paths[split]):
-      records = hpir_labels(splits[split], hpir_queries, hpir_set_size, hpir_annotators, hpir_noise, label_seed)
-      hpir.write_hpir(paths[split] + ".tmp", records)
-      os.replace(paths[split] + ".tmp", paths[split])
+  for split, split_seed in (("test", 1), ("validation", 3)):
+    for g, group in enumerate(HPIR_GROUPS):
+      for a, aspect in enumerate(HPIR_ASPECTS):
+        key = f"{split}/{group}/{aspect}"
+        path = os.path.join(data_dir, f"hpir_{name}_{split}_{group}_{aspect}_q{hpir_queries}_k{hpir_set_size}"
+                                      f"_a{hpir_annotators}_n{hpir_noise:g}.jsonl".replace("0.", "0p"))
+        if not os.path.exists(path):
+          records = hpir_labels(splits[split], hpir_queries, hpir_set_size, hpir_annotators, hpir_noise,
+                                [seed, split_seed, g, a], aspect=aspect, content_ids=halves[group], source=source)
+          hpir.write_hpir(path + ".tmp", records)
+          os.replace(path + ".tmp", path)
+        paths[key] = path
   return Testbed(train=splits["train"], validation=splits["validation"], test=splits["test"], image_size=image_size,
-                 hpir_path=paths["test"], hpir_val_path=paths["validation"])
+                 source=source, hpir=paths)
 
 
 def column(source, key: str) -> np.ndarray | list:
@@ -240,27 +351,51 @@ def column(source, key: str) -> np.ndarray | list:
   return values if isinstance(values[0], (str, bytes)) else np.stack(values)
 
 
-def hpir_labels(source, n: int, set_size: int, annotators: int, noise: float, seed) -> list:
-  """HPIR records over `source` (a validation or test split) drawn from its aesthetic ground truth."""
+def _vote(diff: float, annotators: int, noise: float, rng) -> tuple[str, float]:
+  votes = int(np.sum(diff + rng.normal(0, noise, annotators) > 0))
+  return ("a" if 2 * votes > annotators else "b"), max(votes, annotators - votes) / annotators
+
+
+def hpir_labels(split, n: int, set_size: int, annotators: int, noise: float, seed, *, aspect: str = "aesthetic",
+                content_ids=None, source: str = "rendered", templates=HELDOUT_TEMPLATES) -> list:
+  """HPIR records over `split` (a validation or test data source) for queries about `content_ids`
+  (default: all), worded by `templates`, labelled by simulated annotators on one aspect:
+  "aesthetic" (two same-content sets, the true aesthetic) or "relevance" (two sets of different
+  mixes, the mean relevance grade; see the module doc)."""
+  if aspect not in HPIR_ASPECTS:
+    raise ValueError(f"unknown HPIR aspect {aspect!r}; use one of {HPIR_ASPECTS}")
   rng = np.random.default_rng(seed)
-  ids = [as_text(x) for x in column(source, "id")]
-  content = np.asarray(column(source, "content_id"))
-  truth = np.asarray(column(source, "aesthetic"))
-  usable = [c for c in range(len(CONTENTS)) if np.sum(content == c) >= 2 * set_size]
+  names = contents(source)
+  ids = [as_text(x) for x in column(split, "id")]
+  content = np.asarray(column(split, "content_id"))
+  truth = np.asarray(column(split, "aesthetic"))
+  content_ids = range(len(names)) if content_ids is None else content_ids
+  usable = [c for c in content_ids if np.sum(content == c) >= 2 * set_size]
   if not usable:
     raise ValueError(f"no content has {2 * set_size} images in the split: raise num_val / num_test or lower "
                      f"hpir_set_size")
   out = []
-  for _ in range(n):
+  while len(out) < n:
     c = usable[rng.integers(len(usable))]
-    pick = rng.choice(np.flatnonzero(content == c), 2 * set_size, replace=False)
-    a, b = pick[:set_size], pick[set_size:]
-    diff = truth[a].mean() - truth[b].mean()
-    votes = int(np.sum(diff + rng.normal(0, noise, annotators) > 0))
-    choice = "a" if 2 * votes > annotators else "b"
-    confidence = max(votes, annotators - votes) / annotators
-    out.append(hpir.HPIRRecord(query_for(CONTENTS[c]), tuple(ids[i] for i in a), tuple(ids[i] for i in b),
-                               choice, confidence))
+    query = query_for(names[c], templates[rng.integers(len(templates))])
+    mine = np.flatnonzero(content == c)
+    if aspect == "aesthetic":
+      pick = rng.choice(mine, 2 * set_size, replace=False)
+      a, b = pick[:set_size], pick[set_size:]
+      diff = truth[a].mean() - truth[b].mean()
+    else:
+      others = np.flatnonzero(content != c)
+      n_mine = rng.integers(0, set_size + 1, 2)
+      own = rng.choice(mine, int(n_mine.sum()), replace=False)
+      rest = rng.choice(others, 2 * set_size - int(n_mine.sum()), replace=False)
+      a = np.concatenate([own[:n_mine[0]], rest[:set_size - n_mine[0]]])
+      b = np.concatenate([own[n_mine[0]:], rest[set_size - n_mine[0]:]])
+      grade = lambda s: relevance_grade(source, c, content[s]).mean()
+      diff = grade(a) - grade(b)
+      if diff == 0:
+        continue   # equal grades: nothing for an annotator to prefer
+    choice, confidence = _vote(float(diff), annotators, noise, rng)
+    out.append(hpir.HPIRRecord(query, tuple(ids[i] for i in a), tuple(ids[i] for i in b), choice, confidence))
   return out
 
 
@@ -341,11 +476,12 @@ def load_ranking_folder(folder: str, image_size: int) -> tuple[dict[str, np.ndar
   return images, records
 
 
-def load_split(source, tok, max_len: int) -> dict:
-  """A testbed split as host arrays: images in [0, 1], caption tokens, ids, truth."""
+def load_split(source, encoder) -> dict:
+  """A testbed split as host arrays: images in [0, 1], captions and their encoding by `encoder`
+  (align.texts: tokens and mask, or frozen features), ids, truth."""
   cols = {k: column(source, k) for k in ("id", "image", "caption", "content_id", "aesthetic", "rating")}
   captions = [as_text(x) for x in cols["caption"]]
-  tokens, mask = encode(tok, captions, max_len)
+  tokens, mask = encoder.encode(captions)
   return {"ids": [as_text(x) for x in cols["id"]], "images": cols["image"].astype(np.float32) / 255.0,
           "captions": captions, "tokens": tokens, "mask": mask, "content_id": np.asarray(cols["content_id"]),
           "aesthetic": np.asarray(cols["aesthetic"]), "rating": np.asarray(cols["rating"], np.float32)}

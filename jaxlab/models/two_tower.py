@@ -51,6 +51,9 @@ class TextConfig:
     max_len  positions: the longest text, in tokens
     mlp_dim  hidden width of the MLP; 0 means 4 * d_model
     eos_id   pool the state at the first eos_id token; < 0 pools at the last real token (by the mask)
+    frozen_dim  > 0: a locked text tower (LiT) whose outputs, features [batch, frozen_dim], are
+             computed outside the model (e.g. by a frozen sentence encoder) and come in as `tokens`;
+             the tower is the identity and only the projection after it trains
   """
   vocab_size: int
   max_len: int = 16
@@ -61,6 +64,7 @@ class TextConfig:
   activation: str = "gelu"
   layer_norm_eps: float = 1e-5
   eos_id: int = -1              # pool at the first eos_id; < 0: at the last real token
+  frozen_dim: int = 0           # > 0: precomputed frozen features of this width come in as tokens
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -96,13 +100,18 @@ class TwoTowerConfig:
 
 
 class TextTower(nn.Module):
-  """tokens, mask [batch, length] -> pooled features [batch, d_model]."""
+  """tokens, mask [batch, length] -> pooled features [batch, d_model] (with cfg.frozen_dim: the
+  precomputed features [batch, frozen_dim] passed through)."""
   cfg: TextConfig
   dot_general_cls: Any = None
 
   @nn.compact
   def __call__(self, tokens, mask):
     cfg = self.cfg
+    if cfg.frozen_dim:  # locked tower: its features were computed outside (no parameters here)
+      if tokens.shape[-1] != cfg.frozen_dim:
+        raise ValueError(f"frozen text features of width {tokens.shape[-1]}, the config says {cfg.frozen_dim}")
+      return constrain(tokens.astype(jnp.float32), ("batch", "embed"))
     embed = lambda n, name: nn.Embed(n, cfg.d_model, embedding_init=nn.initializers.normal(0.02), dtype=cfg.dtype,
                                      param_dtype=cfg.param_dtype, name=name)
     if tokens.shape[-1] > cfg.max_len:

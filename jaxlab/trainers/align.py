@@ -7,20 +7,27 @@ Stages (each under the workdir; the training stages go through the shared loop, 
 checkpoint, resume and skip when finished):
   pretrain/     contrastive pretraining of the two-tower model on captioned images
   aesthetic/    the aesthetic MLP on the pretrained model's image embeddings, MSE to ratings
-  preferences   plain queries -> rephrased (rephrase.backend / style, cached in rephrase_cache/)
-                -> top-K from a random gallery per round -> re-rank by relevance (pretrained
-                model, rephrased query: the query with its aesthetic expectations) and
-                aesthetics (the MLP) -> u x v grid -> pairs on the ORIGINAL query;
-                stored as a tfds dataset in preferences/
+  preferences   plain queries about the fine-tuning half of the contents, worded by the
+                training templates -> rephrased (rephrase.backend / style, cached in
+                rephrase_cache/) -> top-K from a random gallery per round -> re-rank by
+                relevance (preferences.relevance: caption similarity to the rephrased query
+                under the frozen sentence encoder, or the retriever's score) and aesthetics
+                (the MLP) -> u x v grid -> pairs on the ORIGINAL query; stored as a tfds
+                dataset in preferences/
   finetune/     ranked DPO against the frozen pretrained model (+ lambda * contrastive on
                 the candidates with their own captions and/or random pairs; the
                 reference's log-probabilities over each record's fixed candidates are
                 constant, so they are computed once with the preferences and stored), or
                 dpo.objective=sft: contrastive fine-tuning on each query's top preferred image
-  report.json   on the test split (and on validation, for choosing settings):
-                HPIR accuracy (plain, confidence-weighted), recall@1/5, the mean true
-                aesthetic of the top results, and the order-consistent aesthetic judge,
-                before (pretrained) and after (fine-tuned)
+  report.json   per split (test reported; validation for choosing settings) and per system
+                (SYSTEMS: pretrained, pretrained + rephrase at inference, the cascade that
+                re-ranks the pretrained top-K by the aesthetic model, the oracle re-rank by
+                the true aesthetic, fine-tuned, fine-tuned + rephrase): HPIR accuracy (plain,
+                confidence-weighted) on both aspects (aesthetic, relevance) for the held-out
+                and the fine-tuning contents, always with query wordings never trained on;
+                the true aesthetic and relevance of the held-out queries' top results; the
+                order-consistent judge against the pretrained model (scores from the ground
+                truth with its own noise, never the aesthetic model); recall@1/5
 
 pretrain.workdir / aesthetic.workdir reuse finished stages of another run (ablations).
 """
@@ -39,7 +46,7 @@ import numpy as np
 from jaxlab import checkpoint, config as config_lib, distributed, fp8, sharding
 from jaxlab.align import aesthetic as aesthetic_lib
 from jaxlab.align import finetune as finetune_lib, hpir, judge as judge_lib, mining, preferences as pref_lib
-from jaxlab.align import rephrase as rephrase_lib, retrieval, testbed
+from jaxlab.align import rephrase as rephrase_lib, retrieval, testbed, texts as texts_lib
 from jaxlab.data import arrays
 from jaxlab.models import two_tower as tt
 from jaxlab.models.vit import ViTConfig
@@ -66,9 +73,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.mesh = (("data", -1), ("model", 1))
   c.sharding = dict(layout="dp", extra_rules=())
-  c.data = dict(data_dir="", num_train=4000, num_val=3000, num_test=1000, image_size=16, desc_prob=0.5,
-                rating_noise=0.08, hpir_queries=400, hpir_set_size=4, hpir_annotators=5, hpir_noise=0.1)
-  c.model = dict(patch_size=4, image_layers=2, text_layers=2, d_model=64, num_heads=2, embed_dim=64, max_len=24)
+  c.data = dict(data_dir="", source="rendered", num_train=4000, num_val=3000, num_test=1000, image_size=16,
+                desc_prob=0.5, rating_noise=0.08, hpir_queries=400, hpir_set_size=4, hpir_annotators=5,
+                hpir_noise=0.1)
+  # text_tower: "minilm" (all-MiniLM-L6-v2 locked, as in LiT: free text, a trainable projection)
+  # or "words" (a small causal tower over the testbed's closed word vocabulary; max_len, text_layers)
+  c.model = dict(patch_size=4, image_layers=2, text_tower="minilm", text_layers=2, d_model=64, num_heads=2,
+                 embed_dim=64, max_len=24)
   # a retriever that tells the contents apart needs ~1,500 steps of 128 pairs; label smoothing
   # only slows it (same-content captions are already soft negatives)
   c.pretrain = dict(loss="softmax", label_smoothing=0.0, workdir="", **_train(128, 1500, 2e-3))
@@ -76,7 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.aesthetic = dict(hidden=(64, 16), dropout=(0.1, 0.0), activation="relu", workdir="", **_train(128, 1500, 3e-3))
   c.rephrase = dict(backend="offline", style="details", k=3, model="", base_url_env="OPENAI_BASE_URL",
                     api_key_env="OPENAI_API_KEY", timeout=30.0, retries=3, max_concurrency=4, gpt_workdir="")
-  c.preferences = dict(rounds=30, gallery=1000, top_k=40, u=3, v=3, stride=2)
+  c.preferences = dict(rounds=30, gallery=1000, top_k=40, u=3, v=3, stride=2, relevance="caption")
   # the contrastive term pairs each query's candidates with their own captions: the retriever's
   # near-misses, the hard negatives recall@1 rests on (validation, seed 0, lambda 0.1: HPIR
   # +17 points, recall@1 -0.8; seed 1: +12.5 / +1.3). Random gallery pairs (contrastive_batch)
@@ -88,21 +99,26 @@ def default_config() -> ml_collections.ConfigDict:
                **_train(16, 400, 4e-4))
   # recall@k falls as the gallery grows, and one 1,000-image gallery moved the same model's
   # recall@1 by 14 points between draws (0.40 vs 0.54): the mean over fixed-size galleries
-  c.eval = dict(top_k=4, batch_size=256, recall_gallery=1000)
+  # cascade_k: the pretrained top-K the cascade and oracle baselines re-rank; judge_noise: the
+  # std of the independent judge's noise on the true aesthetic
+  c.eval = dict(top_k=4, batch_size=256, recall_gallery=1000, cascade_k=20, judge_noise=0.05)
   c.fp8 = fp8.default_config()  # FP8-LM levels for the DPO fine-tuning stage (fp8.level=O2, ...)
   return c
 
 
 # ---------------------------------------------------------------------------- config
 
-def model_config(m: ml_collections.ConfigDict, image_size: int, vocab_size: int,
-                 loss: str = "softmax") -> tt.TwoTowerConfig:
-  """The two-tower model of a config's model group (SigLIP's initial temperature and bias
-  for the sigmoid loss)."""
+def model_config(m: ml_collections.ConfigDict, image_size: int, encoder, loss: str = "softmax") -> tt.TwoTowerConfig:
+  """The two-tower model of a config's model group for a text encoder (align.texts: the word
+  tower's vocabulary, or the frozen encoder's width); SigLIP's initial temperature and bias for
+  the sigmoid loss."""
   vision = ViTConfig(num_classes=0, image_size=image_size, patch_size=m.patch_size, channels=3,
                      num_layers=m.image_layers, d_model=m.d_model, num_heads=m.num_heads)
-  text = tt.TextConfig(vocab_size=vocab_size, max_len=m.max_len, num_layers=m.text_layers, d_model=m.d_model,
-                       num_heads=m.num_heads)
+  if encoder.kind == "words":
+    text = tt.TextConfig(vocab_size=encoder.vocab_size, max_len=m.max_len, num_layers=m.text_layers,
+                         d_model=m.d_model, num_heads=m.num_heads)
+  else:
+    text = tt.TextConfig(vocab_size=0, frozen_dim=encoder.dim)
   if loss == "sigmoid":  # SigLIP's initial temperature and bias
     return tt.TwoTowerConfig(vision=vision, text=text, embed_dim=m.embed_dim, logit_scale_init=float(np.log(10.0)),
                              logit_bias_init=-10.0)
@@ -118,6 +134,11 @@ def validate(cfg) -> None:
       f"{m.patch_size} does not divide data.image_size={d.image_size}")
   for key in ("num_train", "num_val", "num_test", "image_size", "hpir_queries", "hpir_set_size", "hpir_annotators"):
     req(d[key] > 0, f"data.{key}", "must be positive")
+  req(d.source in testbed.SOURCES, "data.source", f"{d.source!r} is not one of {testbed.SOURCES}")
+  req(m.text_tower in texts_lib.TOWERS, "model.text_tower", f"{m.text_tower!r} is not one of {texts_lib.TOWERS}")
+  req(p.relevance in mining.RELEVANCE, "preferences.relevance", f"{p.relevance!r} is not one of {mining.RELEVANCE}")
+  req(cfg.eval.cascade_k >= cfg.eval.top_k, "eval.cascade_k", f"must be >= eval.top_k={cfg.eval.top_k}")
+  req(cfg.eval.judge_noise >= 0, "eval.judge_noise", "must be >= 0")
   req(cfg.pretrain.loss in ("softmax", "sigmoid"), "pretrain.loss", f"{cfg.pretrain.loss!r}: use softmax or sigmoid")
   req(0.0 <= cfg.pretrain.label_smoothing < 1.0, "pretrain.label_smoothing", "must be in [0, 1)")
   req(len(cfg.aesthetic.hidden) == len(cfg.aesthetic.dropout), "aesthetic.dropout",
@@ -166,19 +187,31 @@ def stage_options(cfg, stage: str) -> loop.Options:
   return loop.options(cfg, f"{GROUPS[stage]}.train")
 
 
-def _tokenizer_and_model(cfg):
-  tok = testbed.word_tokenizer()
-  return tok, model_config(cfg.model, cfg.data.image_size, tok.get_vocab_size(), cfg.pretrain.loss)
+def data_dir(cfg, workdir: str) -> str:
+  """Where the testbed (and the frozen text features' cache) lives: data.data_dir or workdir/data."""
+  return cfg.data.data_dir or os.path.join(workdir, "data")
+
+
+def _encoder_and_model(cfg, cache_dir: str | None = None):
+  cache = os.path.join(cache_dir, "text_features_minilm.npz") if cache_dir else None
+  enc = texts_lib.encoder_for(cfg.model.text_tower, cfg.model.max_len, cache)
+  return enc, model_config(cfg.model, cfg.data.image_size, enc, cfg.pretrain.loss)
 
 
 # ---------------------------------------------------------------------------- tasks
 
-def pretrain_task(cfg, mcfg, train: dict | None = None) -> Task:
-  """Contrastive pretraining on captioned images (shapes only without `train`)."""
-  pc, s, L = cfg.pretrain, mcfg.vision.image_size, mcfg.text.max_len
+def _text_zeros(enc):
+  tokens, mask = enc.spec(1)
+  return jnp.zeros(tokens.shape, tokens.dtype), jnp.ones(mask.shape, mask.dtype)
+
+
+def pretrain_task(cfg, mcfg, enc, train: dict | None = None) -> Task:
+  """Contrastive pretraining on captioned images (shapes only without `train`); `enc` is the
+  text encoder (align.texts)."""
+  pc, s = cfg.pretrain, mcfg.vision.image_size
 
   def init(model, rng):
-    return model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, L), jnp.int32), jnp.ones((1, L), jnp.int32))
+    return model.init(rng, jnp.zeros((1, s, s, 3)), *_text_zeros(enc))
 
   def loss(model, variables, batch, rng):
     del rng
@@ -193,8 +226,8 @@ def pretrain_task(cfg, mcfg, train: dict | None = None) -> Task:
     rows = arrays.Rows(images=train["images"], tokens=train["tokens"], mask=train["mask"])
     data = arrays.repeat_shuffled(rows, cfg.seed, pc.train.batch_size)
   b = pc.train.batch_size
-  spec = {"images": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32), "tokens": jax.ShapeDtypeStruct((b, L), jnp.int32),
-          "mask": jax.ShapeDtypeStruct((b, L), jnp.int32)}
+  tokens, mask = enc.spec(b)
+  spec = {"images": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32), "tokens": tokens, "mask": mask}
   return _task(cfg, "pretrain", tt.TwoTower(mcfg), init, loss, data, ("pairs", b)), spec
 
 
@@ -222,10 +255,10 @@ def aesthetic_task(cfg, mcfg, train: dict | None = None, embeddings=None) -> Tas
   return _task(cfg, "aesthetic", aesthetic_model(cfg), init, loss, data, ("images", b)), spec
 
 
-def finetune_task(cfg, mcfg, train: dict | None = None, prefs=None, init_params=None, tok=None) -> Task:
+def finetune_task(cfg, mcfg, enc, train: dict | None = None, prefs=None, init_params=None) -> Task:
   """finetune_loss over the stored preference records, from the pretrained parameters
   (shapes only, from the model's own init, without `train`)."""
-  d, s, L = cfg.dpo, mcfg.vision.image_size, mcfg.text.max_len
+  d, s = cfg.dpo, mcfg.vision.image_size
   b, n_pair = d.train.batch_size, d.contrastive_batch // d.train.batch_size
   n = cfg.preferences.u * cfg.preferences.v
   n_pairs = len(pref_lib.grid_pairs(cfg.preferences.u, cfg.preferences.v))
@@ -233,8 +266,7 @@ def finetune_task(cfg, mcfg, train: dict | None = None, prefs=None, init_params=
   def init(model, rng):
     # The model's own init gives the shapes and any other collection (e.g. fp8.level's scale
     # state); the pretrained parameters, when given, replace its params.
-    variables = dict(model.init(rng, jnp.zeros((1, s, s, 3)), jnp.zeros((1, L), jnp.int32),
-                                jnp.ones((1, L), jnp.int32)))
+    variables = dict(model.init(rng, jnp.zeros((1, s, s, 3)), *_text_zeros(enc)))
     if init_params is not None:
       variables["params"] = jax.tree.map(jnp.asarray, init_params)
     return variables
@@ -246,7 +278,7 @@ def finetune_task(cfg, mcfg, train: dict | None = None, prefs=None, init_params=
 
   data = None
   if train is not None:
-    q_tokens, q_mask = testbed.encode(tok, [testbed.as_text(prefs[i]["query"]) for i in range(len(prefs))], L)
+    q_tokens, q_mask = enc.encode([testbed.as_text(prefs[i]["query"]) for i in range(len(prefs))])
     candidates = np.stack([prefs[i]["candidates"] for i in range(len(prefs))])
     ref_logp = np.stack([prefs[i]["ref_logp"] for i in range(len(prefs))])
     pairs, images = np.asarray(prefs[0]["pairs"]), train["images"]
@@ -262,10 +294,11 @@ def finetune_task(cfg, mcfg, train: dict | None = None, prefs=None, init_params=
     data = arrays.local_batches(ds.shuffle(seed=cfg.seed + 2).repeat(None).map_with_index(example), b)
   f32, i32 = jnp.float32, jnp.int32
   sd = jax.ShapeDtypeStruct
-  spec = {"q_tokens": sd((b, L), i32), "q_mask": sd((b, L), i32), "cand_images": sd((b, n, s, s, 3), f32),
-          "cand_tokens": sd((b, n, L), i32), "cand_mask": sd((b, n, L), i32), "ref_logp": sd((b, n), f32),
+  (qt, qm), (ct, cm), (pt, pm) = enc.spec(b), enc.spec(b, n), enc.spec(b, n_pair)
+  spec = {"q_tokens": qt, "q_mask": qm, "cand_images": sd((b, n, s, s, 3), f32),
+          "cand_tokens": ct, "cand_mask": cm, "ref_logp": sd((b, n), f32),
           "pairs": sd((b, n_pairs, 2), i32), "images": sd((b, n_pair, s, s, 3), f32),
-          "tokens": sd((b, n_pair, L), i32), "mask": sd((b, n_pair, L), i32)}
+          "tokens": pt, "mask": pm}
   # FP8-LM's levels (fp8.level) apply to this stage, as the paper applies them to fine-tuning
   return methods.apply(methods.stage_view(cfg, "dpo"),
                        _task(cfg, "finetune", tt.TwoTower(mcfg), init, loss, data, ("queries", b))), spec
@@ -280,10 +313,11 @@ def _task(cfg, stage, model, init, loss, data, units) -> Task:
 def stages(cfg: ml_collections.ConfigDict) -> list[loop.Stage]:
   """The three training stages from shapes alone: pretrain, aesthetic, finetune."""
   validate(cfg)
-  _, mcfg = _tokenizer_and_model(cfg)
+  enc, mcfg = _encoder_and_model(cfg)
   out = []
-  for name, build in (("pretrain", pretrain_task), ("aesthetic", aesthetic_task), ("finetune", finetune_task)):
-    task, spec = build(cfg, mcfg)
+  for name, build in (("pretrain", lambda: pretrain_task(cfg, mcfg, enc)), ("aesthetic", lambda: aesthetic_task(cfg, mcfg)),
+                      ("finetune", lambda: finetune_task(cfg, mcfg, enc))):
+    task, spec = build()
     out.append(loop.Stage(name, task, stage_options(cfg, name), spec))
   return out
 
@@ -302,10 +336,16 @@ def run_stage(cfg, stage: str, workdir: str, task_and_spec, mesh) -> dict:
   return {"finished": result.finished, "params": jax.device_get(result.params)}
 
 
+SYSTEMS = ("pretrained", "pretrained + rephrase", "cascade (aesthetic model)", "oracle (true aesthetic)",
+           "fine-tuned", "fine-tuned + rephrase")
+EMBEDDING_SYSTEMS = {"pretrained": "pre", "fine-tuned": "fine"}   # the systems recall@k is measured for
+
+
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
-  """Pretrain, fit the aesthetic model, mine preferences, fine-tune, and report before and
-  after on the test and validation splits (workdir/report.json). Each stage resumes or
-  skips when finished; files are written by process 0 (the others wait and reuse them)."""
+  """Pretrain, fit the aesthetic model, mine preferences (fine-tuning contents only),
+  fine-tune, and report every system on the test and validation splits (workdir/report.json).
+  Each stage resumes or skips when finished; files are written by process 0 (the others
+  wait and reuse them)."""
   mesh = sharding.make_mesh(cfg.mesh)
   for stage_name in STAGES:  # the stages' batch sizes first: the other checks divide by them
     loop.check_mesh(stage_options(cfg, stage_name), mesh)
@@ -317,13 +357,19 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
   d = cfg.data
   with distributed.main_process_first("align: testbed"):
     tb = testbed.prepare_testbed(
-        d.data_dir or os.path.join(workdir, "data"), num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
+        data_dir(cfg, workdir), num_train=d.num_train, num_val=d.num_val, num_test=d.num_test,
         image_size=d.image_size, seed=cfg.seed, desc_prob=d.desc_prob, rating_noise=d.rating_noise,
         hpir_queries=d.hpir_queries, hpir_set_size=d.hpir_set_size, hpir_annotators=d.hpir_annotators,
-        hpir_noise=d.hpir_noise)
-  tok, mcfg = _tokenizer_and_model(cfg)
-  train, val, test = (testbed.load_split(s, tok, cfg.model.max_len) for s in (tb.train, tb.validation, tb.test))
-  records, val_records = hpir.load_hpir(tb.hpir_path), hpir.load_hpir(tb.hpir_val_path)
+        hpir_noise=d.hpir_noise, source=d.source)
+    enc, mcfg = _encoder_and_model(cfg, data_dir(cfg, workdir))
+    splits = {name: testbed.load_split(src, enc) for name, src in
+              (("train", tb.train), ("validation", tb.validation), ("test", tb.test))}
+  train = splits["train"]
+  # the caption-relevance signal is the frozen sentence encoder (the text tower itself when it is MiniLM)
+  cap_enc = None
+  if cfg.preferences.relevance == "caption":
+    cap_enc = enc if enc.kind == "minilm" else texts_lib.FrozenEncoder(
+        os.path.join(data_dir(cfg, workdir), "text_features_minilm.npz"))
 
   def stage(name, task_fn):
     src = cfg[name].workdir if name in ("pretrain", "aesthetic") else ""
@@ -334,7 +380,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
       return {"finished": True, "params": checkpoint.restore_params(src)[1]}
     return run_stage(cfg, name, os.path.join(workdir, name), task_fn, mesh)
 
-  pre = stage("pretrain", lambda: pretrain_task(cfg, mcfg, train))
+  pre = stage("pretrain", lambda: pretrain_task(cfg, mcfg, enc, train))
   if not pre["finished"]:
     return Result(workdir, False, {"stopped": "pretrain"})
   bs = cfg.eval.batch_size
@@ -343,49 +389,92 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
   if not aes["finished"]:
     return Result(workdir, False, {"stopped": "aesthetic"})
   mlp = aesthetic_model(cfg)
+  tune_ids, held_ids = testbed.content_split(tb.source)
   with distributed.main_process_first("align: preferences"):
-    prefs, pref_stats = mining.mine_preferences(workdir, mcfg, pre["params"], mlp, aes["params"], train, train_emb,
-                                                tok, rephrase=cfg.rephrase, preferences=cfg.preferences,
-                                                seed=cfg.seed, batch_size=bs)
-  fine = stage("finetune", lambda: finetune_task(cfg, mcfg, train, prefs, pre["params"], tok))
+    prefs, pref_stats = mining.mine_preferences(
+        workdir, mcfg, pre["params"], mlp, aes["params"], train, train_emb, enc, rephrase=cfg.rephrase,
+        preferences=cfg.preferences, seed=cfg.seed, batch_size=bs, caption_encoder=cap_enc,
+        query_contents=testbed.queries(tb.source, tune_ids, testbed.TRAIN_TEMPLATES))
+  fine = stage("finetune", lambda: finetune_task(cfg, mcfg, enc, train, prefs, pre["params"]))
   if not fine["finished"]:
     return Result(workdir, False, {"stopped": "finetune"})
   fine["params"] = fp8.formats.plain(fine["params"])  # evaluated as stored, in FP32 (FP8 levels store FP16/FP8)
 
-  aes_scores = np.asarray(aesthetic_lib.score(mlp, aes["params"], jnp.asarray(
-      retrieval.embed_images(mcfg, pre["params"], test["images"], bs))))
-  ev = dict(top_k=cfg.eval.top_k, batch_size=bs, recall_gallery=cfg.eval.recall_gallery)
-  before, top_before = retrieval.evaluate(mcfg, pre["params"], test, records, tok, **ev)
-  after, top_after = retrieval.evaluate(mcfg, fine["params"], test, records, tok, **ev)
-  # settings are chosen on the validation split (its images are in no grid), reported on test
-  val_before, _ = retrieval.evaluate(mcfg, pre["params"], val, val_records, tok, **ev)
-  val_after, _ = retrieval.evaluate(mcfg, fine["params"], val, val_records, tok, **ev)
-  judge = judge_lib.aesthetic_judge(lambda idx: aes_scores[np.asarray(idx)])
-  content_q = [testbed.query_for(c) for c in testbed.CONTENTS]
-  report = {"before": before, "after": after, "val_before": val_before, "val_after": val_after,
-            "preferences": pref_stats,
-            "judge_after_vs_before": judge_lib.compare(judge, content_q, list(top_after), list(top_before)),
-            "aesthetic_model_corr": float(np.corrcoef(aes_scores, test["aesthetic"])[0, 1])}
+  labels = {key: hpir.load_hpir(path) for key, path in tb.hpir.items()}
+  ctx = dict(cfg=cfg, workdir=workdir, mcfg=mcfg, enc=enc, source=tb.source, held_ids=held_ids,
+             params={"pre": pre["params"], "fine": fine["params"]}, mlp=mlp, mlp_params=aes["params"])
+  report = {split: evaluate_systems(ctx, splits[split], {k.split("/", 1)[1]: v for k, v in labels.items()
+                                                         if k.startswith(split + "/")}, seed=cfg.seed + i)
+            for i, split in enumerate(("test", "validation"))}
+  report["preferences"] = pref_stats
+  report["aesthetic_model_corr"] = float(np.corrcoef(
+      aesthetic_lib.score(mlp, aes["params"], jnp.asarray(retrieval.embed_images(
+          mcfg, pre["params"], splits["test"]["images"], bs))), splits["test"]["aesthetic"])[0, 1])
+  report["contents"] = {"finetune": [testbed.contents(tb.source)[c] for c in tune_ids],
+                        "heldout": [testbed.contents(tb.source)[c] for c in held_ids]}
   if is_main:
     with open(os.path.join(workdir, "report.json"), "w") as f:
       json.dump(report, f, indent=2)
   return Result(workdir, True, report)
 
 
+def evaluate_systems(ctx: dict, split: dict, labels: dict, seed: int) -> dict:
+  """Every system of SYSTEMS on one split: {system: metrics}. Queries are every content worded by
+  the held-out templates; HPIR per label set ("heldout/aesthetic", ...), the top-k stats and the
+  judge (against the pretrained model) over the held-out contents' queries, recall@1/5 for the
+  embedding models."""
+  cfg, mcfg, enc, params, e = ctx["cfg"], ctx["mcfg"], ctx["enc"], ctx["params"], ctx["cfg"].eval
+  names = testbed.contents(ctx["source"])
+  qc = testbed.queries(ctx["source"], range(len(names)), testbed.HELDOUT_TEMPLATES)
+  q_list = list(qc)
+  q_index, q_content = {q: i for i, q in enumerate(q_list)}, np.array([qc[q] for q in q_list])
+  backend = rephrase_lib.backend_from_config(cfg.rephrase)
+  reph = q_list if backend is None else rephrase_lib.rephrase(
+      q_list, cfg.rephrase.style, backend, os.path.join(ctx["workdir"], "rephrase_cache"), cfg.rephrase.k)
+  img = {k: retrieval.embed_images(mcfg, p, split["images"], e.batch_size) for k, p in params.items()}
+  sims = lambda k, texts: retrieval.embed_texts(mcfg, params[k], enc, texts, e.batch_size) @ img[k].T
+  aes_model = np.asarray(aesthetic_lib.score(ctx["mlp"], ctx["mlp_params"], jnp.asarray(img["pre"])))
+  plain = sims("pre", q_list)
+  scores = {"pretrained": plain, "pretrained + rephrase": sims("pre", reph),
+            "cascade (aesthetic model)": retrieval.cascade_scores(plain, aes_model, e.cascade_k),
+            "oracle (true aesthetic)": retrieval.cascade_scores(plain, split["aesthetic"], e.cascade_k),
+            "fine-tuned": sims("fine", q_list), "fine-tuned + rephrase": sims("fine", reph)}
+  # the judge: the ground truth with its own noise (relevance first, then aesthetics)
+  noisy = split["aesthetic"] + np.random.default_rng([seed, 7]).normal(0, e.judge_noise, len(split["aesthetic"]))
+  judge = judge_lib.score_judge(lambda q, idx: 2.0 * testbed.relevance_grade(
+      ctx["source"], qc[q], split["content_id"][np.asarray(idx)]) + noisy[np.asarray(idx)])
+  held_rows = np.flatnonzero(np.isin(q_content, ctx["held_ids"]))
+  held_q = [q_list[r] for r in held_rows]
+  out, tops = {}, {}
+  for name in SYSTEMS:
+    metrics, _ = retrieval.evaluate_scores(scores[name], q_index, split, labels, top_k=e.top_k,
+                                           query_content=q_content, source=ctx["source"])
+    held, tops[name] = retrieval.evaluate_scores(scores[name][held_rows], {}, split, {}, top_k=e.top_k,
+                                                 query_content=q_content[held_rows], source=ctx["source"])
+    metrics.update({f"heldout_{k}": v for k, v in held.items()})
+    if name in EMBEDDING_SYSTEMS:
+      metrics.update(retrieval.caption_recall(mcfg, params[EMBEDDING_SYSTEMS[name]], split, batch_size=e.batch_size,
+                                              recall_gallery=e.recall_gallery))
+    out[name] = metrics
+  for name in SYSTEMS:
+    out[name]["judge_vs_pretrained"] = judge_lib.compare(judge, held_q, list(tops[name]), list(tops["pretrained"]))
+  return out
+
+
 def report(result: Result) -> str:
-  """The before/after table `jaxlab.main` prints."""
+  """The table `jaxlab.main` prints: every system on the test split's held-out contents."""
   r = result.report
   if not result.finished:
     return f"stopped during {r['stopped']} (rerun to resume); workdir {result.workdir}"
-  b, a = r["before"], r["after"]
-  lines = [f"{'':22s}{'before':>10s}{'after':>10s}"]
-  for key in ("accuracy", "weighted_accuracy", "r@1", "r@5", "top_true_aesthetic", "top_relevant"):
-    name = {"accuracy": "HPIR accuracy", "weighted_accuracy": "HPIR weighted"}.get(key, key)
-    lines.append(f"{name:22s}{b[key]:10.4f}{a[key]:10.4f}")
-  vb, va = r["val_before"], r["val_after"]
-  lines.append(f"{'validation HPIR / R@1':22s}{vb['accuracy']:10.4f}{va['accuracy']:10.4f}"
-               f"  /{vb['r@1']:8.4f}{va['r@1']:10.4f}")
-  j = r["judge_after_vs_before"]
-  lines.append(f"aesthetic judge, after vs before: win {j['win']:.3f} tie {j['tie']:.3f} loss {j['loss']:.3f}")
+  lines = ["test split, held-out contents, query wordings never trained on:",
+           f"{'system':28s}{'aes HPIR':>9s}{'rel HPIR':>9s}{'top aes':>9s}{'top rel':>9s}{'R@1':>7s}"
+           f"{'judge W/T/L':>16s}"]
+  for name in SYSTEMS:
+    m = r["test"][name]
+    j = m["judge_vs_pretrained"]
+    r1 = f"{m['r@1']:7.3f}" if "r@1" in m else f"{'':7s}"
+    jt = f"{j['win']:.2f}/{j['tie']:.2f}/{j['loss']:.2f}"
+    lines.append(f"{name:28s}{m['heldout/aesthetic']['accuracy']:9.3f}{m['heldout/relevance']['accuracy']:9.3f}"
+                 f"{m['heldout_top_true_aesthetic']:9.3f}{m['heldout_top_relevance']:9.3f}{r1}{jt:>16s}")
   lines.append(f"report: {os.path.join(result.workdir, 'report.json')}")
   return "\n".join(lines)
