@@ -1,19 +1,28 @@
-"""Aesthetic alignment on the rendered testbed (jaxlab/align/testbed.py), in one process:
+"""Aesthetic alignment on the testbed (jaxlab/align/testbed.py), held out, with its baselines.
 
-  1. pretrain the two-tower model (contrastive) and the aesthetic model; measure HPIR
-     accuracy and recall@1 ("before")
-  2. full method: queries rephrased (offline expander, style `details`); top-K retrieved
-     and cut into the rows of a u x v grid by the rephrased query, each row sorted by
-     the aesthetic model; ranked DPO on the original query + contrastive
+For each seed (its own images, labels, pretraining and aesthetic model):
+  1. pretrain the two-tower model (frozen MiniLM text tower + trainable projection, ViT
+     image tower) and the aesthetic model on the train split
+  2. full method: queries about the FINE-TUNING half of the contents, worded by the training
+     templates, rephrased (offline, style `details`); top-K, rows by caption relevance,
+     columns by the aesthetic model; ranked DPO on the plain query
   3. ablations on the same pretrained and aesthetic models: no rephrasing; plain
-     fine-tuning (contrastive on each query's top preferred image) instead of DPO
+     fine-tuning (SFT on each query's top preferred image) instead of DPO
+Reported on the test split's HELD-OUT contents, with query wordings never trained on: HPIR
+on the aesthetic and the relevance aspect (plain and confidence-weighted), the true
+aesthetic and relevance of each query's top 4, recall@1, and the independent judge (ground
+truth with its own noise) against the pretrained model. Baselines in the same table: the
+pretrained model, the pretrained model with the rephrased query at inference, the cascade
+that re-ranks the pretrained top-K by the aesthetic model, the oracle re-rank by the true
+aesthetic.
 
-  nice -n 10 python bench/align_testbed.py [--workdir runs/bench_align] [key=value ...]
+  python bench/align_testbed.py [--seeds 0 1 2] [--quick] [--workdir runs/bench_align] [key=value ...]
 
-Overrides go to every run (e.g. dpo.train.steps=200; pretrain.workdir=RUN/full/pretrain
-aesthetic.workdir=RUN/full/aesthetic reuse the models of an earlier run). Prints a table
-and, last, `hpir_before=.. hpir_after=.. r1_before=.. r1_after=..` (test split) for the
-full method.
+Overrides go to every run (e.g. data.source=photos). Every stage is cached under the workdir
+(a rerun resumes). Prints the table (mean and spread over seeds), writes it to
+bench/results/align_testbed[_quick].md (full runs), and ends with
+`heldout_aes_gain=.. heldout_rel_change=.. rephrase_inference_gain=.. cascade_gain=.. oracle_gain=.. seeds=N`
+(HPIR points on held-out contents, each system vs the pretrained model, mean over seeds).
 """
 from __future__ import annotations
 
@@ -23,57 +32,135 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import numpy as np  # noqa: E402
+
 from jaxlab import config as config_lib  # noqa: E402
 from jaxlab.trainers import align  # noqa: E402
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "align", "testbed.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "align", "testbed.py")
+QUICK = ["data.num_train=2000", "data.num_val=600", "data.num_test=600", "data.hpir_queries=200",
+         "pretrain.train.steps=400", "aesthetic.train.steps=400", "preferences.rounds=10", "dpo.train.steps=150"]
+RUNS = (("full", ""), ("no_rephrase", "no_rephrase"), ("sft", "sft"))
+ROWS = [("pretrained", "full", "pretrained"), ("pretrained + rephrase at inference", "full", "pretrained + rephrase"),
+        ("cascade: top-K re-ranked by aesthetic model", "full", "cascade (aesthetic model)"),
+        ("oracle: top-K re-ranked by true aesthetic", "full", "oracle (true aesthetic)"),
+        ("fine-tuned (rephrase + DPO), plain query", "full", "fine-tuned"),
+        ("fine-tuned, rephrased query", "full", "fine-tuned + rephrase"),
+        ("no rephrasing + DPO", "no_rephrase", "fine-tuned"),
+        ("rephrase + plain fine-tuning (SFT)", "sft", "fine-tuned")]
+COLUMNS = [("aes HPIR", lambda m: m["heldout/aesthetic"]["accuracy"]),
+           ("aes wtd", lambda m: m["heldout/aesthetic"]["weighted_accuracy"]),
+           ("rel HPIR", lambda m: m["heldout/relevance"]["accuracy"]),
+           ("rel wtd", lambda m: m["heldout/relevance"]["weighted_accuracy"]),
+           ("top-4 aes", lambda m: m["heldout_top_true_aesthetic"]),
+           ("top-4 rel", lambda m: m["heldout_top_relevance"]),
+           ("R@1", lambda m: m.get("r@1", np.nan)),
+           ("judge win", lambda m: m["judge_vs_pretrained"]["win"]),
+           ("judge loss", lambda m: m["judge_vs_pretrained"]["loss"]),
+           ("seen aes", lambda m: m["finetune/aesthetic"]["accuracy"]),
+           ("val aes", None), ("val rel", None)]
+
+
+def run_seed(seed: int, workdir: str, overrides: list[str]) -> dict:
+  """{run name: report} for the full method and its ablations at one seed."""
+  base = os.path.join(workdir, f"seed{seed}")
+  data = [f"data.data_dir={os.path.join(workdir, 'data')}"]
+  reports = {}
+  for name, arg in RUNS:
+    extra = [] if name == "full" else [f"{s}.workdir={base}/full/{s}" for s in ("pretrain", "aesthetic")]
+    cfg = config_lib.load(f"{CONFIG}:{arg}" if arg else CONFIG, [f"seed={seed}"] + data + overrides + extra)
+    t0 = time.perf_counter()
+    result = align.train_and_evaluate(cfg, os.path.join(base, name))
+    if not result.finished:
+      raise SystemExit(align.report(result))
+    print(f"[seed {seed}] {name}: {time.perf_counter() - t0:.0f} s", flush=True)
+    reports[name] = result.report
+  return reports
+
+
+def value(report: dict, split: str, system: str, column: str, fn) -> float:
+  """One cell of the table for one seed."""
+  m = report[split][system]
+  if column == "val aes":
+    return m["heldout/aesthetic"]["accuracy"]
+  if column == "val rel":
+    return m["heldout/relevance"]["accuracy"]
+  return fn(m)
+
+
+def table(per_seed: list[dict]) -> tuple[str, dict]:
+  """The markdown table (mean +- std over seeds, test held-out; val columns on validation)."""
+  head = "| system | " + " | ".join(c for c, _ in COLUMNS) + " |"
+  lines = [head, "|" + "---|" * (len(COLUMNS) + 1)]
+  means = {}
+  for label, run, system in ROWS:
+    cells = []
+    for column, fn in COLUMNS:
+      split = "validation" if column.startswith("val ") else "test"
+      xs = np.array([value(r[run], split, system, column, fn) for r in per_seed])
+      if np.all(np.isnan(xs)):
+        cells.append("")
+        continue
+      means[(label, column)] = float(xs.mean())
+      cells.append(f"{xs.mean():.3f}" + (f" ± {xs.std(ddof=1):.3f}" if len(xs) > 1 else ""))
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines), means
+
+
+def gain(per_seed, run, system, key) -> np.ndarray:
+  """Held-out HPIR points of a system over the pretrained model, per seed."""
+  return np.array([100 * (r[run]["test"][system][key]["accuracy"] - r["full"]["test"]["pretrained"][key]["accuracy"])
+                   for r in per_seed])
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--workdir", default="runs/bench_align")
+  parser.add_argument("--workdir", default="")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--quick", action="store_true", help="smaller data and fewer steps, one seed (a smoke run)")
   parser.add_argument("overrides", nargs="*")
   args = parser.parse_args()
-  full_dir = os.path.join(args.workdir, "full")
-  # the ablations reuse the full run's pretrained and aesthetic models (or those given)
-  reuse = [f"{stage}.workdir={full_dir}/{stage}" for stage in ("pretrain", "aesthetic")
-           if not any(o.startswith(f"{stage}.workdir=") for o in args.overrides)]
-  runs = [("full (rephrase + DPO)", "", full_dir, []),
-          ("no rephrasing + DPO", "no_rephrase", os.path.join(args.workdir, "no_rephrase"), reuse),
-          ("rephrase + plain fine-tuning", "sft", os.path.join(args.workdir, "sft"), reuse)]
-  reports = []
-  for name, arg, workdir, extra in runs:
-    t0 = time.perf_counter()
-    cfg = config_lib.load(f"{CONFIG}:{arg}" if arg else CONFIG, list(args.overrides) + extra)
-    summary = align.train_and_evaluate(cfg, workdir)
-    if not summary.finished:
-      raise SystemExit(align.report(summary))
-    reports.append((name, summary.report, time.perf_counter() - t0))
-
-  first = reports[0][1]
-  print()
-  print(f"aesthetic model: Pearson r with the true aesthetic score on test images = "
-        f"{first['aesthetic_model_corr']:.3f}")
+  seeds = args.seeds[:1] if args.quick else args.seeds
+  overrides = (QUICK if args.quick else []) + list(args.overrides)
+  workdir = args.workdir or ("runs/bench_align_quick" if args.quick else "runs/bench_align")
+  t0 = time.perf_counter()
+  per_seed = [run_seed(s, workdir, overrides) for s in seeds]
+  text, _ = table(per_seed)
+  first = per_seed[0]["full"]
   p = first["preferences"]
-  print(f"preferences: {p['records']} records x {p['pairs_per_record']} pairs; mean true aesthetic of the top grid "
-        f"cell {p['true_aesthetic_top_cell']:.3f} vs the whole grid {p['true_aesthetic_grid']:.3f}; "
-        f"{p['relevant_share']:.2f} of the candidates show the query's content; same-content pairs right by the "
-        f"true aesthetic: {p['same_content_pair_accuracy']:.3f}")
-  print("test split (reported); validation split (settings are chosen on it; its images are in no grid):")
-  head = f"{'model':32s}{'HPIR acc':>10s}{'HPIR wtd':>10s}{'R@1':>8s}{'R@5':>8s}{'top-4 aes':>11s}" \
-         f"{'judge W/T/L':>16s}{'val HPIR':>10s}{'val R@1':>9s}{'time s':>8s}"
-  print(head)
-  b, vb = first["before"], first["val_before"]
-  print(f"{'pretrained':32s}{b['accuracy']:10.3f}{b['weighted_accuracy']:10.3f}{b['r@1']:8.3f}{b['r@5']:8.3f}"
-        f"{b['top_true_aesthetic']:11.3f}{'':>16s}{vb['accuracy']:10.3f}{vb['r@1']:9.3f}")
-  for name, rep, secs in reports:
-    a, va, j = rep["after"], rep["val_after"], rep["judge_after_vs_before"]
-    jt = f"{j['win']:.2f}/{j['tie']:.2f}/{j['loss']:.2f}"
-    print(f"{name:32s}{a['accuracy']:10.3f}{a['weighted_accuracy']:10.3f}{a['r@1']:8.3f}{a['r@5']:8.3f}"
-          f"{a['top_true_aesthetic']:11.3f}{jt:>16s}{va['accuracy']:10.3f}{va['r@1']:9.3f}{secs:8.0f}")
-  a = first["after"]
-  print(f"hpir_before={b['accuracy']:.4f} hpir_after={a['accuracy']:.4f} r1_before={b['r@1']:.4f} "
-        f"r1_after={a['r@1']:.4f}")
+  notes = [f"aesthetic model: Pearson r with the true aesthetic on test images (seed {seeds[0]}) = "
+           f"{first['aesthetic_model_corr']:.3f}",
+           f"preferences (seed {seeds[0]}): {p['records']} records ({p['queries']} queries about {p['contents']} "
+           f"fine-tuning contents) x {p['pairs_per_record']} pairs; true aesthetic of the top grid cell "
+           f"{p['true_aesthetic_top_cell']:.3f} vs the whole grid {p['true_aesthetic_grid']:.3f}; "
+           f"{p['relevant_share']:.2f} of the candidates show the query's content; same-content pairs right by "
+           f"the true aesthetic: {p['same_content_pair_accuracy']:.3f}",
+           f"held-out contents: {', '.join(first['contents']['heldout'])}",
+           f"test split, held-out contents, held-out query wordings; mean ± std over seeds {seeds}; "
+           f"val columns: validation split; {time.perf_counter() - t0:.0f} s in all"]
+  print()
+  print("\n".join(notes))
+  print(text)
+  aes, rel = gain(per_seed, "full", "fine-tuned", "heldout/aesthetic"), gain(per_seed, "full", "fine-tuned",
+                                                                            "heldout/relevance")
+  reph = gain(per_seed, "full", "pretrained + rephrase", "heldout/aesthetic")
+  casc = gain(per_seed, "full", "cascade (aesthetic model)", "heldout/aesthetic")
+  orac = gain(per_seed, "full", "oracle (true aesthetic)", "heldout/aesthetic")
+  kept = aes.mean() / reph.mean() if reph.mean() else float("nan")
+  summary = (f"heldout_aes_gain={aes.mean():.2f} heldout_rel_change={rel.mean():.2f} "
+             f"rephrase_inference_gain={reph.mean():.2f} cascade_gain={casc.mean():.2f} "
+             f"oracle_gain={orac.mean():.2f} seeds={len(seeds)}")
+  print(f"per seed: aes gain {np.round(aes, 2).tolist()}, rel change {np.round(rel, 2).tolist()}, "
+        f"rephrase-at-inference gain {np.round(reph, 2).tolist()}; fine-tuned keeps {kept:.2f} of it")
+  if not args.quick or args.workdir == "":
+    os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
+    name = "align_testbed_quick.md" if args.quick else "align_testbed.md"
+    extra = " ".join(args.overrides)
+    with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
+      f.write(f"`python bench/align_testbed.py{' --quick' if args.quick else ''}"
+              f"{' ' + extra if extra else ''}`\n\n" + "\n\n".join(notes) + "\n\n" + text + "\n\n" + summary + "\n")
+  print(summary)
 
 
 if __name__ == "__main__":

@@ -96,11 +96,13 @@ def ep(**kw):
 
 def test_offline_styles_are_deterministic():
   q = "a red circle"
-  assert rephrase.expand(q, "details") == "a red circle , sharp , centred , harmonious"
-  assert rephrase.expand(q, "list", k=2) == "a red circle : 1 . sharp 2 . centred"
-  assert json.loads(rephrase.expand(q, "keywords")) == {"subject": q, "sharpness": "sharp",
-                                                         "composition": "centred", "colour": "harmonious"}
-  assert rephrase.expand(q, "reorganise") == "sharp centred harmonious image of a red circle"
+  mid, sharp, colour = ("the subject sits right in the middle of the picture", "sharp and clear edges",
+                        "harmonious, gentle colours")
+  assert rephrase.expand(q, "details") == f"a red circle, {mid}, {sharp}, {colour}"
+  assert rephrase.expand(q, "list", k=2) == f"a red circle: 1. {mid} 2. {sharp}"
+  assert json.loads(rephrase.expand(q, "keywords")) == {"subject": q, "composition": mid, "sharpness": sharp,
+                                                         "colour": colour}
+  assert rephrase.expand(q, "reorganise") == f"A picture with {mid}, {sharp}, {colour}: a red circle"
   for style in rephrase.STYLES:
     assert q in rephrase.Request(q, style).prompt()
   with pytest.raises(ValueError, match="unknown rephrasing style 'fancy'"):

@@ -42,17 +42,37 @@ def test_captions_tokens_and_hpir_labels(tmp_path):
   caption = testbed.as_text(rec["caption"])
   assert caption.startswith(testbed.query_for(testbed.as_text(rec["content"])))
   tok = testbed.word_tokenizer()
-  tokens, mask = testbed.encode(tok, ["a red circle , sharp", "a weird red circle"], 8)
+  tokens, mask = testbed.encode(tok, ["a red circle, crisp", "a weird red circle"], 8)
   vocab = tok.get_vocab()
-  assert tokens[0].tolist() == [vocab[w] for w in ("a", "red", "circle", ",", "sharp", "[EOS]")] + [0, 0]
+  assert tokens[0].tolist() == [vocab[w] for w in ("a", "red", "circle", ",", "crisp", "[EOS]")] + [0, 0]
   assert tokens[1, 1] == vocab["[UNK]"] and mask.sum(1).tolist() == [6, 5]
-  records = hpir.load_hpir(tb.hpir_path)   # the generic HPIR loader reads the testbed's labels
+  tune, held = testbed.content_split()
+  records = hpir.load_hpir(tb.hpir["test/heldout/aesthetic"])   # the generic HPIR loader reads the labels
   assert len(records) == 60
-  aes = {testbed.as_text(tb.test[i]["id"]): float(tb.test[i]["aesthetic"]) for i in range(len(tb.test))}
+  row = {testbed.as_text(tb.test[i]["id"]): tb.test[i] for i in range(len(tb.test))}
+  aes = {k: float(v["aesthetic"]) for k, v in row.items()}
   agree = np.mean([(np.mean([aes[i] for i in r.results_a]) > np.mean([aes[i] for i in r.results_b]))
                    == (r.choice == "a") for r in records])
   assert 0.7 < agree < 1.0                                   # drawn from the truth, with noise
   assert {r.confidence for r in records} <= {0.6, 0.8, 1.0}
+  # held-out contents only, worded by the held-out templates only
+  held_queries = testbed.queries("rendered", held, testbed.HELDOUT_TEMPLATES)
+  assert {r.query for r in records} <= set(held_queries)
+  assert all(int(row[i]["content_id"]) == held_queries[r.query] for r in records for i in r.results_a + r.results_b)
+  # relevance: the annotators follow the mean grade (1 same content, 0.5 same colour or shape), by hand
+  rel = hpir.load_hpir(tb.hpir["test/finetune/relevance"])
+  names = testbed.CONTENTS
+
+  def grade(q_content, image_id):
+    qc, ic = names[q_content].split(), testbed.as_text(row[image_id]["content"]).split()
+    return 1.0 if qc == ic else 0.5 if (qc[0] == ic[0] or qc[1] == ic[1]) else 0.0
+
+  tune_queries = testbed.queries("rendered", tune, testbed.HELDOUT_TEMPLATES)
+  diffs = [np.mean([grade(tune_queries[r.query], i) for i in r.results_a])
+           - np.mean([grade(tune_queries[r.query], i) for i in r.results_b]) for r in rel]
+  assert all(d != 0 for d in diffs)
+  agree = np.mean([(d > 0) == (r.choice == "a") for d, r in zip(diffs, rel)])
+  assert 0.85 < agree <= 1.0
   # validation: its own images (none of test's) and its own labels over them
   assert len(tb.validation) == 160
   val_ids = {testbed.as_text(tb.validation[i]["id"]) for i in range(160)}
@@ -60,10 +80,31 @@ def test_captions_tokens_and_hpir_labels(tmp_path):
   val_images = np.stack([tb.validation[i]["image"] for i in range(160)]).reshape(160, -1)
   test_images = np.stack([tb.test[i]["image"] for i in range(200)]).reshape(200, -1)
   assert not (val_images[:, None, :] == test_images[None, :, :]).all(-1).any()
-  val_records = hpir.load_hpir(tb.hpir_val_path)
+  val_records = hpir.load_hpir(tb.hpir["validation/heldout/aesthetic"])
   assert len(val_records) == 60 and all(set(r.results_a + r.results_b) <= val_ids for r in val_records)
   with pytest.raises(ValueError, match="num_test must be positive"):
     testbed.prepare_testbed(str(tmp_path), num_test=0)
+
+
+def test_content_halves_share_every_colour_and_shape():
+  tune, held = testbed.content_split()
+  assert len(tune) == len(held) == 12 and not set(tune) & set(held)
+  for half in (tune, held):
+    words = [testbed.CONTENTS[c].split() for c in half]
+    assert {w[0] for w in words} == set(testbed.COLOURS) and {w[1] for w in words} == set(testbed.SHAPES)
+  assert not set(testbed.TRAIN_TEMPLATES) & set(testbed.HELDOUT_TEMPLATES)
+
+
+def test_rephrasings_and_captions_share_no_aesthetic_word():
+  from jaxlab.align import rephrase
+  stop = {"a", "an", "the", "and", "in", "of", "with"}
+  tokens = lambda t: set(t.lower().replace(",", " ").replace(":", " ").replace(".", " ").replace('"', " ")
+                         .replace("{", " ").replace("}", " ").replace("-", " ").split())
+  q = "a red circle"
+  rephrased = set().union(*(tokens(rephrase.expand(q, s, k=4)) for s in rephrase.STYLES)) - tokens(q)
+  caption = set().union(*(tokens(p) for pair in testbed.CAPTION_PHRASES.values() for side in pair for p in side))
+  assert rephrased and caption
+  assert not (rephrased - stop) & (caption - stop), (rephrased - stop) & (caption - stop)
 
 
 def test_real_preference_fixture_through_the_loaders(shared_data, tmp_path):
@@ -116,7 +157,9 @@ def test_config_mistakes_fail_before_work_naming_the_key(tmp_path):
            ("dpo.train.batch_size=7", "dpo.train.batch_size: 7 is not divisible"),
            ("rephrase.backend=claude", "rephrase.backend"), ("rephrase.style=poem", "rephrase.style"),
            ("pretrain.loss=hinge", "pretrain.loss"), ("model.patch_size=3", "model.patch_size"),
-           ("pretrain.workdir=/nonexistent", "pretrain.workdir"),
+           ("pretrain.workdir=/nonexistent", "pretrain.workdir"), ("data.source=drawings", "data.source"),
+           ("model.text_tower=gpt", "model.text_tower"), ("preferences.relevance=magic", "preferences.relevance"),
+           ("eval.cascade_k=2", "eval.cascade_k: must be >= eval.top_k=4"),
            ("dpo.contrastive_batch=12", "dpo.contrastive_batch: 12 is not a multiple of dpo.train.batch_size=8")]
   for override, msg in cases:
     with pytest.raises(config_lib.ConfigError, match=msg):
@@ -137,16 +180,26 @@ def _cli(workdir, *overrides):
 
 @pytest.mark.slow
 def test_trainer_end_to_end_tiny(tmp_path):
+  from jaxlab.trainers import align
   workdir = str(tmp_path / "run")
   args = ("dpo.train.log_every=1", "pretrain.train.log_every=1")
   run = _cli(workdir, *args)
   assert run.returncode == 0, run.stderr[-3000:]
-  assert "HPIR accuracy" in run.stdout and "r@1" in run.stdout
+  assert "held-out contents" in run.stdout and "oracle (true aesthetic)" in run.stdout
   report = json.load(open(os.path.join(workdir, "report.json")))
-  assert report["preferences"]["records"] == 24 and report["preferences"]["pairs_per_record"] == 5
-  assert report["preferences"]["rephrased_example"] == "a red circle , sharp , centred , harmonious"
-  for side in ("before", "after"):
-    assert 0.0 <= report[side]["accuracy"] <= 1.0 and report[side]["count"] == 20
+  p = report["preferences"]
+  assert p["queries"] == 36 and p["contents"] == 12 and p["records"] == 36 and p["pairs_per_record"] == 5
+  assert p["rephrased_example"] == "a red circle, the subject sits right in the middle of the picture, " \
+                                   "sharp and clear edges, harmonious, gentle colours"
+  assert set(report["contents"]["heldout"]).isdisjoint(report["contents"]["finetune"])
+  for split in ("test", "validation"):
+    assert set(report[split]) == set(align.SYSTEMS)
+    for name, m in report[split].items():
+      for key in ("heldout/aesthetic", "heldout/relevance", "finetune/aesthetic", "finetune/relevance"):
+        assert 0.0 <= m[key]["accuracy"] <= 1.0
+      assert ("r@1" in m) == (name in align.EMBEDDING_SYSTEMS)
+    j = report[split]["pretrained"]["judge_vs_pretrained"]
+    assert j["tie"] == 1.0 and j["count"] == 12 * len(align.testbed.HELDOUT_TEMPLATES)   # itself: all ties
   rows = [json.loads(l) for l in open(os.path.join(workdir, "finetune", "metrics.jsonl"))]
   first = next(r for r in rows if "preference_loss" in r)
   assert first["step"] == 1
@@ -177,13 +230,14 @@ def _np_clip_loss(img, txt, scale):
 def test_finetune_loss_pairs_candidates_with_their_own_captions(candidates):
   from jaxlab.models import two_tower as tt
   from jaxlab.trainers import align
-  cfg = _load(f"dpo.contrastive_candidates={candidates}", "dpo.contrastive_weight=0.5")
+  from jaxlab.align import texts
+  cfg = _load(f"dpo.contrastive_candidates={candidates}", "dpo.contrastive_weight=0.5", "model.text_tower=words")
   tok = testbed.word_tokenizer()
-  mcfg = align.model_config(cfg.model, cfg.data.image_size, tok.get_vocab_size())
+  mcfg = align.model_config(cfg.model, cfg.data.image_size, texts.WordEncoder(cfg.model.max_len))
   model = tt.TwoTower(mcfg)
   rng = np.random.default_rng(0)
   b, n, r, s, length = 2, 3, 2, cfg.data.image_size, mcfg.text.max_len
-  words = [f"a {c} {w}" for c in testbed.COLOURS for w in ("sharp", "noisy")]   # 12 distinct captions
+  words = [f"a {c} {w}" for c in testbed.COLOURS for w in ("crisp", "blurry")]   # 12 distinct captions
   tokens, mask = testbed.encode(tok, words[:b * (n + r) + b], length)
   batch = {"cand_images": rng.uniform(0, 1, (b, n, s, s, 3)).astype(np.float32),
            "images": rng.uniform(0, 1, (b, r, s, s, 3)).astype(np.float32),
