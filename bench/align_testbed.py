@@ -20,7 +20,7 @@ aesthetic.
 
 Overrides go to every run (e.g. data.source=photos). Every stage is cached under the workdir
 (a rerun resumes). Prints the table (mean and spread over seeds), writes it to
-bench/results/align_testbed[_quick].md (full runs), and ends with
+bench/results/align_testbed[_SOURCE][_quick].md, and ends with
 `heldout_aes_gain=.. heldout_rel_change=.. rephrase_inference_gain=.. cascade_gain=.. oracle_gain=.. seeds=N`
 (HPIR points on held-out contents, each system vs the pretrained model, mean over seeds).
 """
@@ -155,7 +155,8 @@ def main() -> None:
         f"rephrase-at-inference gain {np.round(reph, 2).tolist()}; fine-tuned keeps {kept:.2f} of it")
   if not args.quick or args.workdir == "":
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
-    name = "align_testbed_quick.md" if args.quick else "align_testbed.md"
+    source = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("data.source=")), "")
+    name = "align_testbed" + (f"_{source}" if source else "") + ("_quick" if args.quick else "") + ".md"
     extra = " ".join(args.overrides)
     with open(os.path.join(ROOT, "bench", "results", name), "w") as f:
       f.write(f"`python bench/align_testbed.py{' --quick' if args.quick else ''}"

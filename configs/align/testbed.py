@@ -1,6 +1,7 @@
-"""Aesthetic alignment on the rendered testbed (jaxlab/align/testbed.py): pretrain a
-two-tower model, train the aesthetic model, build preferences from rephrased queries,
-fine-tune with ranked DPO, and report HPIR accuracy, recall and the judge, before/after.
+"""Aesthetic alignment on the testbed (jaxlab/align/testbed.py): pretrain a two-tower model,
+train the aesthetic model, build preferences from rephrased queries about the fine-tuning
+half of the contents, fine-tune with ranked DPO, and report every system (baselines
+included) on the held-out contents: HPIR (aesthetic and relevance), recall and the judge.
 
   python -m jaxlab.main --config configs/align/testbed.py --workdir runs/align/full
   # ablations, reusing the pretrained model and the aesthetic model of that run
@@ -12,7 +13,9 @@ fine-tune with ranked DPO, and report HPIR accuracy, recall and the judge, befor
       rephrase.model=gpt-4o-mini $REUSE
 
 Arguments (comma-separated): tiny (a CPU-seconds run for tests), no_rephrase, sft,
-sigmoid (SigLIP loss for pretraining).
+sigmoid (SigLIP loss for pretraining), photos (crops of real photographs instead of rendered
+shapes: data.source=photos), words (the small trainable text tower over the testbed's closed
+word vocabulary instead of the frozen MiniLM: model.text_tower=words).
 """
 from jaxlab.trainers import align
 
@@ -36,7 +39,11 @@ def get_config(arg=None):
       c.dpo.objective = "sft"
     elif part == "sigmoid":
       c.pretrain.loss = "sigmoid"
+    elif part == "photos":
+      c.data.source = "photos"
+    elif part == "words":
+      c.model.text_tower = "words"
     else:
-      raise ValueError(f"unknown argument {part!r}; use tiny, no_rephrase, sft or sigmoid")
+      raise ValueError(f"unknown argument {part!r}; use tiny, no_rephrase, sft, sigmoid, photos or words")
   c.lock()
   return c

@@ -101,7 +101,7 @@ def default_config() -> ml_collections.ConfigDict:
   # recall@1 by 14 points between draws (0.40 vs 0.54): the mean over fixed-size galleries
   # cascade_k: the pretrained top-K the cascade and oracle baselines re-rank; judge_noise: the
   # std of the independent judge's noise on the true aesthetic
-  c.eval = dict(top_k=4, batch_size=256, recall_gallery=1000, cascade_k=20, judge_noise=0.05)
+  c.eval = dict(top_k=4, batch_size=256, recall_gallery=1000, cascade_k=40, judge_noise=0.05)
   c.fp8 = fp8.default_config()  # FP8-LM levels for the DPO fine-tuning stage (fp8.level=O2, ...)
   return c
 
