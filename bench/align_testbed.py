@@ -7,7 +7,8 @@ For each seed (its own images, labels, pretraining and aesthetic model):
      templates, rephrased (offline, style `details`); top-K, rows by caption relevance,
      columns by the aesthetic model; ranked DPO on the plain query
   3. ablations on the same pretrained and aesthetic models: no rephrasing; plain
-     fine-tuning (SFT on each query's top preferred image) instead of DPO
+     fine-tuning (SFT on each query's top preferred image) instead of DPO; grid rows by the
+     retriever's own score instead of caption relevance (preferences.relevance=retriever)
 Reported on the test split's HELD-OUT contents, with query wordings never trained on: HPIR
 on the aesthetic and the relevance aspect (plain and confidence-weighted), the true
 aesthetic and relevance of each query's top 4, recall@1, and the independent judge (ground
@@ -41,14 +42,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "align", "testbed.py")
 QUICK = ["data.num_train=2000", "data.num_val=600", "data.num_test=600", "data.hpir_queries=200",
          "pretrain.train.steps=400", "aesthetic.train.steps=400", "preferences.rounds=10", "dpo.train.steps=150"]
-RUNS = (("full", ""), ("no_rephrase", "no_rephrase"), ("sft", "sft"))
+RUNS = (("full", "", []), ("no_rephrase", "no_rephrase", []), ("sft", "sft", []),
+        ("retriever_relevance", "", ["preferences.relevance=retriever"]))
 ROWS = [("pretrained", "full", "pretrained"), ("pretrained + rephrase at inference", "full", "pretrained + rephrase"),
         ("cascade: top-K re-ranked by aesthetic model", "full", "cascade (aesthetic model)"),
         ("oracle: top-K re-ranked by true aesthetic", "full", "oracle (true aesthetic)"),
         ("fine-tuned (rephrase + DPO), plain query", "full", "fine-tuned"),
         ("fine-tuned, rephrased query", "full", "fine-tuned + rephrase"),
         ("no rephrasing + DPO", "no_rephrase", "fine-tuned"),
-        ("rephrase + plain fine-tuning (SFT)", "sft", "fine-tuned")]
+        ("rephrase + plain fine-tuning (SFT)", "sft", "fine-tuned"),
+        ("rows by the retriever's own score", "retriever_relevance", "fine-tuned")]
 COLUMNS = [("aes HPIR", lambda m: m["heldout/aesthetic"]["accuracy"]),
            ("aes wtd", lambda m: m["heldout/aesthetic"]["weighted_accuracy"]),
            ("rel HPIR", lambda m: m["heldout/relevance"]["accuracy"]),
@@ -67,8 +70,9 @@ def run_seed(seed: int, workdir: str, overrides: list[str]) -> dict:
   base = os.path.join(workdir, f"seed{seed}")
   data = [f"data.data_dir={os.path.join(workdir, 'data')}"]
   reports = {}
-  for name, arg in RUNS:
-    extra = [] if name == "full" else [f"{s}.workdir={base}/full/{s}" for s in ("pretrain", "aesthetic")]
+  for name, arg, run_overrides in RUNS:
+    reuse = [] if name == "full" else [f"{s}.workdir={base}/full/{s}" for s in ("pretrain", "aesthetic")]
+    extra = run_overrides + reuse
     cfg = config_lib.load(f"{CONFIG}:{arg}" if arg else CONFIG, [f"seed={seed}"] + data + overrides + extra)
     t0 = time.perf_counter()
     result = align.train_and_evaluate(cfg, os.path.join(base, name))

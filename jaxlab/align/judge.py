@@ -5,7 +5,8 @@ A judge is a function judge(query, first_images, second_images) -> "first" | "se
 Offline: `score_judge(score_fn)` prefers the set with the higher mean score(query, images);
 the trainer's judge scores from the testbed's ground truth with its own noise (relevance
 first, then aesthetics), never from the aesthetic model that built the training pairs.
-`aesthetic_judge(score_fn)` ignores the query. Online: `rephrase.openai_vision_judge(...)` asks an OpenAI-compatible vision model.
+`aesthetic_judge(score_fn)` ignores the query. Online: `openai_vision_judge(...)` asks an
+OpenAI-compatible vision model.
 """
 from __future__ import annotations
 

@@ -128,16 +128,16 @@ def queries(source: str, content_ids, templates) -> dict[str, int]:
   return {query_for(names[c], t): int(c) for c in content_ids for t in templates}
 
 
-def caption_words() -> set[str]:
-  """Every word the caption phrases use (lower case), for the vocabulary-disjointness check."""
-  return set(_words(p for pair in CAPTION_PHRASES.values() for side in pair for p in side))
+def _photo_contents() -> tuple[str, ...]:
+  from jaxlab.align import photos   # numpy only at import: the photographs load on first render
+  return photos.CONTENTS
 
 
-WORDS = (("a", "an", "of", "image", "photo", "picture", "showing", "looking", "for", "shown", "in", "photograph")
-         + tuple(COLOURS) + SHAPES + tuple(w for w in _words(p for pair in CAPTION_PHRASES.values()
-                                                             for side in pair for p in side)
-                                           if w not in ("in", "of", "a"))
-         + tuple("0123456789") + tuple(",.:;{}\"'-()[]"))
+WORDS = tuple(dict.fromkeys(   # each word once, in this order
+    ("a", "an", "of", "image", "photo", "picture", "showing", "looking", "for", "shown", "in", "photograph")
+    + tuple(COLOURS) + SHAPES + _words(_photo_contents())
+    + _words(p for pair in CAPTION_PHRASES.values() for side in pair for p in side)
+    + tuple("0123456789") + tuple(",.:;{}\"'-()[]")))
 
 
 # ---------------------------------------------------------------------------- rendering

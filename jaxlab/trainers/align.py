@@ -315,7 +315,8 @@ def stages(cfg: ml_collections.ConfigDict) -> list[loop.Stage]:
   validate(cfg)
   enc, mcfg = _encoder_and_model(cfg)
   out = []
-  for name, build in (("pretrain", lambda: pretrain_task(cfg, mcfg, enc)), ("aesthetic", lambda: aesthetic_task(cfg, mcfg)),
+  for name, build in (("pretrain", lambda: pretrain_task(cfg, mcfg, enc)),
+                      ("aesthetic", lambda: aesthetic_task(cfg, mcfg)),
                       ("finetune", lambda: finetune_task(cfg, mcfg, enc))):
     task, spec = build()
     out.append(loop.Stage(name, task, stage_options(cfg, name), spec))

@@ -18,7 +18,8 @@ def test_align_bench_quick_reports_every_system(tmp_path):
                        env=env, capture_output=True, text=True, timeout=900)
   assert run.returncode == 0, run.stderr[-3000:]
   for row in ("pretrained + rephrase at inference", "cascade: top-K re-ranked by aesthetic model",
-              "oracle: top-K re-ranked by true aesthetic", "no rephrasing + DPO", "rephrase + plain fine-tuning"):
+              "oracle: top-K re-ranked by true aesthetic", "no rephrasing + DPO", "rephrase + plain fine-tuning",
+              "rows by the retriever's own score"):
     assert row in run.stdout
   last = run.stdout.strip().splitlines()[-1]
   m = re.fullmatch(r"heldout_aes_gain=(\S+) heldout_rel_change=(\S+) rephrase_inference_gain=(\S+) "
