@@ -88,9 +88,9 @@ def evaluate_scores(scores: np.ndarray, query_index: dict[str, int], split: dict
   return out, top
 
 
-def caption_recall(mcfg, params, split: dict, *, batch_size: int, recall_gallery: int) -> dict:
+def caption_recall(mcfg, params, split: dict, img: np.ndarray, *, batch_size: int, recall_gallery: int) -> dict:
   """recall@1/5 caption -> image of an embedding model on a split (relevant = same content),
-  the mean over the split's disjoint galleries of `recall_gallery` images."""
-  img = embed_images(mcfg, params, split["images"], batch_size)
+  the mean over the split's disjoint galleries of `recall_gallery` images; `img` are the
+  model's embeddings of the split's images."""
   cap = _batched(encoders(mcfg)[1], params, [split["tokens"], split["mask"]], batch_size)
   return gallery_recall(cap, img, split["content_id"], recall_gallery)

@@ -192,9 +192,12 @@ def data_dir(cfg, workdir: str) -> str:
   return cfg.data.data_dir or os.path.join(workdir, "data")
 
 
+def _minilm_cache(cache_dir: str | None) -> str | None:
+  return os.path.join(cache_dir, "text_features_minilm.npz") if cache_dir else None
+
+
 def _encoder_and_model(cfg, cache_dir: str | None = None):
-  cache = os.path.join(cache_dir, "text_features_minilm.npz") if cache_dir else None
-  enc = texts_lib.encoder_for(cfg.model.text_tower, cfg.model.max_len, cache)
+  enc = texts_lib.encoder_for(cfg.model.text_tower, cfg.model.max_len, _minilm_cache(cache_dir))
   return enc, model_config(cfg.model, cfg.data.image_size, enc, cfg.pretrain.loss)
 
 
@@ -369,8 +372,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
   # the caption-relevance signal is the frozen sentence encoder (the text tower itself when it is MiniLM)
   cap_enc = None
   if cfg.preferences.relevance == "caption":
-    cap_enc = enc if enc.kind == "minilm" else texts_lib.FrozenEncoder(
-        os.path.join(data_dir(cfg, workdir), "text_features_minilm.npz"))
+    cap_enc = enc if enc.kind == "minilm" else texts_lib.FrozenEncoder(_minilm_cache(data_dir(cfg, workdir)))
 
   def stage(name, task_fn):
     src = cfg[name].workdir if name in ("pretrain", "aesthetic") else ""
@@ -404,13 +406,12 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
   labels = {key: hpir.load_hpir(path) for key, path in tb.hpir.items()}
   ctx = dict(cfg=cfg, workdir=workdir, mcfg=mcfg, enc=enc, source=tb.source, held_ids=held_ids,
              params={"pre": pre["params"], "fine": fine["params"]}, mlp=mlp, mlp_params=aes["params"])
-  report = {split: evaluate_systems(ctx, splits[split], {k.split("/", 1)[1]: v for k, v in labels.items()
-                                                         if k.startswith(split + "/")}, seed=cfg.seed + i)
-            for i, split in enumerate(("test", "validation"))}
+  report, corr = {}, {}
+  for i, split in enumerate(("test", "validation")):
+    mine = {k.split("/", 1)[1]: v for k, v in labels.items() if k.startswith(split + "/")}
+    report[split], corr[split] = evaluate_systems(ctx, splits[split], mine, seed=cfg.seed + i)
   report["preferences"] = pref_stats
-  report["aesthetic_model_corr"] = float(np.corrcoef(
-      aesthetic_lib.score(mlp, aes["params"], jnp.asarray(retrieval.embed_images(
-          mcfg, pre["params"], splits["test"]["images"], bs))), splits["test"]["aesthetic"])[0, 1])
+  report["aesthetic_model_corr"] = corr["test"]
   report["contents"] = {"finetune": [testbed.contents(tb.source)[c] for c in tune_ids],
                         "heldout": [testbed.contents(tb.source)[c] for c in held_ids]}
   if is_main:
@@ -419,8 +420,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
   return Result(workdir, True, report)
 
 
-def evaluate_systems(ctx: dict, split: dict, labels: dict, seed: int) -> dict:
-  """Every system of SYSTEMS on one split: {system: metrics}. Queries are every content worded by
+def evaluate_systems(ctx: dict, split: dict, labels: dict, seed: int) -> tuple[dict, float]:
+  """Every system of SYSTEMS on one split: ({system: metrics}, the aesthetic model's Pearson r with
+  the true aesthetic on the split's images). Queries are every content worded by
   the held-out templates; HPIR per label set ("heldout/aesthetic", ...), the top-k stats and the
   judge (against the pretrained model) over the held-out contents' queries, recall@1/5 for the
   embedding models."""
@@ -454,12 +456,13 @@ def evaluate_systems(ctx: dict, split: dict, labels: dict, seed: int) -> dict:
                                                  query_content=q_content[held_rows], source=ctx["source"])
     metrics.update({f"heldout_{k}": v for k, v in held.items()})
     if name in EMBEDDING_SYSTEMS:
-      metrics.update(retrieval.caption_recall(mcfg, params[EMBEDDING_SYSTEMS[name]], split, batch_size=e.batch_size,
+      k = EMBEDDING_SYSTEMS[name]
+      metrics.update(retrieval.caption_recall(mcfg, params[k], split, img[k], batch_size=e.batch_size,
                                               recall_gallery=e.recall_gallery))
     out[name] = metrics
   for name in SYSTEMS:
     out[name]["judge_vs_pretrained"] = judge_lib.compare(judge, held_q, list(tops[name]), list(tops["pretrained"]))
-  return out
+  return out, float(np.corrcoef(aes_model, split["aesthetic"])[0, 1])
 
 
 def report(result: Result) -> str:
