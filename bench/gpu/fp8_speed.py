@@ -35,8 +35,11 @@ import argparse
 import gzip
 import math
 import os
+import pickle
 import re
 import statistics
+import subprocess
+import tempfile
 import sys
 import time
 import traceback
@@ -45,6 +48,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 
 if "--dry-run" in sys.argv:
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Each level compiles and runs in its own process (below); this one keeps only the GEMM
+# bench's few buffers, so it must not take three quarters of the GPU up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax
 import jax.numpy as jnp
@@ -235,6 +241,29 @@ def bench_step(level: str, args, gpu: bool) -> dict:
   return r
 
 
+def run_level(level: str, args) -> dict | None:
+  """bench_step in a child process with a time limit, so a level whose compile hangs is
+  reported and the others still run. None (and a failed check) when it raised or timed out."""
+  shape = ["--layers", args.layers, "--d-model", args.d_model, "--heads", args.heads, "--mlp", args.mlp,
+           "--seq", args.seq, "--batch", args.batch, "--vocab", args.vocab, "--warmup", args.warmup,
+           "--steps", args.steps, "--hlo-dir", args.hlo_dir]
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "result.pkl")
+    cmd = [sys.executable, os.path.abspath(__file__), *map(str, shape), "--only-level", level, "--result-file", out]
+    if args.dry_run:
+      cmd.append("--dry-run")
+    try:
+      done = subprocess.run(cmd, timeout=args.level_timeout)
+    except subprocess.TimeoutExpired:
+      fail(f"level {level}: compile + {args.warmup + args.steps + 1} steps did not finish in {args.level_timeout:.0f} s")
+      return None
+    if done.returncode != 0 or not os.path.exists(out):
+      fail(f"level {level}: the step raised (exit status {done.returncode}, traceback above)")
+      return None
+    with open(out, "rb") as f:
+      return pickle.load(f)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--dry-run", action="store_true", help="tiny shapes, CPU, compile only: the checks, no timings")
@@ -250,6 +279,10 @@ def main():
   p.add_argument("--steps", type=int, default=6)
   p.add_argument("--levels", nargs="+", default=LEVELS, choices=LEVELS,
                  help="levels to time, in this order (default: none, O2 and flax first, then O1, O3)")
+  p.add_argument("--level-timeout", type=float, default=150,
+                 help="seconds one level may take (compile, init, steps) before it is killed and reported")
+  p.add_argument("--only-level", default="", help=argparse.SUPPRESS)  # the child process of one level
+  p.add_argument("--result-file", default="", help=argparse.SUPPRESS)
   p.add_argument("--hlo-dir", default="", help="write the optimized HLO of the O2 and flax steps (and of any GEMM "
                  "that is not one FP8 custom call) here, gzipped")
   args = p.parse_args()
@@ -259,6 +292,10 @@ def main():
 
   dev = jax.devices()[0]
   gpu = dev.platform == "gpu"
+  if args.only_level:
+    with open(args.result_file, "wb") as f:
+      pickle.dump(bench_step(args.only_level, args, gpu), f)
+    return
   print(f"{dev.device_kind} ({dev.platform}), jax {jax.__version__}" + ("; dry run: compile only" if args.dry_run else ""))
   bench_gemms(args, gpu)
 
@@ -273,12 +310,10 @@ def main():
   res = {}
   for level in args.levels:
     t0 = time.perf_counter()
-    try:
-      r = res[level] = bench_step(level, args, gpu)
-    except Exception:  # noqa: BLE001 -- reported as a failed check, the run goes on
-      traceback.print_exc()
-      fail(f"level {level}: the step raised (traceback above)")
+    r = run_level(level, args)
+    if r is None:
       continue
+    res[level] = r
     speed = res["none"]["step"] / r["step"] if "none" in res else math.nan
     print(f"{level:6s} {r['step'] * 1e3:9.1f} {args.batch * args.seq / r['step']:11,.0f} {speed:7.2f}x "
           f"{r['peak'] / 2**30:9.2f} {r['loss']:8.4f} {len(r['dots'].fp8):6d} of {len(r['dots'].dots):<5d} "
