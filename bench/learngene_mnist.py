@@ -240,12 +240,14 @@ def train_run(role: str, overrides: list[str], data, train_arrays, test_arrays, 
       return float(sum(s["correct"] for s in sums) / sum(s["count"] for s in sums))
 
     curve, step = [(0, accuracy(state))], 0
+    done = bool(stop and stop(curve))
     train_iter = iter(task.train_data)
-    while step < max_steps and not (stop and stop(curve)):
+    while step < max_steps and not done:
       state, _ = setup.train_step(state, sharding.global_batch(next(train_iter), setup.data_sharding), rng)
       step += 1
       if step in evals:
         curve.append((step, accuracy(state)))
+        done = bool(stop and stop(curve))  # the curve, so the rule's answer, changes only here
     if save_dir:
       config_lib.write(cfg, save_dir)
       mngr = checkpoint.manager(os.path.join(save_dir, "checkpoints"), keep=1)
