@@ -15,7 +15,8 @@ Recipes (`Recipe.scaling`):
            MS-AMP), so step 0 neither flushes small gradients to zero nor overflows
   current  per-tensor scales from this step's amax
   block    one scale per 1 x block activation tile and block x block weight tile (DeepSeek-V3),
-           FP32 accumulation per K-block; Dense-shaped contractions only
+           E4M3 gradients too, one FP8 GEMM per K-block accumulated in FP32 (a scan: memory
+           linear in the operands); Dense-shaped contractions only
 
 Scale state. Delayed scaling keeps three amax histories per GEMM (input, kernel, output
 gradient) in the `fp8_meta` variable collection. The output-gradient amax is only known in
@@ -167,8 +168,10 @@ def _block_fwd(x, w, block, dims):
 def _block_bwd(block, dims, res, g):
   x2, w, x_shape = res
   g2 = g.reshape(-1, g.shape[-1])
-  dx = formats.block_dot(g2, w.T, E5M2, E4M3, block, b_cols=block)     # 1 x block tiles of g along N
-  dw = formats.block_dot(x2.T, g2, E4M3, E5M2, block, b_cols=1)        # block x 1 tiles along tokens
+  # E4M3 for the gradients too, as DeepSeek-V3: with a scale per tile the range E5M2 buys
+  # is not needed, and E4M3's extra mantissa bit is kept.
+  dx = formats.block_dot(g2, w.T, E4M3, E4M3, block, b_cols=block)     # 1 x block tiles of g along N
+  dw = formats.block_dot(x2.T, g2, E4M3, E4M3, block, b_cols=1)        # block x 1 tiles along tokens
   return dx.reshape(x_shape).astype(g.dtype), dw.astype(w.dtype)
 
 

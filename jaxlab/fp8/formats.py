@@ -127,21 +127,32 @@ def block_dot(a: jax.Array, b: jax.Array, dtype_a, dtype_b, block: int, b_cols: 
 
   `a` gets one scale per row and K-block of `block` (a 1 x block tile); `b` one scale per
   K-block and group of `b_cols` columns (block x block for a weight, block x 1 for an
-  activation). Each K-block's partial product is accumulated in float32 and multiplied by
-  its two scales before the sum over blocks, as DeepSeek-V3 promotes partial sums to FP32.
-  Dimensions that are not multiples are zero-padded (zeros change neither sums nor amax).
+  activation). Each K-block is one GEMM taken directly on the FP8 tiles (the form XLA's GPU
+  rewriter makes a cuBLASLt FP8 GEMM of), its FP32 output multiplied by the row and column
+  scales and added to an FP32 accumulator, as DeepSeek-V3 promotes partial sums to FP32
+  every `block` elements of K. The K-blocks are a `lax.scan`, so memory stays linear in the
+  operands and the output (one M x N accumulator and one block's product), never
+  M x K/block x N. Dimensions that are not multiples are zero-padded (zeros change neither
+  sums nor amax).
   """
   m, n = a.shape[0], b.shape[1]
   a = _pad_to(a, 1, block)
   b = _pad_to(_pad_to(b, 0, block), 1, b_cols)
-  kb = a.shape[1] // block
+  kb, nb = a.shape[1] // block, b.shape[1] // b_cols
   a3 = a.reshape(m, kb, block)
   sa = scale_for(amax(a3, (2,)), dtype_a)                                   # (M, KB, 1)
-  qa = quantize(a3, dtype_a, sa)
-  b4 = b.reshape(kb, block, b.shape[1] // b_cols, b_cols)
+  qa = jnp.moveaxis(quantize(a3, dtype_a, sa), 1, 0)                        # (KB, M, block) FP8
+  b4 = b.reshape(kb, block, nb, b_cols)
   sb = scale_for(amax(b4, (1, 3)), dtype_b)                                 # (KB, 1, NB, 1)
-  qb = quantize(b4, dtype_b, sb)
-  partial = jnp.einsum("mkc,kcnd->mknd", qa.astype(jnp.float32), qb.astype(jnp.float32),
-                       preferred_element_type=jnp.float32)                 # (M, KB, NB, b_cols)
-  out = jnp.sum(partial * sa[..., None] * sb[:, 0][None], axis=1)           # (M, NB, b_cols)
-  return out.reshape(m, -1)[:, :n]
+  qb = quantize(b4, dtype_b, sb).reshape(kb, block, nb * b_cols)            # (KB, block, N) FP8
+  row_scales = jnp.moveaxis(sa, 1, 0)                                       # (KB, M, 1)
+  col_scales = jnp.broadcast_to(sb, (kb, 1, nb, b_cols)).reshape(kb, 1, nb * b_cols)
+
+  def one_block(acc, tiles):
+    qa_k, qb_k, sa_k, sb_k = tiles
+    partial = jax.lax.dot_general(qa_k, qb_k, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return acc + partial * sa_k * sb_k, None
+
+  acc = jnp.zeros((m, nb * b_cols), jnp.float32)
+  acc, _ = jax.lax.scan(one_block, acc, (qa, qb, row_scales, col_scales))
+  return acc[:, :n]
