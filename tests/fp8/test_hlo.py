@@ -74,7 +74,7 @@ def flax_dots():
 
 
 @pytest.mark.parametrize("level,scaling", [("O1", "delayed"), ("O2", "delayed"), ("O3", "delayed"),
-                                           ("O2", "current")])
+                                           ("O2", "current"), ("O2", "block")])
 def test_every_gemm_of_the_train_step_is_fp8(level, scaling, flax_dots):
   report = _lowered_dots(level, f"fp8.scaling={scaling}")
   assert not report.blocked, f"{level}/{scaling}: dots not in FP8 form: {report.summary()}"
