@@ -3,7 +3,8 @@ and a large meta-model trained on the same data, selection with the paper's base
 semantic diversity (Vendi score).
 
 Submodules: score (meta-models, packed scoring of files or lists, resumable; `score_texts`
-scores a list of strings in memory), select
+scores a list of strings in memory), premise (the large model must have the lower held-out
+perplexity; checked before scoring), select
 (top-k by quality factor and the baselines: random, perplexity gate, DSIR, a quality
 classifier), diversity (Vendi through the dual Gram matrix, the bundled MiniLM embedder).
 The datatrove steps (DocumentReader, ScoreDocuments, QualityHistogram, QualityFilter; module

@@ -2,6 +2,11 @@
 
   score   --small PATH --large PATH --input SRC [SRC ...] --output OUT [--sharded] [--overwrite]
           [--text-field F] [--id-field F] [--data-dir TFDS_DIR] [--long-docs window|truncate|stride]
+          [--held-out SRC ...] [--check-docs 256] [--allow-worse-large]
+          First both models' perplexity on --check-docs held-out texts (--held-out, else the
+          input's first documents, which the pair did not train on unless you trained it on
+          them) is printed; when the large model's is not lower, scoring is refused
+          (exit status 1) unless --allow-worse-large, which warns instead.
           SRC: a .jsonl/.jsonl.gz/.parquet/.txt file, a directory of them, or tfds:NAME[:split]
           (read with tfds.data_source from --data-dir; e.g. tfds:local_text/hXXXX --id-field index).
           OUT: one JSONL output file (one process). With --sharded, OUT is a directory: each JAX
@@ -24,7 +29,7 @@ import json
 import os
 import sys
 
-from jaxlab.scalingfilter import score as score_lib
+from jaxlab.scalingfilter import premise, score as score_lib
 from jaxlab.scalingfilter import select as select_lib
 
 
@@ -40,6 +45,14 @@ def cmd_score(args) -> int:
   if not args.sharded and os.path.isdir(args.output):
     raise SystemExit(f"--output {args.output} is a directory: pass --sharded to write one part per process there")
   small, large = score_lib.load_meta_model(args.small), score_lib.load_meta_model(args.large)
+  try:  # ScalingFilter's premise: the large model is the better one on held-out text
+    premise.check_before_scoring(small, large, args.held_out or args.input, n=args.check_docs,
+                                 allow_worse_large=args.allow_worse_large, flag="--allow-worse-large",
+                                 text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
+                                 tokens_per_batch=args.tokens_per_batch, long_docs=args.long_docs,
+                                 min_context=args.min_context)
+  except premise.PremiseError as e:
+    raise SystemExit(f"refused: {e}") from None
   common = dict(text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
                 tokens_per_batch=args.tokens_per_batch, overwrite=args.overwrite, long_docs=args.long_docs,
                 min_context=args.min_context)
@@ -103,6 +116,11 @@ def main(argv=None) -> int:
                  help="documents longer than the context: one-token-overlap windows, the first C tokens "
                       "(the reference), or sliding windows with --min-context tokens of context")
   s.add_argument("--min-context", type=int, default=0, help="stride: least context per prediction (default C/2)")
+  s.add_argument("--held-out", nargs="+", default=None,
+                 help="text neither meta-model trained on, for the premise check (default: the input itself)")
+  s.add_argument("--check-docs", type=int, default=256, help="texts of --held-out (or the input) the check scores")
+  s.add_argument("--allow-worse-large", action="store_true",
+                 help="score even when the large model's held-out perplexity is not the lower (warns)")
   s.set_defaults(fn=cmd_score)
   t = sub.add_parser("select")
   t.add_argument("--scores", required=True)

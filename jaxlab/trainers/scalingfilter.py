@@ -3,7 +3,10 @@
 checkpoints, scoring from its output file), so a rerun continues where it stopped.
 
 Layout under the workdir: small/ and large/ (LM runs; large reuses small's tokenizer),
-scores.jsonl (+ .rejects.jsonl), kept.jsonl, report.json.
+scores.jsonl (+ .rejects.jsonl), kept.jsonl, report.json. Before scoring, the pair's
+held-out perplexities are compared (jaxlab.scalingfilter.premise): the large model's must be
+the lower, else the run stops with both printed (score.allow_worse_large=True warns instead);
+report.json keeps them under "pair".
 
 Several processes (jaxlab.distributed): all train the pair together. Scoring is sharded
 by input FILE (a directory counts as its files): process i scores files i, i+N, ... with
@@ -24,7 +27,7 @@ import ml_collections
 
 from jaxlab import checkpoint, config as config_lib, distributed
 from jaxlab.data import builtin
-from jaxlab.scalingfilter import diversity, score as score_lib, select as select_lib
+from jaxlab.scalingfilter import diversity, premise, score as score_lib, select as select_lib
 from jaxlab.train import loop
 from jaxlab.trainers import lm
 
@@ -39,7 +42,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.large = lm.default_config()
   c.small.model.update(num_layers=2, d_model=128, num_heads=4)
   c.large.model.update(num_layers=6, d_model=256, num_heads=8)
-  c.score = dict(input="", text_field="text", id_field="id", tokens_per_batch=16384)
+  # check_docs: texts of score.held_out (default: score.input, which the pair did not train
+  # on) on which the large model must have the lower perplexity before anything is scored
+  c.score = dict(input="", text_field="text", id_field="id", tokens_per_batch=16384, held_out="", check_docs=256,
+                 allow_worse_large=False)
   c.select = dict(method="topk", k=70.0)
   c.diversity = dict(enabled=True, group_size=10_000)
   return c
@@ -63,6 +69,7 @@ def _large_config(cfg, small_dir: str | None) -> ml_collections.ConfigDict:
 
 def validate(cfg) -> None:
   """The keys this pipeline reads beyond the two LM configs."""
+  config_lib.require(cfg.score.check_docs >= 1, "score.check_docs", "the premise check needs at least one text")
   config_lib.require(cfg.select.method in PIPELINE_METHODS, "select.method",
                      f"{cfg.select.method!r}: the pipeline runs {PIPELINE_METHODS} "
                      "(dsir and classifier need extra corpora: use the CLI)")
@@ -95,6 +102,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
       report[f"{name}_held_out_loss"] = result.metrics.get("loss")
 
   scores_path = os.path.join(workdir, "scores.jsonl")
+  report["pair"] = _check_pair(cfg, source, workdir).as_dict()
   report["score"] = _score(cfg, source, workdir, scores_path)
   if not is_main:  # process 0 alone selects and reports; wait so that no process exits before it
     distributed.barrier("scalingfilter: report")
@@ -116,6 +124,18 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
     json.dump(report, f, indent=2)
   distributed.barrier("scalingfilter: report")
   return Result(workdir, True, report)
+
+
+def _check_pair(cfg: ml_collections.ConfigDict, source: str, workdir: str) -> premise.PairCheck:
+  """ScalingFilter's premise before scoring: the large model's held-out perplexity is the
+  lower, or (score.allow_worse_large) a warning; prints both."""
+  held_out = builtin.resolve_shared(cfg.score.held_out, "score.held_out") if cfg.score.held_out else source
+  small = score_lib.load_meta_model(os.path.join(workdir, "small"))
+  large = score_lib.load_meta_model(os.path.join(workdir, "large"))
+  return premise.check_before_scoring(small, large, held_out, n=cfg.score.check_docs,
+                                      allow_worse_large=cfg.score.allow_worse_large,
+                                      flag="score.allow_worse_large=True", text_field=cfg.score.text_field,
+                                      id_field=cfg.score.id_field, tokens_per_batch=cfg.score.tokens_per_batch)
 
 
 def _score(cfg: ml_collections.ConfigDict, source: str, workdir: str, scores_path: str) -> dict:

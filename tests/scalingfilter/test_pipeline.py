@@ -21,6 +21,8 @@ def test_pipeline_runs_and_reruns_without_redoing_work(tmp_path, toy_pipeline_ov
   cfg = config_lib.load(str(REPO / "configs" / "scalingfilter" / "pipeline.py") + ":builtin", toy)
   first = scalingfilter.train_and_evaluate(cfg, str(tmp_path / "run")).report
   assert first["score"]["scored"] == 20 and first["score"]["rejected"] == 1 and first["kept"] == 14
+  pair = first["pair"]  # the premise check ran on the 20 readable documents, before scoring
+  assert pair["n_texts"] == 20 and pair["large_is_better"] == (pair["ppl_large"] < pair["ppl_small"])
   small_tok = (tmp_path / "run" / "small" / "tokenizer" / "tokenizer.json").read_text()
   assert json.loads((tmp_path / "run" / "large" / "config.json").read_text())["tokenizer"]["path"].endswith(
       "small/tokenizer") and small_tok

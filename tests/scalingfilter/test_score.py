@@ -134,7 +134,7 @@ def test_tfds_input_gives_the_same_rows_as_jsonl(pair, tmp_path):
   score.score_file(str(tmp_path / "docs.jsonl"), str(tmp_path / "from_jsonl.jsonl"), small, large, progress=False)
   assert cli.main(["score", "--small", small.path, "--large", large.path, "--input", f"tfds:{name}:train",
                    "--data-dir", str(tmp_path / "tfds"), "--id-field", "index",
-                   "--output", str(tmp_path / "from_tfds.jsonl")]) == 0
+                   "--output", str(tmp_path / "from_tfds.jsonl"), "--allow-worse-large"]) == 0
   a = (tmp_path / "from_jsonl.jsonl").read_text().splitlines()
   b = (tmp_path / "from_tfds.jsonl").read_text().splitlines()
   assert len(a) == len(docs) and [json.loads(l) for l in a] == [json.loads(l) for l in b]
@@ -248,7 +248,7 @@ def test_cli_rerun_says_it_resumes_and_overwrite_rescores(pair, tmp_path, capsys
   small, large, texts = pair
   write_jsonl(tmp_path / "in.jsonl", [{"id": f"d{i}", "text": t[:100]} for i, t in enumerate(texts[:6])])
   out = str(tmp_path / "s.jsonl")
-  args = ["score", "--input", str(tmp_path / "in.jsonl"), "--output", out]
+  args = ["score", "--allow-worse-large", "--input", str(tmp_path / "in.jsonl"), "--output", out]  # a random pair
   assert cli.main(args + ["--small", small.path, "--large", large.path]) == 0
   first = [json.loads(l) for l in open(out)]
   capsys.readouterr()
