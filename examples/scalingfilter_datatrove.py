@@ -9,7 +9,9 @@ keep the top k% by quality factor, writing the kept and the dropped corpus.
   # (datatrove's own launch code runs, with a stand-in `sbatch` that submits nothing)
   python examples/scalingfilter_datatrove.py ... --executor slurm --partition gpu --dry-run
 
-Stages (each its own datatrove job, the second depending on the first):
+First, once: the premise check (both models' held-out perplexity; refused when the large
+model's is not the lower, unless --allow-worse-large). Then the stages (each its own
+datatrove job, the second depending on the first):
   score   DocumentReader(input) -> ScoreDocuments (rejects -> OUT/rejects)
           -> QualityHistogram(OUT/histograms) -> writer(OUT/scored)
   select  reader(OUT/scored) -> QualityFilter(k | min_quality; dropped -> OUT/dropped) -> writer(OUT/kept)
@@ -75,6 +77,22 @@ def pipelines(args) -> tuple[list, list]:
                           exclusion_writer=writer(args.format, out("dropped"))),
             writer(args.format, out("kept"))]
   return score, select
+
+
+def check_premise(args) -> None:
+  """Once, before any task: the large model's perplexity on held-out text (--held-out, else
+  the input's first --check-docs documents) must be the lower; exits otherwise (see
+  jaxlab.scalingfilter.premise), unless --allow-worse-large."""
+  from jaxlab.scalingfilter import premise, score as score_lib
+  small, large = score_lib.load_meta_model(args.small), score_lib.load_meta_model(args.large)
+  try:
+    premise.check_before_scoring(small, large, args.held_out or args.input, n=args.check_docs,
+                                 allow_worse_large=args.allow_worse_large, flag="--allow-worse-large",
+                                 text_field=args.text_key, id_field=args.id_key,
+                                 tokens_per_batch=args.tokens_per_batch, long_docs=args.long_docs,
+                                 min_context=args.min_context)
+  except premise.PremiseError as e:
+    raise SystemExit(f"refused: {e}") from None
 
 
 def local_executors(args, score, select):
@@ -150,6 +168,10 @@ def main(argv=None) -> int:
   p.add_argument("--tokens-per-batch", type=int, default=16384)
   p.add_argument("--long-docs", choices=("window", "truncate", "stride"), default="window")
   p.add_argument("--min-context", type=int, default=0, help="stride: least context per prediction (default C/2)")
+  p.add_argument("--held-out", nargs="+", default=None, help="text the pair did not train on (default: the input)")
+  p.add_argument("--check-docs", type=int, default=256, help="held-out texts for the premise check")
+  p.add_argument("--allow-worse-large", action="store_true",
+                 help="run even when the large model's held-out perplexity is not the lower (warns)")
   p.add_argument("--executor", choices=("local", "slurm"), default="local")
   p.add_argument("--partition", default="gpu")
   p.add_argument("--time", default="04:00:00")
@@ -163,6 +185,7 @@ def main(argv=None) -> int:
     p.error(f"--split {args.split} < --tasks {args.tasks}: some tasks would get no file")
   if args.dry_run and args.executor != "slurm":
     p.error("--dry-run is for --executor slurm")
+  check_premise(args)
   score, select = pipelines(args)
   if args.executor == "slurm":
     first, second = slurm_executors(args, score, select)

@@ -168,7 +168,7 @@ def test_killed_pipeline_resumes_with_another_worker_count(pair, tmp_path):
   rows, rejects = one_process(corpus, tmp_path / "reference.jsonl", small, large)
   out = tmp_path / "out"
   args = ["--small", small.path, "--large", large.path, "--input", str(corpus), "--output", str(out),
-          "--tasks", "4", "--k", "70", "--batch-docs", "6"]
+          "--tasks", "4", "--k", "70", "--batch-docs", "6", "--allow-worse-large"]  # a random pair
   run = _run_example(args + ["--workers", "2"], _example_env())
   completions = out / "logs" / "score" / "completions"
   deadline = time.time() + 300
@@ -203,7 +203,8 @@ def test_slurm_dry_run_writes_scripts_and_a_pickled_task_runs(pair, tmp_path):
   rows, _ = one_process(corpus, tmp_path / "reference.jsonl", small, large)
   out = tmp_path / "out"
   run = _run_example(["--small", small.path, "--large", large.path, "--input", str(corpus), "--output", str(out),
-                      "--tasks", "4", "--executor", "slurm", "--partition", "gpu", "--dry-run"], _example_env())
+                      "--tasks", "4", "--executor", "slurm", "--partition", "gpu", "--dry-run",
+                      "--allow-worse-large"], _example_env())
   stdout, stderr = run.communicate(timeout=300)
   assert run.returncode == 0, stderr[-3000:]
   assert json.loads(stdout.strip().splitlines()[-1])["dry_run"] is True
