@@ -423,6 +423,21 @@ def plot(res: dict, s: dict, prefix: str, depths, names: dict, path: str, title:
   return path
 
 
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+  """A markdown table's lines."""
+  return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+          + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def target_cell(r: dict) -> str:
+  """Scratch's converged accuracy over seeds, flagged when a seed did not plateau."""
+  return f"{np.mean(r['target']):.4f} ± {np.std(r['target']):.4f}" + ("" if r["converged"] else " (not plateaued)")
+
+
+def acc0_cell(r: dict) -> str:
+  return f"{r['des_acc0']:.3f} / {r['interp_acc0']:.3f}"
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--quick", action="store_true", help="tiny settings (a smoke run of every stage, minutes)")
@@ -466,27 +481,23 @@ def main():
            f"charged = plus aux steps spread over {n_depths} depths ({charge:.0f} per depth; the same for "
            f"interp's plain depth-6 source); speedups: geometric mean over seeds (min-max)", ""]
   rows, minima = analyse(res, s, "", s["depths"], ("des", "kd", "interp"), charge)
-  lines += ["| depth | scratch converged acc | scratch steps to it | descendant | scratch+KD | interpolated |"
-            " acc at step 0 (des / interp) | speedup des (uncharged) | speedup des (charged) | des vs KD (charged)"
-            " | des vs interp (charged) |", "|" + "---|" * 11]
-  for r in rows:
-    lines.append(f"| {r['depth']} | {np.mean(r['target']):.4f} ± {np.std(r['target']):.4f}"
-                 f"{'' if r['converged'] else ' (not plateaued)'} | {r['scratch']} | {r['des']} | {r['kd']} | "
-                 f"{r['interp']} | {r['des_acc0']:.3f} / {r['interp_acc0']:.3f} | {fmt_speed(r['des_speed'])} | "
-                 f"{fmt_speed(r['des_speed_c'])} | {fmt_speed(r['des_vs_kd'])} | {fmt_speed(r['des_vs_interp'])} |")
+  lines += md_table(["depth", "scratch converged acc", "scratch steps to it", "descendant", "scratch+KD",
+                     "interpolated", "acc at step 0 (des / interp)", "speedup des (uncharged)",
+                     "speedup des (charged)", "des vs KD (charged)", "des vs interp (charged)"],
+                    [[str(r["depth"]), target_cell(r), r["scratch"], r["des"], r["kd"], r["interp"], acc0_cell(r),
+                      fmt_speed(r["des_speed"]), fmt_speed(r["des_speed_c"]), fmt_speed(r["des_vs_kd"]),
+                      fmt_speed(r["des_vs_interp"])] for r in rows])
   worst_res = max(max(r[m + "_res"] for m in ("des", "kd", "interp")) for r in rows)
   lines.append(f"\nresolution: a reach at step t lies in (t - interval, t]; the largest interval / t over every "
                f"reached run is {worst_res:.1%} (0 when reached at step 0)")
 
   t_rows, t_min = analyse(res, s, "t_", s["transfer_depths"], ("des", "interp"), charge)
   lines += ["", "transfer: learngene (and plain depth-6 control) learned on digits 0-4 by labels; descendants with a "
-            "fresh head on digits 5-9", "| depth | scratch converged acc | scratch steps | descendant | interpolated |"
-            " acc at step 0 (des / interp) | speedup des (charged) | des vs interp (charged) |", "|" + "---|" * 8]
-  for r in t_rows:
-    lines.append(f"| {r['depth']} | {np.mean(r['target']):.4f} ± {np.std(r['target']):.4f}"
-                 f"{'' if r['converged'] else ' (not plateaued)'} | {r['scratch']} | {r['des']} | {r['interp']} | "
-                 f"{r['des_acc0']:.3f} / {r['interp_acc0']:.3f} | {fmt_speed(r['des_speed_c'])} | "
-                 f"{fmt_speed(r['des_vs_interp'])} |")
+            "fresh head on digits 5-9"]
+  lines += md_table(["depth", "scratch converged acc", "scratch steps", "descendant", "interpolated",
+                     "acc at step 0 (des / interp)", "speedup des (charged)", "des vs interp (charged)"],
+                    [[str(r["depth"]), target_cell(r), r["scratch"], r["des"], r["interp"], acc0_cell(r),
+                      fmt_speed(r["des_speed_c"]), fmt_speed(r["des_vs_interp"])] for r in t_rows])
 
   per_depth = sum(res[f"scratch_L{d}_s{s['seeds'][0]}"]["parameters_stored"] for d in s["depths"])
   gene = res[f"aux_s{s['seeds'][0]}"]["parameters_stored"]
