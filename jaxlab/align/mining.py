@@ -64,7 +64,7 @@ def mine_preferences(workdir: str, mcfg, params, mlp: aesthetic_lib.AestheticMLP
       out_q.append(queries[qi]); out_r.append(rephrased[qi]); out_c.append(grid)
       out_content.append(query_contents[queries[qi]])
       out_ref.append(np.asarray(dpo_lib.candidate_log_probs(q_emb[qi][None], img_emb[grid][None], scale))[0])
-  pairs = pref_lib.grid_pairs(p.u, p.v)
+  pairs = pref_lib.grid_pairs(p.u, p.v, p.order)
   prefs = pref_lib.write_preferences(os.path.join(workdir, "preferences"), name, out_q, out_r, out_c, out_ref, pairs)
   stats = {"records": len(out_q), "pairs_per_record": int(len(pairs)), "rephrased_example": rephrased[0],
            "queries": len(queries), "contents": len(set(query_contents.values())),

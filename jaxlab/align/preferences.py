@@ -20,16 +20,28 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 
-def grid_pairs(u: int, v: int) -> np.ndarray:
-  """[P, 2] int32 (winner, loser) indices of every pair consistent with the grid order."""
+ORDERS = ("partial", "relevance_first")
+
+
+def grid_pairs(u: int, v: int, order: str = "partial") -> np.ndarray:
+  """[P, 2] int32 (winner, loser) indices of every pair the grid order ranks.
+
+  "partial" (the paper): (r, c) over (r', c') when r <= r' and c <= c', the cells differing;
+  a more relevant but less aesthetic cell and a less relevant but more aesthetic one are
+  incomparable. "relevance_first": the grid's row-major order as a total order, so those
+  pairs are added with the more relevant cell winning (relevance outranks aesthetics
+  across rows), uv(uv - 1)/2 pairs in all."""
   if u < 1 or v < 1:
     raise ValueError(f"grid must be at least 1 x 1, got {u} x {v}")
+  if order not in ORDERS:
+    raise ValueError(f"preferences.order={order!r} is not one of {ORDERS}")
   out = []
   for r in range(u):
     for c in range(v):
       for r2 in range(r, u):
-        for c2 in range(c, v):
-          if (r2, c2) != (r, c):
+        for c2 in range(v):
+          ranked = c2 >= c if order == "partial" or r2 == r else True
+          if (r2, c2) != (r, c) and ranked and (r2 > r or c2 > c):
             out.append((r * v + c, r2 * v + c2))
   return np.asarray(out, np.int32).reshape(-1, 2)
 

@@ -87,7 +87,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.aesthetic = dict(hidden=(64, 16), dropout=(0.1, 0.0), activation="relu", workdir="", **_train(128, 1500, 3e-3))
   c.rephrase = dict(backend="offline", style="details", k=3, model="", base_url_env="OPENAI_BASE_URL",
                     api_key_env="OPENAI_API_KEY", timeout=30.0, retries=3, max_concurrency=4, gpt_workdir="")
-  c.preferences = dict(rounds=30, gallery=1000, top_k=40, u=3, v=3, stride=2, relevance="caption")
+  # order: which grid pairs are preferences (preferences.grid_pairs: the paper's partial order, or
+  # relevance_first, which also ranks a more relevant row's cells over a less relevant row's)
+  c.preferences = dict(rounds=30, gallery=1000, top_k=40, u=3, v=3, stride=2, relevance="caption", order="partial")
   # the contrastive term pairs each query's candidates with their own captions: the retriever's
   # near-misses, the hard negatives recall@1 rests on (validation, seed 0, lambda 0.1: HPIR
   # +17 points, recall@1 -0.8; seed 1: +12.5 / +1.3). Random gallery pairs (contrastive_batch)
@@ -150,6 +152,7 @@ def validate(cfg) -> None:
   req(r.backend != "gpt" or bool(r.gpt_workdir), "rephrase.gpt_workdir", "the gpt backend needs an lm run")
   for key in ("u", "v", "stride", "rounds"):
     req(p[key] >= 1, f"preferences.{key}", "must be >= 1")
+  req(p.order in pref_lib.ORDERS, "preferences.order", f"{p.order!r} is not one of {pref_lib.ORDERS}")
   need = (p.u * p.v - 1) * p.stride + 1
   req(p.top_k >= need, "preferences.top_k", f"{p.top_k} < {need} needed for a {p.u} x {p.v} grid at stride {p.stride}")
   req(p.gallery >= p.top_k, "preferences.gallery", f"{p.gallery} is smaller than preferences.top_k={p.top_k}")
@@ -264,7 +267,7 @@ def finetune_task(cfg, mcfg, enc, train: dict | None = None, prefs=None, init_pa
   d, s = cfg.dpo, mcfg.vision.image_size
   b, n_pair = d.train.batch_size, d.contrastive_batch // d.train.batch_size
   n = cfg.preferences.u * cfg.preferences.v
-  n_pairs = len(pref_lib.grid_pairs(cfg.preferences.u, cfg.preferences.v))
+  n_pairs = len(pref_lib.grid_pairs(cfg.preferences.u, cfg.preferences.v, cfg.preferences.order))
 
   def init(model, rng):
     # The model's own init gives the shapes and any other collection (e.g. fp8.level's scale

@@ -61,6 +61,15 @@ def test_grid_pairs_hand_listed():
     # never both (a, b) and (b, a): a strict partial order
     assert not {tuple(p) for p in pairs} & {(b, a) for a, b in pairs}
   assert not preferences.consistent(np.array([[1, 2]]), 2, 2)  # (0,1) vs (1,0): incomparable
+  # relevance_first adds exactly those cross pairs, the more relevant row's cell winning
+  assert {tuple(p) for p in preferences.grid_pairs(2, 2, "relevance_first")} == {
+      (0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)}
+  for u, v in ((1, 4), (3, 3), (4, 2)):
+    total = {tuple(p) for p in preferences.grid_pairs(u, v, "relevance_first")}
+    assert len(total) == u * v * (u * v - 1) // 2 and total >= {tuple(p) for p in preferences.grid_pairs(u, v)}
+    assert all(w // v < l // v or (w // v == l // v and w < l) for w, l in total)
+  with pytest.raises(ValueError, match="preferences.order"):
+    preferences.grid_pairs(2, 2, "aesthetic_first")
   with pytest.raises(ValueError, match="1 x 1"):
     preferences.grid_pairs(0, 2)
 
