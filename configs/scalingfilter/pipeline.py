@@ -1,5 +1,8 @@
-"""ScalingFilter end to end: train the meta-model pair on ../shared/data text, score the
-Pile sample, keep the top 70% by quality factor, measure semantic diversity.
+"""ScalingFilter end to end: train the meta-model pair on all the local clean text
+(Shakespeare, Pride and Prejudice, the CCNet head-bucket CommonCrawl documents of
+../shared/data and the pydoc prose), check on the Pile sample (which neither model trains
+on) that the large model has the lower perplexity, score the Pile sample, keep the top 70%
+by quality factor, measure semantic diversity.
 
   python -m jaxlab.main --config configs/scalingfilter/pipeline.py --workdir runs/sf_pipeline
   python -m jaxlab.main --config configs/scalingfilter/pipeline.py:builtin --workdir runs/sf_builtin \
@@ -12,8 +15,9 @@ from jaxlab.trainers import scalingfilter
 
 def get_config(arg=None):
   c = scalingfilter.default_config()
-  shared = ("shared:text/tinyshakespeare.txt", "shared:text/pride_and_prejudice.txt")
-  files = ("builtin:pydoc_topics",) if arg == "builtin" else shared
+  clean = ("shared:text/tinyshakespeare.txt", "shared:text/pride_and_prejudice.txt",
+           "shared:text/cc_en_head-0091.jsonl", "shared:text/cc_en_head-0174.jsonl", "builtin:pydoc_topics")
+  files = ("builtin:pydoc_topics",) if arg == "builtin" else clean
   for run in (c.small, c.large):
     run.data.files = files
     run.tokenizer.vocab_size = 8192
