@@ -9,6 +9,7 @@ For each seed (its own images, labels, pretraining and aesthetic model):
   3. ablations on the same pretrained and aesthetic models: no rephrasing; plain
      fine-tuning (SFT on each query's top preferred image) instead of DPO; grid rows by the
      retriever's own score instead of caption relevance (preferences.relevance=retriever)
+     relevance_first: the grid's pairs as a total order, relevance first (preferences.order=relevance_first)
 Reported on the test split's HELD-OUT contents, with query wordings never trained on: HPIR
 on the aesthetic and the relevance aspect (plain and confidence-weighted), the true
 aesthetic and relevance of each query's top 4, recall@1, and the independent judge (ground
@@ -43,7 +44,8 @@ CONFIG = os.path.join(ROOT, "configs", "align", "testbed.py")
 QUICK = ["data.num_train=2000", "data.num_val=600", "data.num_test=600", "data.hpir_queries=200",
          "pretrain.train.steps=400", "aesthetic.train.steps=400", "preferences.rounds=10", "dpo.train.steps=150"]
 RUNS = (("full", "", []), ("no_rephrase", "no_rephrase", []), ("sft", "sft", []),
-        ("retriever_relevance", "", ["preferences.relevance=retriever"]))
+        ("retriever_relevance", "", ["preferences.relevance=retriever"]),
+        ("relevance_first", "", ["preferences.order=relevance_first"]))
 ROWS = [("pretrained", "full", "pretrained"), ("pretrained + rephrase at inference", "full", "pretrained + rephrase"),
         ("cascade: top-K re-ranked by aesthetic model", "full", "cascade (aesthetic model)"),
         ("oracle: top-K re-ranked by true aesthetic", "full", "oracle (true aesthetic)"),
@@ -51,7 +53,8 @@ ROWS = [("pretrained", "full", "pretrained"), ("pretrained + rephrase at inferen
         ("fine-tuned, rephrased query", "full", "fine-tuned + rephrase"),
         ("no rephrasing + DPO", "no_rephrase", "fine-tuned"),
         ("rephrase + plain fine-tuning (SFT)", "sft", "fine-tuned"),
-        ("rows by the retriever's own score", "retriever_relevance", "fine-tuned")]
+        ("rows by the retriever's own score", "retriever_relevance", "fine-tuned"),
+        ("relevance-first pairs (a total grid order)", "relevance_first", "fine-tuned")]
 COLUMNS = [("aes HPIR", lambda m: m["heldout/aesthetic"]["accuracy"]),
            ("aes wtd", lambda m: m["heldout/aesthetic"]["weighted_accuracy"]),
            ("rel HPIR", lambda m: m["heldout/relevance"]["accuracy"]),
