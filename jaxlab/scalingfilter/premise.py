@@ -41,13 +41,16 @@ class PairCheck:
 
   @property
   def large_is_better(self) -> bool:
+    """The premise: the large model's held-out perplexity is the lower."""
     return self.ppl_large < self.ppl_small
 
   def describe(self) -> str:
+    """One line with both perplexities and what they were measured on."""
     return (f"meta-model pair on held-out text ({self.source}: {self.n_texts} texts, {self.n_tokens} tokens): "
             f"perplexity small {self.ppl_small:.3f}, large {self.ppl_large:.3f}")
 
   def as_dict(self) -> dict:
+    """Plain numbers for report.json, the verdict included."""
     return dict(dataclasses.asdict(self), large_is_better=self.large_is_better)
 
 
