@@ -142,8 +142,30 @@ def main():
   print("state = arguments less the batch (weights, master, moments, scales); temp b=0 = temporaries extrapolated "
         "to batch 0 (gradients and optimizer intermediates); MiB/ex = activations per example; kept = outputs "
         "not aliased to donated inputs; measured = state + temp b=0; counted = the table above")
+  block_gemm_memory()
   print("bytes_per_param " + " ".join(f"{l}={results[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3"))
         + " " + " ".join(f"measured_{l}={meas[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3")))
+
+
+def block_gemm_memory(m: int = 16384, k: int = 2048, n: int = 8192, block: int = 128):
+  """Block scaling's forward + both gradients of one GEMM at the 1.3B model's MLP shape,
+  compiled (nothing allocated): temporaries, and what doubling K adds (linear in the
+  operands when K-blocks are scanned; an M x K/block x N product would add that much)."""
+  from jaxlab.fp8 import dot as fp8_dot
+
+  def temp(kk):
+    args = [jax.ShapeDtypeStruct(s, jnp.bfloat16) for s in ((m, kk), (kk, n), (m, n))]
+
+    def step(x, w, g):
+      y, vjp = jax.vjp(lambda a, b: fp8_dot.block_dense(a, b, block, (((1,), (0,)), ((), ()))), x, w)
+      return (y, *vjp(g))
+
+    return jax.jit(step).lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**30
+
+  base, doubled = temp(k), temp(2 * k)
+  print(f"\nblock scaling ({block}), one GEMM {m} x {k} x {n} forward + dgrad + wgrad: temporaries {base:.2f} GiB; "
+        f"K doubled adds {doubled - base:.2f} GiB (an M x K/{block} x N float32 product would add "
+        f"{m * (k // block) * n * 4 / 2**30:.1f})")
 
 
 if __name__ == "__main__":
