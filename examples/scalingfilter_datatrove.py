@@ -85,14 +85,10 @@ def check_premise(args) -> None:
   jaxlab.scalingfilter.premise), unless --allow-worse-large."""
   from jaxlab.scalingfilter import premise, score as score_lib
   small, large = score_lib.load_meta_model(args.small), score_lib.load_meta_model(args.large)
-  try:
-    premise.check_before_scoring(small, large, args.held_out or args.input, n=args.check_docs,
-                                 allow_worse_large=args.allow_worse_large, flag="--allow-worse-large",
-                                 text_field=args.text_key, id_field=args.id_key,
-                                 tokens_per_batch=args.tokens_per_batch, long_docs=args.long_docs,
-                                 min_context=args.min_context)
-  except premise.PremiseError as e:
-    raise SystemExit(f"refused: {e}") from None
+  premise.check_or_exit(small, large, args.held_out or args.input, n=args.check_docs,
+                        allow_worse_large=args.allow_worse_large, flag="--allow-worse-large",
+                        text_field=args.text_key, id_field=args.id_key, tokens_per_batch=args.tokens_per_batch,
+                        long_docs=args.long_docs, min_context=args.min_context)
 
 
 def local_executors(args, score, select):

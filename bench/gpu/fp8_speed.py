@@ -301,7 +301,8 @@ def main():
 
   print(f"\nGPT step: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, mlp {args.mlp}, seq {args.seq}, "
         f"batch {args.batch}, vocab {args.vocab}, untied FP8 head, remat, BF16 compute")
-  shapes = jax.eval_shape(lambda r: gpt_task("none", args).init(gpt_task("none", args).model, r), jax.random.key(0))
+  bf16 = gpt_task("none", args)
+  shapes = jax.eval_shape(lambda r: bf16.init(bf16.model, r), jax.random.key(0))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
   print(f"{n_params / 1e6:.1f}M parameters; `state B/p` is the compiled step's argument bytes less the batch's, per "
         "parameter (weights, master, moments, scales as each level stores them); `temp GiB` its temporaries")

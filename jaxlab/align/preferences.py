@@ -35,14 +35,10 @@ def grid_pairs(u: int, v: int, order: str = "partial") -> np.ndarray:
     raise ValueError(f"grid must be at least 1 x 1, got {u} x {v}")
   if order not in ORDERS:
     raise ValueError(f"preferences.order={order!r} is not one of {ORDERS}")
-  out = []
-  for r in range(u):
-    for c in range(v):
-      for r2 in range(r, u):
-        for c2 in range(v):
-          ranked = c2 >= c if order == "partial" or r2 == r else True
-          if (r2, c2) != (r, c) and ranked and (r2 > r or c2 > c):
-            out.append((r * v + c, r2 * v + c2))
+  # cell i = r * v + c; a later cell j in row-major order is never more relevant, and the
+  # partial order also needs it to be no more aesthetic (column c2 >= c)
+  out = [(i, j) for i in range(u * v) for j in range(i + 1, u * v)
+         if order == "relevance_first" or j % v >= i % v]
   return np.asarray(out, np.int32).reshape(-1, 2)
 
 

@@ -45,14 +45,12 @@ def cmd_score(args) -> int:
   if not args.sharded and os.path.isdir(args.output):
     raise SystemExit(f"--output {args.output} is a directory: pass --sharded to write one part per process there")
   small, large = score_lib.load_meta_model(args.small), score_lib.load_meta_model(args.large)
-  try:  # ScalingFilter's premise: the large model is the better one on held-out text
-    premise.check_before_scoring(small, large, args.held_out or args.input, n=args.check_docs,
-                                 allow_worse_large=args.allow_worse_large, flag="--allow-worse-large",
-                                 text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
-                                 tokens_per_batch=args.tokens_per_batch, long_docs=args.long_docs,
-                                 min_context=args.min_context)
-  except premise.PremiseError as e:
-    raise SystemExit(f"refused: {e}") from None
+  # ScalingFilter's premise: the large model is the better one on held-out text
+  premise.check_or_exit(small, large, args.held_out or args.input, n=args.check_docs,
+                        allow_worse_large=args.allow_worse_large, flag="--allow-worse-large",
+                        text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
+                        tokens_per_batch=args.tokens_per_batch, long_docs=args.long_docs,
+                        min_context=args.min_context)
   common = dict(text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
                 tokens_per_batch=args.tokens_per_batch, overwrite=args.overwrite, long_docs=args.long_docs,
                 min_context=args.min_context)

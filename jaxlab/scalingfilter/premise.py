@@ -109,3 +109,11 @@ def check_before_scoring(small: score_lib.MetaModel, large: score_lib.MetaModel,
   check = compare_pair(small, large, texts, source=f"first {len(texts)} of {label}", **score_kwargs)
   print(require_larger_is_better(check, allow_worse_large, flag), flush=True)
   return check
+
+
+def check_or_exit(small: score_lib.MetaModel, large: score_lib.MetaModel, source, **kwargs) -> PairCheck:
+  """check_before_scoring for a command line: a refusal exits (status 1) with its reason."""
+  try:
+    return check_before_scoring(small, large, source, **kwargs)
+  except PremiseError as e:
+    raise SystemExit(f"refused: {e}") from None

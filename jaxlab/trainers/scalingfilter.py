@@ -102,8 +102,9 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
       report[f"{name}_held_out_loss"] = result.metrics.get("loss")
 
   scores_path = os.path.join(workdir, "scores.jsonl")
-  report["pair"] = _check_pair(cfg, source, workdir).as_dict()
-  report["score"] = _score(cfg, source, workdir, scores_path)
+  pair = [score_lib.load_meta_model(os.path.join(workdir, name)) for name in ("small", "large")]
+  report["pair"] = _check_pair(cfg, source, *pair).as_dict()
+  report["score"] = _score(cfg, source, workdir, scores_path, *pair)
   if not is_main:  # process 0 alone selects and reports; wait so that no process exits before it
     distributed.barrier("scalingfilter: report")
     return Result(workdir, True, report)
@@ -126,26 +127,24 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
   return Result(workdir, True, report)
 
 
-def _check_pair(cfg: ml_collections.ConfigDict, source: str, workdir: str) -> premise.PairCheck:
+def _check_pair(cfg: ml_collections.ConfigDict, source: str, small: score_lib.MetaModel,
+                large: score_lib.MetaModel) -> premise.PairCheck:
   """ScalingFilter's premise before scoring: the large model's held-out perplexity is the
   lower, or (score.allow_worse_large) a warning; prints both."""
   held_out = builtin.resolve_shared(cfg.score.held_out, "score.held_out") if cfg.score.held_out else source
-  small = score_lib.load_meta_model(os.path.join(workdir, "small"))
-  large = score_lib.load_meta_model(os.path.join(workdir, "large"))
   return premise.check_before_scoring(small, large, held_out, n=cfg.score.check_docs,
                                       allow_worse_large=cfg.score.allow_worse_large,
                                       flag="score.allow_worse_large=True", text_field=cfg.score.text_field,
                                       id_field=cfg.score.id_field, tokens_per_batch=cfg.score.tokens_per_batch)
 
 
-def _score(cfg: ml_collections.ConfigDict, source: str, workdir: str, scores_path: str) -> dict:
+def _score(cfg: ml_collections.ConfigDict, source: str, workdir: str, scores_path: str, small: score_lib.MetaModel,
+           large: score_lib.MetaModel) -> dict:
   """Scoring counts (this process's own when there are several; see the module docstring)."""
   kwargs = dict(text_field=cfg.score.text_field, id_field=cfg.score.id_field,
                 tokens_per_batch=cfg.score.tokens_per_batch)
   if jax.process_count() > 1 and os.path.exists(scores_path):  # joined by an earlier run
     return {"joined_already": scores_path}
-  small = score_lib.load_meta_model(os.path.join(workdir, "small"))
-  large = score_lib.load_meta_model(os.path.join(workdir, "large"))
   if jax.process_count() == 1:
     return score_lib.score_file(source, scores_path, small, large, **kwargs)
   parts_dir = os.path.join(workdir, "score_parts")

@@ -22,7 +22,7 @@ def test_pipeline_runs_and_reruns_without_redoing_work(tmp_path, toy_pipeline_ov
   first = scalingfilter.train_and_evaluate(cfg, str(tmp_path / "run")).report
   assert first["score"]["scored"] == 20 and first["score"]["rejected"] == 1 and first["kept"] == 14
   pair = first["pair"]  # the premise check ran on the 20 readable documents, before scoring
-  assert pair["n_texts"] == 20 and pair["large_is_better"] == (pair["ppl_large"] < pair["ppl_small"])
+  assert pair["n_texts"] == 20 and 1 < pair["ppl_small"] < 1e4 and 1 < pair["ppl_large"] < 1e4
   small_tok = (tmp_path / "run" / "small" / "tokenizer" / "tokenizer.json").read_text()
   assert json.loads((tmp_path / "run" / "large" / "config.json").read_text())["tokenizer"]["path"].endswith(
       "small/tokenizer") and small_tok
