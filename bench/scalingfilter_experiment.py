@@ -1,18 +1,19 @@
 """ScalingFilter on real data, CPU-sized: every selector against the same scored Pile sample.
 
-  nice -n 10 .venv/bin/python bench/scalingfilter_experiment.py [--workdir runs/sf_experiment]
+  nice -n 10 .venv/bin/python bench/scalingfilter_experiment.py [--workdir runs/sf_experiment] [--seeds 0,1,2]
 
 Stages (each cached under --workdir, so a rerun only redoes what is missing):
   1. meta-model pair (configs/scalingfilter/meta_pair.py:{small,large},clean,cpu) trained with the
      LM trainer on the clean corpus's train split: Shakespeare, Pride and Prejudice, the 20 CCNet
-     head-bucket CommonCrawl documents, the pydoc prose; 10% of its records are held out;
+     head-bucket CommonCrawl documents, the pydoc prose; 10% of its records are held out; the
+     premise (the large model has the lower held-out perplexity) is checked before scoring;
   2. score ../shared/data/text/pile_sample.jsonl (1,000 documents, 14 Pile sources) with the pair;
   3. select with every selector, all keeping 70% except `threshold` (quality factor >= its
      geometric mean over the corpus) and `ppl_gate` (15th-85th percentile = 70%):
        topk_qf       ScalingFilter, top 70% by quality factor
        threshold     d >= geometric mean of d
        temperature   70% sampled with p ~ d^(1/T), T = std(log d) (Gumbel top-k)
-       random        seeds 0 and 1 (the spread between them is the noise floor shown)
+       random        70% uniformly at random
        ppl_gate      15th-85th percentile of the large meta-model's perplexity
        dsir          hashed-n-gram importance resampling towards the clean train split
        classifier    hashed-n-gram logistic regression: clean train records (positives) vs raw
@@ -20,14 +21,17 @@ Stages (each cached under --workdir, so a rerun only redoes what is missing):
   4. per selector: kept share per pile_set_name, Vendi score of the kept documents'
      all-MiniLM-L6-v2 embeddings (embedded once), and the held-out loss on the clean corpus's
      validation split of a GPT trained on the kept set through the LM trainer (jaxlab.train.loop)
-     at an equal token budget: the same steps x batch x seq_len, tokenizer and seed for every
-     selector.
+     at an equal token budget: the same steps x batch x seq_len and tokenizer for every selector.
 
+Every selector runs once per seed (--seeds): the seed draws the random, temperature and DSIR
+selections and initialises and orders the GPT's training, so each selector's loss has a mean
+and a spread over seeds, and a difference counts only when it is outside both spreads.
 Prints the tables and a last line of key=value pairs.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import html.parser
 import json
@@ -42,11 +46,12 @@ sys.path.insert(0, REPO)
 
 from jaxlab import checkpoint, config as config_lib  # noqa: E402
 from jaxlab.data import builtin, text as text_lib  # noqa: E402
-from jaxlab.scalingfilter import score as score_lib, select as select_lib  # noqa: E402
+from jaxlab.scalingfilter import premise, score as score_lib, select as select_lib  # noqa: E402
 from jaxlab.trainers import lm  # noqa: E402
 
 META_CONFIG = os.path.join(REPO, "configs", "scalingfilter", "meta_pair.py")
-SELECTORS = ("topk_qf", "threshold", "temperature", "random_s0", "random_s1", "ppl_gate", "dsir", "classifier")
+SELECTORS = ("topk_qf", "threshold", "temperature", "random", "ppl_gate", "dsir", "classifier")
+META_STEPS = 1500  # the cpu pair's recipe (configs/scalingfilter/meta_pair.py), where the large model wins
 
 
 # ------------------------------------------------------------------------------ raw CommonCrawl (WARC)
@@ -112,6 +117,30 @@ def train_lm(cfg, run_dir: str, log) -> None:
   log(f"  {run_dir}: trained in {time.perf_counter() - t:.0f} s")
 
 
+@dataclasses.dataclass(frozen=True)
+class Pair:
+  """Where the trained meta-model pair lives and the configs it was trained with."""
+  small_dir: str
+  large_dir: str
+  small_cfg: object
+  large_cfg: object
+
+
+def train_pair(workdir: str, steps: int, log) -> Pair:
+  """The meta-model pair (configs/scalingfilter/meta_pair.py:{small,large},clean,cpu) under
+  workdir/meta, trained with the LM trainer unless it is there already; the large model
+  uses the small one's tokenizer."""
+  small_dir, large_dir = os.path.join(workdir, "meta", "small"), os.path.join(workdir, "meta", "large")
+  over = [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
+          "train.eval_batches=20", "seed=0"]
+  small_cfg = config_lib.load(META_CONFIG + ":small,clean,cpu", over)
+  large_cfg = config_lib.load(META_CONFIG + ":large,clean,cpu",
+                              over + [f"tokenizer.path={os.path.join(small_dir, 'tokenizer')}"])
+  train_lm(small_cfg, small_dir, log)
+  train_lm(large_cfg, large_dir, log)
+  return Pair(small_dir, large_dir, small_cfg, large_cfg)
+
+
 def clean_corpus(workdir: str, cfg) -> text_lib.TextData:
   """The meta-pair's data with the same split (split_of hashes file name and record index)."""
   files = lm.corpus_paths(cfg.data.files, os.path.join(workdir, "clean"))
@@ -139,7 +168,8 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default=os.path.join(REPO, "runs", "sf_experiment"))
   p.add_argument("--k", type=float, default=70.0)
-  p.add_argument("--meta-steps", type=int, default=400)
+  p.add_argument("--meta-steps", type=int, default=META_STEPS)
+  p.add_argument("--seeds", default="0,1,2", help="comma-separated; one GPT per selector and seed")
   p.add_argument("--gpt-steps", type=int, default=240, help="steps of every selector's GPT (equal budget)")
   p.add_argument("--gpt-layers", type=int, default=2)
   p.add_argument("--gpt-width", type=int, default=128)
@@ -156,23 +186,21 @@ def main(argv=None) -> int:
 
   # 1. meta-model pair on the clean corpus
   log("1/4 meta-model pair")
-  small_dir, large_dir = os.path.join(wd, "meta", "small"), os.path.join(wd, "meta", "large")
-  tok_dir = os.path.join(small_dir, "tokenizer")
-  meta_over = [f"train.steps={args.meta_steps}", f"train.eval_every={args.meta_steps}",
-               f"train.checkpoint_every={args.meta_steps}", "train.eval_batches=20", "seed=0"]
-  small_cfg = config_lib.load(META_CONFIG + ":small,clean,cpu", meta_over)
-  large_cfg = config_lib.load(META_CONFIG + ":large,clean,cpu", meta_over + [f"tokenizer.path={tok_dir}"])
-  train_lm(small_cfg, small_dir, log)
-  train_lm(large_cfg, large_dir, log)
+  seeds = [int(x) for x in args.seeds.split(",")]
+  pair = train_pair(wd, args.meta_steps, log)
+  small_cfg, large_cfg, tok_dir = pair.small_cfg, pair.large_cfg, os.path.join(pair.small_dir, "tokenizer")
   clean = clean_corpus(wd, small_cfg)
   clean_train = [clean.train[i]["text"] for i in range(len(clean.train))]
   clean_eval = [clean.validation[i]["text"] for i in range(len(clean.validation))]
+  small, large = score_lib.load_meta_model(pair.small_dir), score_lib.load_meta_model(pair.large_dir)
+  check = premise.compare_pair(small, large, clean_eval, source="the clean validation split")
+  log("  " + check.describe())
+  premise.require_larger_is_better(check)
 
   # 2. score the Pile sample
   log("2/4 scoring the Pile sample")
   pile = str(shared / "text" / "pile_sample.jsonl")
   scores_path = os.path.join(wd, "scores.jsonl")
-  small, large = score_lib.load_meta_model(small_dir), score_lib.load_meta_model(large_dir)
   counts = score_lib.score_file(pile, scores_path, small, large, text_field="contents", progress=False)
   rows = [json.loads(l) for l in open(scores_path) if l.strip()]
   rejects = [json.loads(l) for l in open(scores_path + ".rejects.jsonl") if l.strip()]
@@ -199,22 +227,25 @@ def main(argv=None) -> int:
   log(f"  classifier: {len(positives)} clean positives, {len(negatives)} raw CommonCrawl pages "
       f"(WARC records without page text: {warc_skipped})")
   temperature = float(log_d.std())
-  masks = {
-      "topk_qf": select_lib.top_k(quality, args.k),
-      "threshold": select_lib.threshold(quality, float(np.exp(log_d.mean()))),
-      "temperature": select_lib.temperature_sample(quality, args.k, temperature, seed=0),
-      "random_s0": select_lib.random_select(len(rows), args.k, seed=0),
-      "random_s1": select_lib.random_select(len(rows), args.k, seed=1),
-      "ppl_gate": select_lib.perplexity_gate([r["ppl_large"] for r in rows], 15.0, 85.0),
-      "dsir": select_lib.dsir(doc_texts, clean_train, args.k, seed=0),
-      "classifier": select_lib.classifier_select(doc_texts, positives, negatives, args.k),
-  }
+
+  def selections(seed: int) -> dict[str, np.ndarray]:
+    return {
+        "topk_qf": select_lib.top_k(quality, args.k),
+        "threshold": select_lib.threshold(quality, float(np.exp(log_d.mean()))),
+        "temperature": select_lib.temperature_sample(quality, args.k, temperature, seed=seed),
+        "random": select_lib.random_select(len(rows), args.k, seed=seed),
+        "ppl_gate": select_lib.perplexity_gate([r["ppl_large"] for r in rows], 15.0, 85.0),
+        "dsir": select_lib.dsir(doc_texts, clean_train, args.k, seed=seed),
+        "classifier": select_lib.classifier_select(doc_texts, positives, negatives, args.k),
+    }
+  masks = {seed: selections(seed) for seed in seeds}
   kept_dir = os.path.join(wd, "kept")
   os.makedirs(kept_dir, exist_ok=True)
-  for name, mask in masks.items():
-    with open(os.path.join(kept_dir, f"{name}.jsonl"), "w") as f:
-      for i in np.flatnonzero(mask):
-        f.write(json.dumps({"id": ids[i], "text": doc_texts[i]}) + "\n")
+  for seed, by_name in masks.items():
+    for name, mask in by_name.items():
+      with open(os.path.join(kept_dir, f"{name}_s{seed}.jsonl"), "w") as f:
+        for i in np.flatnonzero(mask):
+          f.write(json.dumps({"id": ids[i], "text": doc_texts[i]}) + "\n")
 
   # 4a. semantic diversity (embeddings once)
   log("4/4 diversity and one GPT per kept set")
@@ -228,60 +259,70 @@ def main(argv=None) -> int:
     emb = Embedder().embed(doc_texts, max_length=args.embed_max_length, batch_size=32)
     np.savez(emb_path, emb=emb, ids=np.array(ids))
     log(f"  embedded {len(ids)} documents in {time.perf_counter() - t:.0f} s")
-  vendi = {name: diversity.vendi_score(emb[mask]) for name, mask in masks.items()}
-  vendi["all"] = diversity.vendi_score(emb)
+  vendi = {name: np.array([diversity.vendi_score(emb[masks[s][name]]) for s in seeds]) for name in SELECTORS}
+  vendi_all = diversity.vendi_score(emb)
 
-  # 4b. one GPT per kept set, equal token budget, held-out clean loss
+  # 4b. one GPT per kept set and seed, equal token budget, held-out clean loss
   gpt_over = [f"model.num_layers={args.gpt_layers}", f"model.d_model={args.gpt_width}", "model.num_heads=4",
               f"train.steps={args.gpt_steps}", "train.eval_every=0", f"train.checkpoint_every={args.gpt_steps}",
               "train.log_every=40", "data.text_field='text'", "data.validation_fraction=0.0",
-              f"tokenizer.path={tok_dir}", "seed=0"]
-  gpt_cfg = lambda name: config_lib.load(META_CONFIG + ":large,clean,cpu", gpt_over + [
-      f"data.files=('{os.path.join(kept_dir, name + '.jsonl')}',)"])
-  budget = args.gpt_steps * gpt_cfg("topk_qf").train.batch_size * gpt_cfg("topk_qf").train.seq_len
-  losses = {}
-  for name in SELECTORS:
-    run_dir = os.path.join(wd, "gpt", name)
-    done_path = os.path.join(run_dir, "clean_eval.json")
-    if os.path.exists(done_path):
-      losses[name] = json.load(open(done_path))["loss"]
-      continue
-    train_lm(gpt_cfg(name), run_dir, log)
-    losses[name] = held_out_loss(run_dir, clean_eval)
-    json.dump({"loss": losses[name], "eval_texts": len(clean_eval)}, open(done_path, "w"))
-    log(f"  {name}: held-out clean loss {losses[name]:.4f}")
+              f"tokenizer.path={tok_dir}"]
+  gpt_cfg = lambda name, seed: config_lib.load(META_CONFIG + ":large,clean,cpu", gpt_over + [
+      f"seed={seed}", f"data.files=('{os.path.join(kept_dir, f'{name}_s{seed}.jsonl')}',)"])
+  first = gpt_cfg(SELECTORS[0], seeds[0])
+  budget = args.gpt_steps * first.train.batch_size * first.train.seq_len
+  losses = {name: np.zeros(len(seeds)) for name in SELECTORS}
+  for j, seed in enumerate(seeds):
+    for name in SELECTORS:
+      run_dir = os.path.join(wd, "gpt", f"{name}_s{seed}")
+      done_path = os.path.join(run_dir, "clean_eval.json")
+      if os.path.exists(done_path):
+        losses[name][j] = json.load(open(done_path))["loss"]
+        continue
+      train_lm(gpt_cfg(name, seed), run_dir, log)
+      losses[name][j] = held_out_loss(run_dir, clean_eval)
+      json.dump({"loss": losses[name][j], "eval_texts": len(clean_eval)}, open(done_path, "w"))
+      log(f"  {name} seed {seed}: held-out clean loss {losses[name][j]:.4f}")
 
   # report
   sources = sorted(set(source_of[i] for i in ids), key=lambda s: -sum(source_of[i] == s for i in ids))
   src = np.array([source_of[i] for i in ids])
+  mean = {name: float(losses[name].mean()) for name in SELECTORS}
+  std = {name: float(losses[name].std(ddof=1)) if len(seeds) > 1 else 0.0 for name in SELECTORS}
   print()
   print(f"Pile sample: {len(rows)} documents scored; meta-models {small_cfg.model.num_layers}x{small_cfg.model.d_model}"
-        f" / {large_cfg.model.num_layers}x{large_cfg.model.d_model}, {args.meta_steps} steps on the clean train split;"
-        f" every selector's GPT: {args.gpt_layers}x{args.gpt_width}, {args.gpt_steps} steps x 16 x 128 = {budget:,}"
-        f" tokens; held-out clean loss over {len(clean_eval)} records")
-  head = f"{'selector':<12} {'kept':>5} {'vendi':>7} {'clean loss':>10}"
+        f" / {large_cfg.model.num_layers}x{large_cfg.model.d_model}, {args.meta_steps} steps on the clean train split"
+        f" (clean validation perplexity small {check.ppl_small:.1f}, large {check.ppl_large:.1f}); every selector's"
+        f" GPT: {args.gpt_layers}x{args.gpt_width}, {args.gpt_steps} steps x {first.train.batch_size} x "
+        f"{first.train.seq_len} = {budget:,} tokens; held-out clean loss over {len(clean_eval)} records; seeds {seeds}")
+  head = (f"{'selector':<12} {'kept':>5} {'vendi':>7} {'clean loss (mean ± std)':>24}  {'per seed':<26} "
+          f"{'vs random':>10}  outside both spreads?")
   print(head)
   print("-" * len(head))
   for name in SELECTORS:
-    print(f"{name:<12} {int(masks[name].sum()):>5} {vendi[name]:>7.2f} {losses[name]:>10.4f}")
-  print(f"{'all (100%)':<12} {len(rows):>5} {vendi['all']:>7.2f} {'-':>10}")
+    gap = mean[name] - mean["random"]
+    outside = name != "random" and abs(gap) > std[name] + std["random"]
+    print(f"{name:<12} {int(masks[seeds[0]][name].sum()):>5} {vendi[name].mean():>7.2f} "
+          f"{mean[name]:>15.4f} ± {std[name]:.4f}  {' '.join(f'{x:.4f}' for x in losses[name]):<26} "
+          f"{gap:>+10.4f}  {'-' if name == 'random' else ('yes' if outside else 'no')}")
+  print(f"{'all (100%)':<12} {len(rows):>5} {vendi_all:>7.2f}")
   print()
-  print("kept share per pile_set_name (%)")
-  short = {"topk_qf": "topk", "threshold": "thr", "temperature": "temp", "random_s0": "rnd0", "random_s1": "rnd1",
-           "ppl_gate": "pplg", "dsir": "dsir", "classifier": "clf"}
+  print(f"kept share per pile_set_name (%), seed {seeds[0]}")
+  short = {"topk_qf": "topk", "threshold": "thr", "temperature": "temp", "random": "rnd", "ppl_gate": "pplg",
+           "dsir": "dsir", "classifier": "clf"}
   print(f"{'pile_set_name':<18} {'n':>4} " + " ".join(f"{short[s]:>5}" for s in SELECTORS))
   for s in sources:
     here = src == s
-    print(f"{s:<18} {int(here.sum()):>4} " + " ".join(f"{100 * masks[n][here].mean():>5.0f}" for n in SELECTORS))
+    print(f"{s:<18} {int(here.sum()):>4} " + " ".join(f"{100 * masks[seeds[0]][n][here].mean():>5.0f}"
+                                                    for n in SELECTORS))
 
-  random_mean = (losses["random_s0"] + losses["random_s1"]) / 2
-  best = min(SELECTORS, key=losses.get)
+  best = min(SELECTORS, key=mean.get)
   print()
-  print(f"best={best} qf_loss={losses['topk_qf']:.4f} random_loss={random_mean:.4f} "
-        f"random_spread={abs(losses['random_s0'] - losses['random_s1']):.4f} ppl_gate_loss={losses['ppl_gate']:.4f} "
-        f"dsir_loss={losses['dsir']:.4f} classifier_loss={losses['classifier']:.4f} qf_vendi={vendi['topk_qf']:.2f} "
-        f"random_vendi={(vendi['random_s0'] + vendi['random_s1']) / 2:.2f} ppl_gate_vendi={vendi['ppl_gate']:.2f} "
-        f"seconds={time.perf_counter() - t0:.0f}")
+  print(f"seconds={time.perf_counter() - t0:.0f}")
+  print(f"best={best} qf_loss={mean['topk_qf']:.4f} qf_std={std['topk_qf']:.4f} random_loss={mean['random']:.4f} "
+        f"random_std={std['random']:.4f} ppl_gate_loss={mean['ppl_gate']:.4f} dsir_loss={mean['dsir']:.4f} "
+        f"classifier_loss={mean['classifier']:.4f} qf_vendi={vendi['topk_qf'].mean():.2f} "
+        f"random_vendi={vendi['random'].mean():.2f} ppl_gate_vendi={vendi['ppl_gate'].mean():.2f} seeds={len(seeds)}")
   return 0
 
 

@@ -57,6 +57,13 @@ def writer(fmt: str, folder: str):
   return JsonlWriter(folder) if fmt == "jsonl" else ParquetWriter(folder)
 
 
+def options(args):
+  """How each document is scored (jaxlab.scalingfilter.score.ScoreOptions) from the flags."""
+  from jaxlab.scalingfilter.score import ScoreOptions
+  return ScoreOptions(long_docs=args.long_docs, min_context=args.min_context, context=args.context,
+                      boundaries=args.boundaries, dtype=args.dtype)
+
+
 def pipelines(args) -> tuple[list, list]:
   """The steps of the score and the select stage."""
   from datatrove.pipeline.readers import JsonlReader, ParquetReader
@@ -67,8 +74,7 @@ def pipelines(args) -> tuple[list, list]:
   source = split_lines(args.input, out("input"), args.split) if args.split else args.input
   score = [DocumentReader(source, text_key=args.text_key, id_key=args.id_key, glob_pattern=args.glob),
            ScoreDocuments(args.small, args.large, batch_size=args.batch_docs, tokens_per_batch=args.tokens_per_batch,
-                          long_docs=args.long_docs, min_context=args.min_context,
-                          exclusion_writer=JsonlWriter(out("rejects"))),
+                          options=options(args), exclusion_writer=JsonlWriter(out("rejects"))),
            QualityHistogram(out("histograms"), bin_width=args.bin_width),
            writer(args.format, out("scored"))]
   reader = JsonlReader if args.format == "jsonl" else ParquetReader
@@ -88,7 +94,7 @@ def check_premise(args) -> None:
   premise.check_or_exit(small, large, args.held_out or args.input, n=args.check_docs,
                         allow_worse_large=args.allow_worse_large, flag="--allow-worse-large",
                         text_field=args.text_key, id_field=args.id_key, tokens_per_batch=args.tokens_per_batch,
-                        long_docs=args.long_docs, min_context=args.min_context)
+                        options=options(args))
 
 
 def local_executors(args, score, select):
@@ -164,6 +170,10 @@ def main(argv=None) -> int:
   p.add_argument("--tokens-per-batch", type=int, default=16384)
   p.add_argument("--long-docs", choices=("window", "truncate", "stride"), default="window")
   p.add_argument("--min-context", type=int, default=0, help="stride: least context per prediction (default C/2)")
+  p.add_argument("--context", type=int, default=0, help="tokens per window (default: the pair's training length)")
+  p.add_argument("--boundaries", choices=("eos", "none"), default="eos",
+                 help="eos: an EOS before and after each text, as in training; none: the text alone")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--held-out", nargs="+", default=None, help="text the pair did not train on (default: the input)")
   p.add_argument("--check-docs", type=int, default=256, help="held-out texts for the premise check")
   p.add_argument("--allow-worse-large", action="store_true",

@@ -46,7 +46,7 @@ def get_config(arg=None):
     c.tokenizer.vocab_size = 4096
     c.model.update(num_layers=1, d_model=64, num_heads=2, max_len=128) if size == "small" else \
         c.model.update(num_layers=4, d_model=128, num_heads=4, max_len=128)
-    c.train.update(seq_len=128, batch_size=16, steps=400, eval_every=400, checkpoint_every=400, log_every=50)
+    c.train.update(seq_len=128, batch_size=16, steps=1500, eval_every=500, checkpoint_every=500, log_every=50)
   else:
     raise ValueError(f"unknown scale {scale!r}; use '' or cpu")
   c.lock()

@@ -45,15 +45,19 @@ def cmd_score(args) -> int:
   if not args.sharded and os.path.isdir(args.output):
     raise SystemExit(f"--output {args.output} is a directory: pass --sharded to write one part per process there")
   small, large = score_lib.load_meta_model(args.small), score_lib.load_meta_model(args.large)
+  options = score_lib.ScoreOptions(long_docs=args.long_docs, min_context=args.min_context, context=args.context,
+                                   boundaries=args.boundaries, dtype=args.dtype)
+  try:
+    options.checked(min(small.context, large.context), prefix="--")
+  except score_lib.ConfigError as e:
+    raise SystemExit(f"score: {str(e).replace('_', '-')}") from None
   # ScalingFilter's premise: the large model is the better one on held-out text
   premise.check_or_exit(small, large, args.held_out or args.input, n=args.check_docs,
                         allow_worse_large=args.allow_worse_large, flag="--allow-worse-large",
                         text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
-                        tokens_per_batch=args.tokens_per_batch, long_docs=args.long_docs,
-                        min_context=args.min_context)
+                        tokens_per_batch=args.tokens_per_batch, options=options)
   common = dict(text_field=args.text_field, id_field=args.id_field, data_dir=args.data_dir,
-                tokens_per_batch=args.tokens_per_batch, overwrite=args.overwrite, long_docs=args.long_docs,
-                min_context=args.min_context)
+                tokens_per_batch=args.tokens_per_batch, overwrite=args.overwrite, options=options)
   if args.sharded:
     counts = score_lib.score_sharded(args.input, args.output, small, large, **common)
     output = score_lib.part_path(args.output, counts["process_index"], counts["process_count"])
@@ -114,6 +118,11 @@ def main(argv=None) -> int:
                  help="documents longer than the context: one-token-overlap windows, the first C tokens "
                       "(the reference), or sliding windows with --min-context tokens of context")
   s.add_argument("--min-context", type=int, default=0, help="stride: least context per prediction (default C/2)")
+  s.add_argument("--context", type=int, default=0,
+                 help="tokens per window (default: the length the meta-models trained on, also the most allowed)")
+  s.add_argument("--boundaries", choices=score_lib.BOUNDARIES, default="eos",
+                 help="eos: an EOS before and after each text, as in training; none: the text alone (the reference)")
+  s.add_argument("--dtype", choices=score_lib.SCORE_DTYPES, default="float32", help="parameters and compute")
   s.add_argument("--held-out", nargs="+", default=None,
                  help="text neither meta-model trained on, for the premise check (default: the input itself)")
   s.add_argument("--check-docs", type=int, default=256, help="texts of --held-out (or the input) the check scores")

@@ -85,19 +85,18 @@ class ScoreDocuments(BaseFilter):
   document's metadata. Documents that cannot be scored are dropped with their reason
   (reader rejects, empty_text, not_string, too_short, duplicate_id within the task) to the
   exclusion writer and counted in the stats as dropped_<reason>; `tokens` counts the
-  scored tokens. `batch_size` documents are packed and scored together; `long_docs` and
-  `min_context` choose the rule for documents longer than the context (score.spans)."""
+  scored tokens. `batch_size` documents are packed and scored together; `options` (a
+  score.ScoreOptions) say how a document is scored."""
 
   name = "ScalingFilter score"
 
   def __init__(self, small: str, large: str, *, batch_size: int = 256,
                tokens_per_batch: int = score_lib.TOKENS_PER_BATCH, pack_len: int = score_lib.PACK_LEN,
-               long_docs: str = "window", min_context: int = 0, exclusion_writer: DiskWriter | None = None):
+               options: score_lib.ScoreOptions = score_lib.ScoreOptions(),
+               exclusion_writer: DiskWriter | None = None):
     super().__init__(exclusion_writer=exclusion_writer, batch_size=batch_size)
-    if long_docs not in score_lib.LONG_DOCS:  # fail where the pipeline is built, not in a worker
-      raise score_lib.ConfigError(f"long_docs={long_docs!r}: use one of {', '.join(score_lib.LONG_DOCS)}")
-    self.small, self.large = small, large
-    self.long_docs, self.min_context = long_docs, min_context
+    options.checked()  # fail where the pipeline is built, not in a worker
+    self.small, self.large, self.options = small, large, options
     self.tokens_per_batch, self.pack_len = tokens_per_batch, pack_len
     self._scorer = None
     self._seen: set[str] = set()
@@ -106,9 +105,8 @@ class ScoreDocuments(BaseFilter):
     """The pair made ready on this process's devices (loaded once per task)."""
     if self._scorer is None:
       small, large = score_lib.load_meta_model(self.small), score_lib.load_meta_model(self.large)
-      self._scorer = score_lib.make_scorer(small, large, tokens_per_batch=self.tokens_per_batch,
-                                           pack_len=self.pack_len, long_docs=self.long_docs,
-                                           min_context=self.min_context)
+      self._scorer = score_lib.make_scorer(small, large, options=self.options,
+                                           tokens_per_batch=self.tokens_per_batch, pack_len=self.pack_len)
     return self._scorer
 
   def filter(self, doc: Document) -> bool | tuple[bool, str]:

@@ -62,8 +62,8 @@ def compare_pair(small: score_lib.MetaModel, large: score_lib.MetaModel, texts: 
   ok = scores.scored
   if not ok.any():
     raise PremiseError(f"none of the {len(texts)} held-out texts ({source}) could be scored")
-  # each text's NLL is a mean over its n - 1 predictions: weight it back to a token mean
-  weights = scores.n_tokens[ok] - 1
+  # each text's NLL is a mean over its predictions: weight it back to a token mean
+  weights = scores.n_predictions[ok]
   nll = lambda v: float(np.sum(v[ok] * weights) / np.sum(weights))  # noqa: E731
   return PairCheck(math.exp(nll(scores.nll_small)), math.exp(nll(scores.nll_large)), int(ok.sum()),
                    int(scores.n_tokens[ok].sum()), source)

@@ -6,11 +6,12 @@ Unlike the reference (every document padded to 1024 tokens), documents are packe
 share one row, each with its own positions and attention restricted to itself, so almost no
 compute goes to padding (see pack_rows), and batches are sharded over all devices.
 
-Window rule: a document of n tokens has n - 1 next-token predictions. When n exceeds the
-model's context C, it is cut into windows of at most C tokens, each starting at the last
-token of the previous one (windows overlap by exactly one token), so every prediction is
-made exactly once, with context restarting at each window. L(x) is the sum of the
-predictions' NLL over all windows divided by n - 1.
+How a document is scored is a `ScoreOptions`: the context C (at most the length the
+meta-models trained on), the boundaries (by default an EOS before and after the text, as the
+LM trainer's packed stream shows every document, so the first token and the end are
+predicted too; "none" scores the text's own tokens, as the reference), the rule for documents
+longer than C (`spans`: one-token-overlap windows by default, `truncate` as the reference,
+`stride`) and the compute dtype. L(x) is the mean NLL over the predictions the rule counts.
 
 Output: one JSONL row per input document, in input order; rejected documents (bad JSON,
 missing or non-string text, empty text, fewer than 2 tokens, invalid UTF-8, duplicate id)
@@ -49,29 +50,32 @@ from jaxlab.train import runs
 
 @dataclasses.dataclass(frozen=True)
 class MetaModel:
-  """A scoring model: where it was loaded from, the GPT module, its parameters and its
-  Hugging Face tokenizer."""
+  """A scoring model: where it was loaded from, the GPT module, its parameters, its Hugging
+  Face tokenizer and the sequence length it trained on (None: its `max_len`)."""
 
   path: str
   model: gpt.GPT
   params: Any
   tokenizer: Any
+  trained_len: int | None = None
 
   @property
   def context(self) -> int:
-    """The longest sequence (in tokens) the model takes: its `max_len`."""
-    return self.model.cfg.max_len
+    """The longest sequence (in tokens) it scores: the length it trained on, at most `max_len`.
+    Positions past the training length were never trained, so they would score noise."""
+    return min(self.model.cfg.max_len, self.trained_len or self.model.cfg.max_len)
 
 
 def load_meta_model(path: str) -> MetaModel:
-  """A GPT-2-format folder (config.json + model.safetensors + tokenizer files) or a
-  jaxlab LM run directory (its latest checkpoint and tokenizer)."""
+  """A GPT-2-format folder (config.json + model.safetensors + tokenizer files; context: its
+  n_positions) or a jaxlab LM run directory (its latest checkpoint and tokenizer; context: the
+  run's train.seq_len)."""
   if os.path.exists(os.path.join(path, "model.safetensors")):
     cfg, params = hf.load_gpt2(path)
     tok = tokenizer_lib.load_tokenizer(path)
   elif os.path.isdir(os.path.join(path, "checkpoints")):
     run = runs.load_lm(path)
-    return MetaModel(path, run.model, run.params, run.tokenizer)
+    return MetaModel(path, run.model, run.params, run.tokenizer, int(run.config.train.seq_len))
   else:
     raise FileNotFoundError(f"{path}: neither a GPT-2 folder (model.safetensors) nor a jaxlab run (checkpoints/)")
   return MetaModel(path, gpt.GPT(cfg), jax.tree.map(jnp.asarray, params), tok)
@@ -99,8 +103,8 @@ def windows(ids: np.ndarray, context: int) -> list[np.ndarray]:
 LONG_DOCS = ("window", "truncate", "stride")
 
 
-def spans(ids: np.ndarray, context: int, long_docs: str = "window", min_context: int = 0
-          ) -> list[tuple[np.ndarray, int]]:
+def spans(ids: np.ndarray, context: int, long_docs: str = "window", min_context: int = 0, *,
+          key: str = "min_context") -> list[tuple[np.ndarray, int]]:
   """The windows of <= context tokens a document is scored in, each with the number of its
   leading predictions that do not count (already made by the window before):
     window    windows overlapping by one token, each prediction once (see the module docstring)
@@ -116,13 +120,53 @@ def spans(ids: np.ndarray, context: int, long_docs: str = "window", min_context:
     raise ConfigError(f"long_docs={long_docs!r}: use one of {', '.join(LONG_DOCS)}")
   m = min_context or context // 2
   if not 1 <= m < context:
-    raise ConfigError(f"min_context={min_context} must be in [1, context - 1] = [1, {context - 1}]")
+    raise ConfigError(f"{key}={min_context} must be in [1, context - 1] = [1, {context - 1}]")
   out, end = [(ids[:context], 0)], min(context, len(ids))
   while end < len(ids):  # tokens [0, end) are predicted; the next window starts m tokens before end
     start = end - m
     out.append((ids[start:start + context], m - 1))
     end = min(start + context, len(ids))
   return out
+
+
+BOUNDARIES = ("eos", "none")
+SCORE_DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOptions:
+  """How a document is scored (see the module docstring):
+    long_docs    window | truncate | stride (see `spans`); window by default, the cheapest rule
+                 that scores every token; truncate reproduces the reference; stride gives every
+                 prediction after the first window at least `min_context` tokens of context
+    min_context  stride's least context (0: context // 2)
+    context      tokens per window (0: the pair's, the shorter training length); more than the
+                 pair trained on is an error
+    boundaries   eos: an EOS before and after the text, as in training; none: the text alone
+    dtype        float32 | bfloat16 (parameters and compute; the NLL itself in float32)"""
+
+  long_docs: str = "window"
+  min_context: int = 0
+  context: int = 0
+  boundaries: str = "eos"
+  dtype: str = "float32"
+
+  def checked(self, pair_context: int | None = None, prefix: str = "") -> "ScoreOptions":
+    """These options with `context` resolved against the pair's (when given); a ConfigError
+    naming the key (`prefix` + field, e.g. score.context) for a bad value."""
+    choices = {"long_docs": LONG_DOCS, "boundaries": BOUNDARIES, "dtype": SCORE_DTYPES}
+    for key, allowed in choices.items():
+      if getattr(self, key) not in allowed:
+        raise ConfigError(f"{prefix}{key}={getattr(self, key)!r}: use one of {', '.join(allowed)}")
+    if self.context < 0 or self.context == 1:
+      raise ConfigError(f"{prefix}context={self.context}: use 0 (the pair's) or at least 2 tokens")
+    if pair_context is not None and self.context > pair_context:
+      raise ConfigError(f"{prefix}context={self.context} exceeds the {pair_context} tokens the meta-models trained "
+                        "on (their positions beyond it are untrained); use at most that, or 0")
+    context = self.context or pair_context
+    if context is not None:
+      spans(np.zeros(0, np.int32), context, self.long_docs, self.min_context, key=prefix + "min_context")
+    return dataclasses.replace(self, context=context or 0)
 
 
 TOKENS_PER_BATCH = 16384
@@ -139,7 +183,7 @@ def make_nll_fn(model: gpt.GPT, mesh):
   def nll(params, tokens, segments, positions):
     logits = model.apply({"params": params}, tokens[:, :-1], positions=positions[:, :-1],
                          segment_ids=segments[:, :-1])
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), tokens[:, 1:])
     real = (segments[:, 1:] == segments[:, :-1]) & (segments[:, 1:] > 0)
     return jnp.where(real, nll, 0.0)
 
@@ -235,41 +279,59 @@ class Scorer:
   nll_fns: tuple
   params: tuple
   encoder: Any
-  context: int
+  eos_id: int | None
+  options: ScoreOptions
   row_multiple: int
   tokens_per_batch: int
   pack_len: int
-  long_docs: str = "window"
-  min_context: int = 0
+
+  @property
+  def context(self) -> int:
+    """Tokens per window (the options' resolved context)."""
+    return self.options.context
 
 
-def make_scorer(small: MetaModel, large: MetaModel, *, tokens_per_batch: int = TOKENS_PER_BATCH,
-                pack_len: int = PACK_LEN, mesh=None, long_docs: str = "window", min_context: int = 0) -> Scorer:
-  """Check the pair (same tokenizer) and the long-document rule (see `spans`; a bad
-  `long_docs` or `min_context` is a ConfigError before anything compiles), place both
-  models' parameters on `mesh` (default: all devices on one "data" axis) and build their
-  NLL functions."""
+def _in_dtype(meta: MetaModel, dtype: str) -> tuple[gpt.GPT, Any]:
+  """The model computing in `dtype`, with its parameters stored in it (float32: unchanged)."""
+  if dtype == "float32":
+    return meta.model, meta.params
+  dt = gpt.DTYPES[dtype]
+  model = gpt.GPT(dataclasses.replace(meta.model.cfg, dtype=dt, param_dtype=dt))
+  return model, jax.tree.map(lambda x: jnp.asarray(x, dt), meta.params)
+
+
+def make_scorer(small: MetaModel, large: MetaModel, *, options: ScoreOptions = ScoreOptions(),
+                tokens_per_batch: int = TOKENS_PER_BATCH, pack_len: int = PACK_LEN, mesh=None) -> Scorer:
+  """Check the pair (same tokenizer) and the options (a ConfigError naming the key before
+  anything compiles; see ScoreOptions.checked), place both models' parameters on `mesh`
+  (default: all devices on one "data" axis) in the options' dtype and build their NLL functions."""
   check_pair(small, large)
-  spans(np.zeros(0, np.int32), min(small.context, large.context), long_docs, min_context)  # validates
+  options = options.checked(min(small.context, large.context))
+  eos_id = small.tokenizer.eos_token_id
+  if options.boundaries == "eos" and eos_id is None:
+    raise ConfigError(f"boundaries='eos': the tokenizer of {small.path} has no eos token; use boundaries='none'")
   mesh = mesh if mesh is not None else sharding.make_mesh([("data", -1)])
   replicated = NamedSharding(mesh, P())
-  return Scorer(nll_fns=(make_nll_fn(small.model, mesh), make_nll_fn(large.model, mesh)),
-                params=(jax.device_put(small.params, replicated), jax.device_put(large.params, replicated)),
-                encoder=small.tokenizer.backend_tokenizer, context=min(small.context, large.context),
-                row_multiple=mesh.shape["data"], tokens_per_batch=tokens_per_batch, pack_len=pack_len,
-                long_docs=long_docs, min_context=min_context)
+  (m_small, p_small), (m_large, p_large) = _in_dtype(small, options.dtype), _in_dtype(large, options.dtype)
+  return Scorer(nll_fns=(make_nll_fn(m_small, mesh), make_nll_fn(m_large, mesh)),
+                params=(jax.device_put(p_small, replicated), jax.device_put(p_large, replicated)),
+                encoder=small.tokenizer.backend_tokenizer, eos_id=eos_id, options=options,
+                row_multiple=mesh.shape["data"], tokens_per_batch=tokens_per_batch, pack_len=pack_len)
 
 
 @dataclasses.dataclass(frozen=True)
 class TextScores:
   """Scores of a list of texts, each array aligned with the input. A text that cannot be
   scored has NaN scores, n_tokens 0 (or its token count when too short) and a reason in
-  `reasons` ("not_string", "empty_text", "too_short"); scored texts have reason ""."""
+  `reasons` ("not_string", "empty_text", "too_short"); scored texts have reason "".
+  `n_predictions` weighs a text's mean NLL back into a token sum (it counts the EOS
+  boundaries' predictions and only what the long-document rule scores)."""
 
   n_tokens: np.ndarray
   nll_small: np.ndarray
   nll_large: np.ndarray
   reasons: tuple[str, ...]
+  n_predictions: np.ndarray  # the next-token predictions each mean is over (0 when unscored)
 
   @property
   def ppl_small(self) -> np.ndarray:
@@ -305,37 +367,44 @@ def score_batch(scorer: Scorer, texts: Sequence[Any]) -> TextScores:
   encoded = scorer.encoder.encode_batch([texts[i] for i in todo]) if todo else []
   n_tokens = np.zeros(len(texts), np.int64)
   ids = {}
+  edge = [scorer.eos_id] if scorer.options.boundaries == "eos" else []
   for i, e in zip(todo, encoded):
     n_tokens[i] = len(e.ids)
-    if len(e.ids) < 2:  # no next-token prediction to average
+    if len(e.ids) < 2:  # the same texts are rejected with or without boundaries
       reasons[i] = "too_short"
     else:
-      ids[i] = np.asarray(e.ids, np.int32)
+      ids[i] = np.asarray(edge + e.ids + edge, np.int32)
   nll = np.full((len(texts), 2), np.nan)
+  o = scorer.options
+  n_predictions = np.zeros(len(texts), np.int64)
+  for i, d in ids.items():
+    n_predictions[i] = sum(len(w) - 1 - skip for w, skip in spans(d, o.context, o.long_docs, o.min_context))
   if ids:
-    nll[list(ids)] = score_token_lists(list(ids.values()), scorer.nll_fns, context=scorer.context,
+    nll[list(ids)] = score_token_lists(list(ids.values()), scorer.nll_fns, context=o.context,
                                        tokens_per_batch=scorer.tokens_per_batch, row_multiple=scorer.row_multiple,
                                        params=scorer.params, pack_len=scorer.pack_len,
-                                       long_docs=scorer.long_docs, min_context=scorer.min_context)
-  return TextScores(n_tokens, nll[:, 0], nll[:, 1], tuple(reasons))
+                                       long_docs=o.long_docs, min_context=o.min_context)
+  return TextScores(n_tokens, nll[:, 0], nll[:, 1], tuple(reasons), n_predictions)
 
 
 def score_texts(texts: Sequence[str], small: MetaModel | str, large: MetaModel | str, *,
-                tokens_per_batch: int = TOKENS_PER_BATCH, pack_len: int = PACK_LEN, mesh=None,
-                batch_docs: int = 4096, long_docs: str = "window", min_context: int = 0) -> TextScores:
+                options: ScoreOptions = ScoreOptions(), tokens_per_batch: int = TOKENS_PER_BATCH,
+                pack_len: int = PACK_LEN, mesh=None, batch_docs: int = 4096) -> TextScores:
   """Score a list of strings in memory (no files): `small` and `large` are MetaModels or
-  paths for `load_meta_model`. Returns arrays aligned with `texts` (see TextScores);
-  texts that cannot be scored are NaN with their reason, never dropped."""
+  paths for `load_meta_model`; `options` says how (ScoreOptions). Returns arrays aligned
+  with `texts` (see TextScores); texts that cannot be scored are NaN with their reason,
+  never dropped."""
   small = load_meta_model(small) if isinstance(small, str) else small
   large = load_meta_model(large) if isinstance(large, str) else large
-  scorer = make_scorer(small, large, tokens_per_batch=tokens_per_batch, pack_len=pack_len, mesh=mesh,
-                       long_docs=long_docs, min_context=min_context)
+  scorer = make_scorer(small, large, options=options, tokens_per_batch=tokens_per_batch, pack_len=pack_len,
+                       mesh=mesh)
   texts = list(texts)
   parts = [score_batch(scorer, texts[i:i + batch_docs]) for i in range(0, len(texts), batch_docs)]
   if not parts:
-    return TextScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), ())
-  return TextScores(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("n_tokens", "nll_small", "nll_large")),
-                    sum((p.reasons for p in parts), ()))
+    return TextScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), (), np.zeros(0, np.int64))
+  cat = lambda f: np.concatenate([getattr(p, f) for p in parts])  # noqa: E731
+  return TextScores(cat("n_tokens"), cat("nll_small"), cat("nll_large"), sum((p.reasons for p in parts), ()),
+                    cat("n_predictions"))
 
 
 # ------------------------------------------------------------------------------ input
@@ -594,12 +663,12 @@ def read_parts(output_dir: str) -> tuple[list[dict], list[dict]]:
 def score_documents(documents, output_path: str, small: MetaModel, large: MetaModel, *,
                     tokens_per_batch: int = TOKENS_PER_BATCH, pack_len: int = PACK_LEN, chunk_docs: int = 256,
                     mesh=None, stop_after_chunks: int = 0, progress: bool = True, overwrite: bool = False,
-                    long_docs: str = "window", min_context: int = 0) -> dict:
+                    options: ScoreOptions = ScoreOptions()) -> dict:
   """Score (id, text-or-Reject) pairs into `output_path`. An existing output is resumed:
   ids already in it (or in its rejects file) are skipped and keep their old scores, counted
   in `skipped_done`; overwrite=True deletes both files first and rescores everything."""
-  scorer = make_scorer(small, large, tokens_per_batch=tokens_per_batch, pack_len=pack_len, mesh=mesh,
-                       long_docs=long_docs, min_context=min_context)
+  scorer = make_scorer(small, large, options=options, tokens_per_batch=tokens_per_batch, pack_len=pack_len,
+                       mesh=mesh)
   rejects_path = output_path + ".rejects.jsonl"
   if overwrite:
     for path in (output_path, rejects_path):

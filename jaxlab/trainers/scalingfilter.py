@@ -44,8 +44,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.large.model.update(num_layers=6, d_model=256, num_heads=8)
   # check_docs: texts of score.held_out (default: score.input, which the pair did not train
   # on) on which the large model must have the lower perplexity before anything is scored
+  # long_docs ... dtype: how a document is scored (jaxlab.scalingfilter.score.ScoreOptions);
+  # context 0 is the pair's training length (train.seq_len), also the most it may be
   c.score = dict(input="", text_field="text", id_field="id", tokens_per_batch=16384, held_out="", check_docs=256,
-                 allow_worse_large=False)
+                 allow_worse_large=False, long_docs="window", min_context=0, context=0, boundaries="eos",
+                 dtype="float32")
   c.select = dict(method="topk", k=70.0)
   c.diversity = dict(enabled=True, group_size=10_000)
   return c
@@ -67,9 +70,18 @@ def _large_config(cfg, small_dir: str | None) -> ml_collections.ConfigDict:
   return config_lib.apply_overrides(cfg.large, [f"tokenizer.path={os.path.join(small_dir, 'tokenizer')}"])
 
 
+def score_options(cfg) -> score_lib.ScoreOptions:
+  """score.long_docs ... score.dtype, checked against the pair's training length (a
+  ConfigError naming the key, before anything trains or compiles)."""
+  pair_len = min(min(run.train.seq_len, run.model.max_len) for run in (cfg.small, cfg.large))
+  options = score_lib.ScoreOptions(**{f.name: cfg.score[f.name] for f in dataclasses.fields(score_lib.ScoreOptions)})
+  return options.checked(pair_len, prefix="score.")
+
+
 def validate(cfg) -> None:
   """The keys this pipeline reads beyond the two LM configs."""
   config_lib.require(cfg.score.check_docs >= 1, "score.check_docs", "the premise check needs at least one text")
+  score_options(cfg)
   config_lib.require(cfg.select.method in PIPELINE_METHODS, "select.method",
                      f"{cfg.select.method!r}: the pipeline runs {PIPELINE_METHODS} "
                      "(dsir and classifier need extra corpora: use the CLI)")
@@ -135,14 +147,15 @@ def _check_pair(cfg: ml_collections.ConfigDict, source: str, small: score_lib.Me
   return premise.check_before_scoring(small, large, held_out, n=cfg.score.check_docs,
                                       allow_worse_large=cfg.score.allow_worse_large,
                                       flag="score.allow_worse_large=True", text_field=cfg.score.text_field,
-                                      id_field=cfg.score.id_field, tokens_per_batch=cfg.score.tokens_per_batch)
+                                      id_field=cfg.score.id_field, tokens_per_batch=cfg.score.tokens_per_batch,
+                                      options=score_options(cfg))
 
 
 def _score(cfg: ml_collections.ConfigDict, source: str, workdir: str, scores_path: str, small: score_lib.MetaModel,
            large: score_lib.MetaModel) -> dict:
   """Scoring counts (this process's own when there are several; see the module docstring)."""
   kwargs = dict(text_field=cfg.score.text_field, id_field=cfg.score.id_field,
-                tokens_per_batch=cfg.score.tokens_per_batch)
+                tokens_per_batch=cfg.score.tokens_per_batch, options=score_options(cfg))
   if jax.process_count() > 1 and os.path.exists(scores_path):  # joined by an earlier run
     return {"joined_already": scores_path}
   if jax.process_count() == 1:

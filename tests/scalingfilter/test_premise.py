@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlab.scalingfilter import premise
-from test_score import direct_nll
+from test_score import bounded, direct_nll
 
 
 def _docs(texts):
@@ -21,9 +21,9 @@ def test_pair_perplexities_are_token_means_of_direct_log_probs(pair):
   check = premise.compare_pair(small, large, docs, source="toy")
   enc = small.tokenizer.backend_tokenizer
   ids = [enc.encode(d).ids for d in docs[:8]]
-  preds = np.array([len(i) - 1 for i in ids])
+  preds = np.array([len(i) + 1 for i in ids])  # EOS, the text, EOS: every text token and the end predicted
   for model, got in ((small, check.ppl_small), (large, check.ppl_large)):
-    want = math.exp(sum(direct_nll(model, i) * p for i, p in zip(ids, preds)) / preds.sum())
+    want = math.exp(sum(direct_nll(model, bounded(model, i)) * p for i, p in zip(ids, preds)) / preds.sum())
     np.testing.assert_allclose(got, want, rtol=1e-5)
   assert check.n_texts == 8 and check.n_tokens == sum(map(len, ids))
   assert check.large_is_better == (check.ppl_large < check.ppl_small)

@@ -31,6 +31,11 @@ def direct_nll(meta, ids):
   return total / (len(ids) - 1)
 
 
+def bounded(meta, ids):
+  """The tokens the scorer sees by default: the text between two EOS, as in training."""
+  return [meta.tokenizer.eos_token_id] + list(ids) + [meta.tokenizer.eos_token_id]
+
+
 def test_window_rule_by_hand():
   ids = np.arange(10)
   got = [list(w) for w in score.windows(ids, 4)]
@@ -57,7 +62,7 @@ def test_quality_factor_against_direct_log_probs(pair, tmp_path):
   assert max(r["n_tokens"] for r in rows) > 2 * small.context  # windows really were used
   for r, text in zip(rows, docs):
     ids = enc.encode(text).ids
-    l_small, l_large = direct_nll(small, ids), direct_nll(large, ids)
+    l_small, l_large = direct_nll(small, bounded(small, ids)), direct_nll(large, bounded(large, ids))
     assert r["n_tokens"] == len(ids)
     np.testing.assert_allclose([r["nll_small"], r["nll_large"]], [l_small, l_large], rtol=2e-5)
     np.testing.assert_allclose(r["quality_factor"], np.exp(l_small - l_large), rtol=5e-5)
@@ -233,8 +238,9 @@ def test_score_texts_returns_arrays_matching_direct_log_probs(pair):
   assert got.scored.tolist() == [True, False, True, False, False, True]
   for i in (0, 2, 5):
     ids = enc.encode(docs[i]).ids
-    assert got.n_tokens[i] == len(ids)
-    np.testing.assert_allclose([got.nll_small[i], got.nll_large[i]], [direct_nll(small, ids), direct_nll(large, ids)],
+    assert got.n_tokens[i] == len(ids) and got.n_predictions[i] == len(ids) + 1  # EOS -> text -> EOS
+    np.testing.assert_allclose([got.nll_small[i], got.nll_large[i]],
+                               [direct_nll(small, bounded(small, ids)), direct_nll(large, bounded(large, ids))],
                                rtol=2e-5)
   np.testing.assert_allclose(got.quality_factor[[0, 2, 5]], got.ppl_small[[0, 2, 5]] / got.ppl_large[[0, 2, 5]])
   assert np.isnan(got.quality_factor[[1, 3, 4]]).all() and got.n_tokens[4] == 1
@@ -296,8 +302,9 @@ def test_truncate_and_stride_against_direct_log_probs(pair):
   docs = [texts[3][:500], texts[4][:90], texts[5][:260]]
   enc = small.tokenizer.backend_tokenizer
   c, m = small.context, 12
-  trunc = score.score_texts(docs, small, large, long_docs="truncate")
-  stride = score.score_texts(docs, small, large, long_docs="stride", min_context=m)
+  # boundaries="none": the text's own tokens, as the reference and transformers' guide score them
+  trunc = score.score_texts(docs, small, large, options=score.ScoreOptions("truncate", boundaries="none"))
+  stride = score.score_texts(docs, small, large, options=score.ScoreOptions("stride", m, boundaries="none"))
   for i, text in enumerate(docs):
     ids = np.asarray(enc.encode(text).ids)
     for meta, got_t, got_s in ((small, trunc.nll_small, stride.nll_small), (large, trunc.nll_large, stride.nll_large)):
@@ -313,4 +320,50 @@ def test_truncate_and_stride_against_direct_log_probs(pair):
       np.testing.assert_allclose(got_s[i], total / (len(ids) - 1), rtol=2e-5)
   assert trunc.n_tokens.max() > 3 * c  # long documents really were cut
   with pytest.raises(score.ConfigError, match="long_docs"):
-    score.score_texts(docs, small, large, long_docs="first")
+    score.score_texts(docs, small, large, options=score.ScoreOptions("first"))
+
+
+def test_context_is_the_training_length_and_no_more(pair, tmp_path):
+  """A model scores in windows of the length it trained on; asking for more names the key,
+  in the API, the CLI and the pipeline config, before anything compiles."""
+  import dataclasses
+  from jaxlab import config as config_lib
+  from jaxlab.scalingfilter import __main__ as cli
+  from jaxlab.trainers import scalingfilter as pipeline
+  small, large, texts = pair
+  short = dataclasses.replace(small, trained_len=12)
+  assert short.context == 12 and small.context == small.model.cfg.max_len == 32
+  doc = texts[6][:200]
+  ids = bounded(small, small.tokenizer.backend_tokenizer.encode(doc).ids)
+  got = score.score_texts([doc], short, dataclasses.replace(large, trained_len=12))
+  np.testing.assert_allclose(got.nll_small[0], direct_nll(short, ids), rtol=2e-5)  # windows of 12 tokens
+  assert abs(got.nll_small[0] - direct_nll(small, ids)) > 1e-3  # ... which differ from windows of 32
+  with pytest.raises(score.ConfigError, match="context=16 exceeds the 12 tokens"):
+    score.score_texts([doc], short, large, options=score.ScoreOptions(context=16))
+  write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "text": doc}])
+  with pytest.raises(SystemExit, match="--context=64 exceeds the 32"):
+    cli.main(["score", "--small", small.path, "--large", large.path, "--input", str(tmp_path / "in.jsonl"),
+              "--output", str(tmp_path / "o.jsonl"), "--context", "64", "--allow-worse-large"])
+  assert not (tmp_path / "o.jsonl").exists()
+  repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+  cfg = config_lib.load(str(repo / "configs" / "scalingfilter" / "pipeline.py") + ":builtin",
+                        ["score.context=512", "small.train.seq_len=128"])
+  with pytest.raises(config_lib.ConfigError, match="score.context=512 exceeds the 128"):
+    pipeline.validate(cfg)
+  with pytest.raises(config_lib.ConfigError, match="score.boundaries='bos'"):
+    pipeline.validate(config_lib.load(str(repo / "configs" / "scalingfilter" / "pipeline.py") + ":builtin",
+                                      ["score.boundaries=bos"]))
+
+
+def test_bfloat16_scoring_stays_near_float32(pair):
+  """dtype=bfloat16 stores and computes in bfloat16 (the NLL itself in float32): log d moves,
+  but by far less than the spread of log d over documents."""
+  small, large, texts = pair
+  docs = [t[:200] for t in texts[:10]]
+  f32 = score.score_texts(docs, small, large)
+  bf16 = score.score_texts(docs, small, large, options=score.ScoreOptions(dtype="bfloat16"))
+  scorer = score.make_scorer(small, large, options=score.ScoreOptions(dtype="bfloat16"))
+  assert {x.dtype for x in jax.tree.leaves(scorer.params)} == {jnp.dtype(jnp.bfloat16)}
+  delta = np.abs(np.log(bf16.quality_factor) - np.log(f32.quality_factor))
+  assert 0 < delta.max() < 0.02, delta
+  assert delta.max() < 0.2 * np.std(np.log(f32.quality_factor))
