@@ -165,8 +165,8 @@ def main(argv=None) -> int:
   for name, _ in groups:
     print(f"{name:<18} " + " ".join(f"{a:>8.3f} [{lo:.3f},{hi:.3f}]" for a, lo, hi in
                                     (table[name][m] for m in METHODS)))
-  print()
-  print(" ".join(f"auc_{m}={table['all'][m][0]:.3f}" for m in METHODS) + f" seconds={time.perf_counter() - t0:.0f}")
+  print(f"\nseconds={time.perf_counter() - t0:.0f}")
+  print(" ".join(f"auc_{m}={table['all'][m][0]:.3f}" for m in METHODS))
   return 0
 
 
