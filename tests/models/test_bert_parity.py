@@ -151,3 +151,19 @@ def test_tiny_random_bert_matches_transformers(tiny):
   pooled = (h * m).sum(1) / m.sum(1)
   pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
   np.testing.assert_allclose(embedder.embed(TINY_TEXTS, max_length=64, batch_size=2), pooled, atol=1e-5)
+
+
+@needs_model
+def test_cls_pooling_folder_matches_sentence_transformers(tmp_path):
+  """A bge-style folder (CLS pooling declared in 1_Pooling/config.json, as bge ships it) made
+  from MiniLM's weights: jaxlab's Embedder reads the pooling and agrees with sentence-transformers."""
+  st = pytest.importorskip("sentence_transformers", reason="needs sentence-transformers")
+  pytest.importorskip("torch", reason="sentence-transformers needs torch (the 'parity' extra)")
+  from test_bert_pooling import with_pooling
+  folder = with_pooling(bert.default_model_path(), tmp_path / "cls", pooling_mode_cls_token=True)
+  ref = st.SentenceTransformer(str(folder), device="cpu").encode(TEXTS, batch_size=8, convert_to_numpy=True)
+  ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+  embedder = bert.Embedder(str(folder))
+  assert embedder.pooling == "cls"
+  cos = np.sum(embedder.embed(TEXTS, max_length=256, batch_size=8) * ref, axis=1)
+  assert cos.min() >= 0.9999, dict(zip(TEXTS, cos))
