@@ -1,34 +1,39 @@
-"""ScalingFilter scoring speed: jaxlab's scorer (documents packed into rows, jit) against
-the reference approach — transformers' GPT2LMHeadModel (PyTorch) on the same exported
-weights with every document padded to the maximum length — in one run. The quality
-factors must agree (|log d difference| < 1e-3).
+"""ScalingFilter scoring speed against what a user would pick instead, on the same weights and
+documents, in one run:
 
-  python bench/scalingfilter_score.py [--docs 128] [--ref-docs 32] [--repeats 3]
+  jaxlab     the packed scorer (`score_texts`: documents packed into rows, jit, the next batch
+             tokenized on a host thread while this one runs)
+  dynamic    transformers' GPT2LMHeadModel with SDPA attention on the same token sequences,
+             sorted by length and batched up to --peer-tokens tokens, padded only to each
+             batch's longest (the strongest PyTorch recipe on CPU)
+  alone      the same PyTorch model, one sequence per call at its own length (no padding)
+  reference  ScalingFilter's recipe: each document truncated to C tokens and padded to C, one
+             per call, timed on the first --ref-docs documents (its cost per document does not
+             depend on the document)
 
-Weights are random (no hub downloads), in GPT-2 124M shape (6 and 12 layers) by default,
-with a tokenizer trained locally on the documents. Documents: ../shared/data/text/
-pile_sample.jsonl (`contents`), else pydoc topics.
+  python bench/scalingfilter_score.py [--docs 48] [--long-docs 3] [--repeats 3]
 
-Timing: the scorer runs `--docs` documents through `score_file` (reading, tokenizing,
-writing rows included). The first pass compiles its batch shapes and is reported as the
-cold time; the steady state (what a corpus of millions of documents sees, the shapes
-being compiled once) is the median of `--repeats` more passes over the same documents
-into fresh output files. The reference is timed on the first `--ref-docs` documents only:
-it pads every one to the same length, so its time per document does not depend on which
-documents they are. The same PyTorch model is also timed on all `--docs` documents at
-their own lengths (no padding, one per call): the no-padding limit the issue's 10x goal
-was set against (`limit_ratio`, and `vs_limit` = jaxlab / that limit). docs/s is per
-document throughout. Last line: `ratio=<jaxlab steady docs/s / reference docs/s>`.
+Two rules, each system scoring exactly the same predictions: `window` (jaxlab's default:
+EOS before and after each text, documents longer than the context C cut into one-token-overlap
+windows) and `truncate` (the reference's: the first C tokens, no EOS). Documents: the first
+--docs Pile documents (../shared/data, else pydoc topics) plus --long-docs documents of about
+2C tokens (Pride and Prejudice, else pydoc), so windows are timed. Weights are random, in GPT-2
+124M's width (d_model 768) with 6 and 12 layers, tokenizer trained locally; no downloads.
+
+tokens/s counts the predictions scored (both models), tokenization included, median of
+--repeats warm passes (every shape compiled before). `host` is jaxlab's tokenization and
+packing alone (no model) over its wall time. Every system's log d must agree with jaxlab's
+within 1e-3. Last line: `vs_dynamic=<jaxlab / dynamic, window> vs_reference=<jaxlab /
+reference, truncate>`. Goal on this CPU: vs_dynamic >= 1.25.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
-
-os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax
 import jax.numpy as jnp
@@ -38,81 +43,122 @@ from jaxlab.data import builtin, tokenizer as tokenizer_lib
 from jaxlab.models import gpt, hf
 from jaxlab.scalingfilter import score
 
+RULES = {"window": score.ScoreOptions(), "truncate": score.ScoreOptions("truncate", boundaries="none")}
 
-def documents(n: int) -> list[str]:
+
+def documents(n: int, n_long: int, long_chars: int) -> list[str]:
   root = builtin.shared_data_dir()
   if root is not None:
     with open(root / "text" / "pile_sample.jsonl") as f:
       texts = [json.loads(l)["contents"] for l in f]
+    book = (root / "text" / "pride_and_prejudice.txt").read_text()
   else:
     from pydoc_data import topics
     texts = [topics.topics[k] for k in sorted(topics.topics)]
-  return [t for t in texts if t.strip()][:n]
+    book = "\n\n".join(texts)
+  short = [t for t in texts if t.strip()][:n]
+  start = len(book) // 4  # past the Gutenberg header
+  return short + [book[start + i * long_chars:start + (i + 1) * long_chars] for i in range(n_long)]
 
 
-def reference_nll(folder: str, texts: list[str], max_len: int,
-                  pad: bool = True) -> tuple[np.ndarray, float, float]:
-  """transformers' GPT2LMHeadModel, one document per call. pad=True is the reference recipe:
-  every document padded to max_len. pad=False runs each document at its own length: the
-  no-padding limit of the same PyTorch model (batch 1 at exact length was the fastest
-  unpadded layout here; length-bucketed batches of ~4k tokens were 20% slower). Returns the
-  losses, wall and process cpu seconds."""
+def sequences(scorer: score.Scorer, texts: list[str]) -> list[tuple[int, np.ndarray, int]]:
+  """(document, tokens, predictions to skip) of every window jaxlab scores: the workload."""
+  prepared = score.prepare_batch(scorer, texts)
+  o = scorer.options
+  return [(d, w, skip) for d, ids in prepared.ids.items() for w, skip in score.spans(ids, o.context, o.long_docs,
+                                                                                         o.min_context)]
+
+
+def torch_nll(model, seqs, n_docs: int, pad_id: int, peer_tokens: int, device: str = "cpu"):
+  """Mean NLL per document of the sequences under a PyTorch GPT-2, batched by length:
+  sorted, then as many rows per batch as fit in peer_tokens (1 row when peer_tokens is 0)."""
   import torch
-  import transformers
-  model = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32).eval()
-  tok = transformers.AutoTokenizer.from_pretrained(folder)
+  sums, counts = np.zeros(n_docs), np.zeros(n_docs)
+  order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][1]))
+  batches, batch = [], []
+  for i in order:
+    width = max(len(seqs[j][1]) for j in batch + [i])
+    if batch and (not peer_tokens or width * (len(batch) + 1) > peer_tokens):
+      batches.append(batch)
+      batch = []
+    batch.append(i)
+  batches.append(batch)
+  with torch.inference_mode():
+    for batch in batches:
+      width = max(len(seqs[i][1]) for i in batch)
+      ids = torch.full((len(batch), width), pad_id)
+      mask = torch.zeros((len(batch), width), dtype=torch.long)
+      for r, i in enumerate(batch):
+        ids[r, :len(seqs[i][1])] = torch.from_numpy(seqs[i][1].astype(np.int64))
+        mask[r, :len(seqs[i][1])] = 1
+      ids, mask = ids.to(device), mask.to(device)
+      logp = torch.log_softmax(model(ids, attention_mask=mask).logits[:, :-1].float(), -1)
+      nll = -logp.gather(-1, ids[:, 1:, None])[..., 0].cpu().numpy()
+      for r, i in enumerate(batch):
+        d, w, skip = seqs[i]
+        sums[d] += nll[r, skip:len(w) - 1].sum()
+        counts[d] += len(w) - 1 - skip
+  return sums / counts
+
+
+def peer_pass(models, tok, texts, scorer, pad_id, peer_tokens, device: str = "cpu"):
+  """One PyTorch pass: tokenize with transformers' tokenizer (as a user would), build the same
+  sequences as jaxlab, score with both models. Returns (seconds, log d)."""
+  t = time.perf_counter()
+  ids = tok(texts)["input_ids"]
+  o = scorer.options
+  edge = [scorer.eos_id] if o.boundaries == "eos" else []
+  seqs = [(d, w, skip) for d, x in enumerate(ids)
+          for w, skip in score.spans(np.asarray(edge + x + edge, np.int64), o.context, o.long_docs, o.min_context)]
+  small, large = (torch_nll(m, seqs, len(texts), pad_id, peer_tokens, device) for m in models)
+  return time.perf_counter() - t, small - large
+
+
+def reference_pass(models, tok, texts, context):
+  """ScalingFilter's recipe: the first C tokens padded to C, one document per call."""
+  import torch
   out = []
-  start, cpu = time.perf_counter(), time.process_time()
-  with torch.no_grad():
-    for text in texts:
-      ids = tok(text)["input_ids"][:max_len]
-      length = max_len if pad else len(ids)
-      padded = torch.full((1, length), tok.eos_token_id)
-      padded[0, :len(ids)] = torch.tensor(ids)
-      labels = torch.full((1, length), -100)
-      labels[0, :len(ids)] = torch.tensor(ids)
-      out.append(float(model(padded, labels=labels).loss))
-  return np.array(out), time.perf_counter() - start, time.process_time() - cpu
+  t = time.perf_counter()
+  with torch.inference_mode():
+    for model in models:
+      losses = []
+      for text in texts:
+        ids = tok(text, truncation=True, max_length=context)["input_ids"]
+        padded = torch.full((1, context), tok.eos_token_id)
+        padded[0, :len(ids)] = torch.tensor(ids)
+        labels = torch.full((1, context), -100)
+        labels[0, :len(ids)] = torch.tensor(ids)
+        losses.append(float(model(padded, labels=labels).loss))
+      out.append(np.array(losses))
+  return time.perf_counter() - t, out[0] - out[1]
 
 
-def matmul_gflops(m: int = 4096, k: int = 768, n: int = 3072, repeats: int = 5) -> tuple[float, float]:
-  """Dense f32 matmul speed of XLA and of PyTorch on this machine (GFLOP/s, median): the
-  per-token speed both sides are bounded by."""
-  import torch
-  rng = np.random.default_rng(0)
-  a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
-  ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
-  matmul = jax.jit(jnp.matmul)
-  def median_time(fn):
-    fn()
-    times = []
-    for _ in range(repeats):
-      t = time.perf_counter()
-      fn()
-      times.append(time.perf_counter() - t)
-    return float(np.median(times))
-  flops = 2 * m * k * n / 1e9
-  torch_gflops = flops / median_time(lambda: ta @ tb)   # first: XLA's idle threads spin for a while
-  return flops / median_time(lambda: matmul(ja, jb).block_until_ready()), torch_gflops
-
-
-def timed_score(small, large, docs_path: str, out_path: str) -> tuple[float, float]:
-  """(wall s, process cpu s) of one scoring pass into a fresh output file."""
-  wall, cpu = time.perf_counter(), time.process_time()
-  score.score_file(docs_path, out_path, small, large, progress=False)
-  return time.perf_counter() - wall, time.process_time() - cpu
+def median_time(fn, repeats):
+  fn()  # warm: compiles every shape (jaxlab), first-call allocations (torch)
+  times, result = [], None
+  for _ in range(repeats):
+    t = time.perf_counter()
+    result = fn()
+    times.append(time.perf_counter() - t)
+  return statistics.median(times), result
 
 
 def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--docs", type=int, default=128, help="documents the scorer is timed on")
-  p.add_argument("--ref-docs", type=int, default=32, help="the first ones, timed with the reference too")
-  p.add_argument("--repeats", type=int, default=3, help="warm scorer passes (median)")
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--docs", type=int, default=48)
+  p.add_argument("--long-docs", type=int, default=3, help="documents of about 2x the context")
+  p.add_argument("--ref-docs", type=int, default=12)
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--peer-tokens", type=int, default=4096, help="tokens per batch of the dynamic peer")
   p.add_argument("--small-layers", type=int, default=6)
   p.add_argument("--large-layers", type=int, default=12)
   p.add_argument("--max-len", type=int, default=1024)
   args = p.parse_args()
-  texts = documents(args.docs)
+  jax.config.update("jax_platforms", "cpu")  # the CPU comparison (bench/gpu/scalingfilter_speed.py: a GPU's)
+  import torch
+  import transformers
+
+  texts = documents(args.docs, args.long_docs, long_chars=args.max_len * 9)
   tmp = tempfile.mkdtemp()
   tok = tokenizer_lib.train_bpe(texts, vocab_size=8192, out_dir=os.path.join(tmp, "tok"))
   folders = []
@@ -121,57 +167,56 @@ def main():
     params = gpt.GPT(cfg).init(jax.random.key(layers), jnp.zeros((1, 8), jnp.int32))["params"]
     folders.append(hf.save_gpt2(os.path.join(tmp, name), params, cfg, tok))
   small, large = (score.load_meta_model(f) for f in folders)
-  n_tokens = [len(tok(t)["input_ids"]) for t in texts]
-  # documents the reference truncates would be windowed by jaxlab, and one token has no next
-  # token to predict (the scorer rejects it): compare only what both score whole
-  keep = [2 <= n <= args.max_len for n in n_tokens]
-  texts = [t for t, k in zip(texts, keep) if k]
-  n_tokens = [n for n, k in zip(n_tokens, keep) if k]
-  plan = score.plan_packed(n_tokens, context=args.max_len, pack_len=score.PACK_LEN,
-                           tokens_per_batch=score.TOKENS_PER_BATCH, row_multiple=1)
-  computed = sum(capacity * size for capacity, _, size in plan)
-  print(f"{len(texts)} documents, mean {np.mean(n_tokens):.0f} tokens (max {max(n_tokens)}); the scorer packs them "
-        f"into {computed} token slots ({computed / sum(n_tokens):.2f}x the real tokens), the reference pads each to "
-        f"{args.max_len} ({args.max_len / np.mean(n_tokens):.1f}x); GPT-2 shapes d_model 768, {args.small_layers} "
-        f"and {args.large_layers} layers; {os.cpu_count()} CPUs, {jax.device_count()} {jax.default_backend()} "
-        f"device(s)")
+  peers = [transformers.GPT2LMHeadModel.from_pretrained(f, dtype=torch.float32, attn_implementation="sdpa").eval()
+           for f in folders]
+  hf_tok = transformers.AutoTokenizer.from_pretrained(folders[0])
+  n_tokens = [len(x) for x in hf_tok(texts)["input_ids"]]
+  print(f"{len(texts)} documents ({args.docs} Pile + {args.long_docs} long), mean {np.mean(n_tokens):.0f} tokens, "
+        f"max {max(n_tokens)} (context {args.max_len}); GPT-2 width 768, {args.small_layers} and {args.large_layers} "
+        f"layers, float32; {os.cpu_count()} CPUs, {jax.device_count()} {jax.default_backend()} device(s); "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), median of {args.repeats} warm passes")
+  print(f"{'rule':<9} {'system':<34} {'tokens/s':>9} {'vs jaxlab':>9}  max |log d - jaxlab|")
+  speed, gaps = {}, []
+  for rule, options in RULES.items():
+    scorer = score.make_scorer(small, large, options=options)
+    seqs = sequences(scorer, texts)
+    predictions = sum(len(w) - 1 - skip for _, w, skip in seqs)
+    wall, ours = median_time(lambda: score.score_texts(texts, small, large, options=options), args.repeats)
+    host, _ = median_time(lambda: [score.plan_packed([len(w) for _, w, _ in sequences(scorer, texts)],
+                                                     context=options.context or args.max_len, pack_len=score.PACK_LEN,
+                                                     tokens_per_batch=score.TOKENS_PER_BATCH, row_multiple=1)],
+                          args.repeats)
+    log_d = np.log(ours.quality_factor)
+    speed[rule, "jaxlab"] = predictions / wall
+    print(f"{rule:<9} {'jaxlab (packed, jit)':<34} {speed[rule, 'jaxlab']:>9.0f} {1:>9.2f}  -   "
+          f"(host: tokenize + pack {host / wall:.0%} of wall; {predictions} predictions)")
+    runs = [("dynamic", f"torch SDPA, length-sorted {args.peer_tokens}", args.peer_tokens),
+            ("alone", "torch SDPA, one sequence per call", 0)]
+    for key, label, peer_tokens in runs:
+      t, peer = median_time(lambda: peer_pass(peers, hf_tok, texts, scorer, tok.eos_token_id, peer_tokens)[1],
+                            args.repeats)
+      speed[rule, key] = predictions / t
+      gaps.append(float(np.max(np.abs(peer - log_d))))
+      print(f"{rule:<9} {label:<34} {speed[rule, key]:>9.0f} {speed[rule, key] / speed[rule, 'jaxlab']:>9.2f}  "
+            f"{gaps[-1]:.1e}")
+    if rule == "truncate":
+      ref_texts = texts[:args.ref_docs]
+      ref_time, ref = reference_pass(peers, hf_tok, ref_texts, args.max_len)
+      ref_predictions = sum(min(n, args.max_len) - 1 for n in n_tokens[:args.ref_docs])
+      speed[rule, "reference"] = ref_predictions / ref_time
+      gaps.append(float(np.max(np.abs(ref - log_d[:len(ref_texts)]))))
+      print(f"{rule:<9} {'reference (padded to C, one per call)':<34} {speed[rule, 'reference']:>9.0f} "
+            f"{speed[rule, 'reference'] / speed[rule, 'jaxlab']:>9.2f}  {gaps[-1]:.1e}  (first {len(ref_texts)})")
+  ok = max(gaps) < 1e-3
+  print(f"agreement: max |log d difference| {max(gaps):.1e} ({'ok' if ok else 'MISMATCH'})")
+  best = max(speed["window", "dynamic"], speed["window", "alone"])
+  print(f"vs_best_peer={speed['window', 'jaxlab'] / best:.2f} "
+        f"truncate_vs_dynamic={speed['truncate', 'jaxlab'] / speed['truncate', 'dynamic']:.2f}")
+  print(f"vs_dynamic={speed['window', 'jaxlab'] / speed['window', 'dynamic']:.2f} "
+        f"vs_reference={speed['truncate', 'jaxlab'] / speed['truncate', 'reference']:.2f}")
+  if not ok:
+    raise SystemExit("log d disagrees with the peers: the speed figures compare different work")
 
-  docs_path = os.path.join(tmp, "docs.jsonl")
-  with open(docs_path, "w") as f:
-    for i, t in enumerate(texts):
-      f.write(json.dumps({"id": str(i), "text": t}) + "\n")
-  cold, _ = timed_score(small, large, docs_path, os.path.join(tmp, "cold.jsonl"))
-  warm = [timed_score(small, large, docs_path, os.path.join(tmp, f"warm{r}.jsonl")) for r in range(args.repeats)]
-  jax_wall, jax_cpu = (float(np.median(w)) for w in zip(*warm))
-  rows = [json.loads(l) for l in open(os.path.join(tmp, "warm0.jsonl"))]
-  assert len(rows) == len(texts), f"the scorer wrote {len(rows)} rows for {len(texts)} documents"
-
-  ref_texts = texts[:args.ref_docs]
-  ref_small, t_small, c_small = reference_nll(folders[0], ref_texts, args.max_len)
-  ref_large, t_large, c_large = reference_nll(folders[1], ref_texts, args.max_len)
-  ref_time, ref_cpu = t_small + t_large, c_small + c_large
-  # the no-padding limit is timed on all documents, as the scorer is
-  lim_small, l_small, _ = reference_nll(folders[0], texts, args.max_len, pad=False)
-  lim_large, l_large, _ = reference_nll(folders[1], texts, args.max_len, pad=False)
-  lim_time = l_small + l_large
-  xla_gflops, torch_gflops = matmul_gflops()
-  log_d_ours = np.array([r["nll_small"] - r["nll_large"] for r in rows])
-  gap = float(np.max(np.abs(log_d_ours[:len(ref_texts)] - (ref_small - ref_large))))
-  gap_lim = float(np.max(np.abs(log_d_ours - (lim_small - lim_large))))
-  n, n_ref = len(texts), len(ref_texts)
-  ours, ref, limit = n / jax_wall, n_ref / ref_time, n / lim_time
-  print(f"jaxlab scorer, cold (incl. compiles)    {n / cold:8.2f} docs/s   {n} docs, first pass")
-  print(f"jaxlab scorer, warm (packed, jit)        {ours:8.2f} docs/s   {n} docs, median of {args.repeats}, "
-        f"{n / jax_cpu:.2f} docs per cpu-s")
-  print(f"reference (torch, padded to {args.max_len})       {ref:8.2f} docs/s   first {n_ref} docs, "
-        f"{n_ref / ref_cpu:.2f} docs per cpu-s")
-  print(f"torch, each doc at its own length       {limit:8.2f} docs/s   {n} docs (the no-padding limit)")
-  print(f"dense f32 matmul 4096x768 @ 768x3072: XLA {xla_gflops:.0f} GFLOP/s, torch {torch_gflops:.0f} GFLOP/s")
-  print(f"max |log d difference| = {gap:.2e} over {n_ref} docs against the reference, {gap_lim:.2e} over {n} "
-        f"against unpadded torch ({'ok' if max(gap, gap_lim) < 1e-3 else 'MISMATCH'})")
-  print(f"cold_ratio={n / cold / ref:.2f} cpu_ratio={(n / jax_cpu) / (n_ref / ref_cpu):.2f} "
-        f"limit_ratio={limit / ref:.2f} vs_limit={ours / limit:.2f}")
-  print(f"ratio={ours / ref:.2f}")
 
 if __name__ == "__main__":
   main()

@@ -21,19 +21,11 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxlab.data.records import REJECT_REASONS, Reject, excerpt, field_at  # noqa: F401  (re-exported)
+
 REJECTS_FILE = "rejects.jsonl"
 REPORT_FILE = "report.json"
 SPLITS = ("train", "validation")
-# Why a candidate record was rejected.
-REJECT_REASONS = (
-    "invalid_utf8",  # a line is not valid UTF-8
-    "bad_json",  # a .jsonl line does not parse (blank lines included)
-    "not_object",  # it parses, but is not a JSON object
-    "missing_field",  # the object has no `text_field`
-    "not_string",  # the field is there, but is not a string
-    "empty_text",  # the text is empty or whitespace only
-)
-_EXCERPT_CHARS = 120
 _SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
 
 
@@ -46,25 +38,6 @@ class Record:
   index: int
   line: int  # 1-based line where the record starts
   text: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Reject:
-  """A candidate record that cannot be used: its file name, where it starts (the 1-based
-  line, or the row of a table or dataset), one of REJECT_REASONS and the first characters
-  of that line when there is one. The text pipeline and the ScalingFilter scorer both
-  report malformed input with it."""
-
-  file: str
-  line: int  # 1-based
-  reason: str
-  excerpt: str = ""
-
-
-def excerpt(raw: bytes) -> str:
-  """The first characters of a raw line, undecodable bytes escaped, for a Reject."""
-  text = raw.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
-  return text[:_EXCERPT_CHARS]
 
 
 def _is_blank(raw: bytes) -> bool:
@@ -105,15 +78,6 @@ def _read_txt(path: str) -> Iterator[Record | Reject]:
   with open(path, "rb") as f:
     for index, paragraph in enumerate(_paragraphs(f)):
       yield _paragraph_record(name, index, paragraph)
-
-
-def field_at(obj: Any, dotted: str) -> Any:
-  """`obj['a']['b']` for `dotted='a.b'`; KeyError when any step is missing."""
-  for key in dotted.split("."):
-    if not isinstance(obj, dict) or key not in obj:
-      raise KeyError(dotted)
-    obj = obj[key]
-  return obj
 
 
 class _Rejected(Exception):

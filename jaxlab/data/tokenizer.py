@@ -9,8 +9,6 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 import transformers
 
-from jaxlab.data import text as text_lib
-
 EOS = "<|endoftext|>"
 _FILE_SUFFIXES = (".txt", ".jsonl", ".jsonl.gz")
 
@@ -31,6 +29,7 @@ def iter_texts(
 ) -> Iterator[str]:
   """Streams texts: files are read record by record (rejects skipped, as in
   `prepare_text`), other strings are texts themselves."""
+  from jaxlab.data import text as text_lib  # tensorflow-datasets: only when files are read
   for item in files_or_texts:
     if _is_file(item):
       (path,) = text_lib.resolve_files([item])

@@ -24,6 +24,7 @@ datatrove stage (jaxlab.scalingfilter.datatrove) scores Documents with `score_ba
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import gzip
@@ -43,9 +44,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxlab import sharding
 from jaxlab.config import ConfigError
 from jaxlab.data import tokenizer as tokenizer_lib
-from jaxlab.data.text import Reject, excerpt, field_at
+from jaxlab.data.records import Reject, excerpt, field_at
 from jaxlab.models import gpt, hf
-from jaxlab.train import runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +74,7 @@ def load_meta_model(path: str) -> MetaModel:
     cfg, params = hf.load_gpt2(path)
     tok = tokenizer_lib.load_tokenizer(path)
   elif os.path.isdir(os.path.join(path, "checkpoints")):
+    from jaxlab.train import runs  # orbax and the training loop: only for run directories
     run = runs.load_lm(path)
     return MetaModel(path, run.model, run.params, run.tokenizer, int(run.config.train.seq_len))
   else:
@@ -244,11 +245,13 @@ def plan_packed(lengths: Sequence[int], *, context: int, pack_len: int, tokens_p
 def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int, tokens_per_batch: int, row_multiple: int,
                       params, pack_len: int = PACK_LEN, long_docs: str = "window", min_context: int = 0) -> np.ndarray:
   """[n_docs, len(nll_fns)] mean NLL per document under each model (small, large), over the
-  predictions that `spans` counts."""
+  predictions that `spans` counts. Every batch is dispatched before any result is read, so
+  the host packs batch i + 1 while the device computes batch i (JAX dispatch is asynchronous)."""
   flat = [(d, w, skip) for d, ids in enumerate(docs) for w, skip in spans(ids, context, long_docs, min_context)]
   plan = plan_packed([len(w) for _, w, _ in flat], context=context, pack_len=pack_len,
                      tokens_per_batch=tokens_per_batch, row_multiple=row_multiple)
   sums = np.zeros((len(docs) + 1, len(nll_fns)))  # the last slot collects padding's zeros
+  pending = []
   for capacity, rows, size in plan:
     tokens, segments, positions = (np.zeros((size, capacity), np.int32) for _ in range(3))
     owner = np.full((size, capacity), len(docs))
@@ -260,9 +263,11 @@ def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int, tokens_p
         tokens[r, span], segments[r, span], positions[r, span], owner[r, span] = w, segment, np.arange(len(w)), d
         owner[r, offset:offset + skip] = len(docs)  # predictions made before: to the padding slot
         offset += len(w)
-    for m, fn in enumerate(nll_fns):
-      nll = np.asarray(fn(params[m], tokens, segments, positions), np.float64)
-      sums[:, m] += np.bincount(owner[:, :-1].ravel(), weights=nll.ravel(), minlength=len(docs) + 1)
+    pending.append((owner, [fn(params[m], tokens, segments, positions) for m, fn in enumerate(nll_fns)]))
+  for owner, outputs in pending:
+    for m, nll in enumerate(outputs):
+      sums[:, m] += np.bincount(owner[:, :-1].ravel(), weights=np.asarray(nll, np.float64).ravel(),
+                                minlength=len(docs) + 1)
   predictions = np.bincount([d for d, w, skip in flat], weights=[len(w) - 1 - skip for _, w, skip in flat],
                             minlength=len(docs))
   return sums[:-1] / predictions[:, None]
@@ -360,8 +365,18 @@ class TextScores:
             "nll_large": l_large, "ppl_large": math.exp(l_large), "quality_factor": math.exp(l_small - l_large)}
 
 
-def score_batch(scorer: Scorer, texts: Sequence[Any]) -> TextScores:
-  """Tokenize and score one batch of texts, packed (see score_token_lists)."""
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """A batch of texts tokenized for scoring (host work, see prepare_batch): each scorable
+  text's token ids (with the boundaries), every text's token count and reason."""
+  ids: dict
+  n_tokens: np.ndarray
+  reasons: tuple[str, ...]
+
+
+def prepare_batch(scorer: Scorer, texts: Sequence[Any]) -> Prepared:
+  """Tokenize a batch of texts on the host (thread-safe: the scorer runs it for the next batch
+  while the device scores this one)."""
   reasons = ["not_string" if not isinstance(t, str) else "empty_text" if not t.strip() else "" for t in texts]
   todo = [i for i, r in enumerate(reasons) if not r]
   encoded = scorer.encoder.encode_batch([texts[i] for i in todo]) if todo else []
@@ -374,17 +389,42 @@ def score_batch(scorer: Scorer, texts: Sequence[Any]) -> TextScores:
       reasons[i] = "too_short"
     else:
       ids[i] = np.asarray(edge + e.ids + edge, np.int32)
-  nll = np.full((len(texts), 2), np.nan)
+  return Prepared(ids, n_tokens, tuple(reasons))
+
+
+def score_prepared(scorer: Scorer, batch: Prepared) -> TextScores:
+  """Score a tokenized batch, packed (see score_token_lists)."""
   o = scorer.options
-  n_predictions = np.zeros(len(texts), np.int64)
-  for i, d in ids.items():
+  nll = np.full((len(batch.reasons), 2), np.nan)
+  n_predictions = np.zeros(len(batch.reasons), np.int64)
+  for i, d in batch.ids.items():
     n_predictions[i] = sum(len(w) - 1 - skip for w, skip in spans(d, o.context, o.long_docs, o.min_context))
-  if ids:
-    nll[list(ids)] = score_token_lists(list(ids.values()), scorer.nll_fns, context=o.context,
-                                       tokens_per_batch=scorer.tokens_per_batch, row_multiple=scorer.row_multiple,
-                                       params=scorer.params, pack_len=scorer.pack_len,
-                                       long_docs=o.long_docs, min_context=o.min_context)
-  return TextScores(n_tokens, nll[:, 0], nll[:, 1], tuple(reasons), n_predictions)
+  if batch.ids:
+    nll[list(batch.ids)] = score_token_lists(list(batch.ids.values()), scorer.nll_fns, context=o.context,
+                                             tokens_per_batch=scorer.tokens_per_batch,
+                                             row_multiple=scorer.row_multiple, params=scorer.params,
+                                             pack_len=scorer.pack_len, long_docs=o.long_docs,
+                                             min_context=o.min_context)
+  return TextScores(batch.n_tokens, nll[:, 0], nll[:, 1], batch.reasons, n_predictions)
+
+
+def score_batch(scorer: Scorer, texts: Sequence[Any]) -> TextScores:
+  """Tokenize and score one batch of texts (prepare_batch, then score_prepared)."""
+  return score_prepared(scorer, prepare_batch(scorer, texts))
+
+
+def score_batches(scorer: Scorer, batches: Iterator[Sequence[Any]]) -> Iterator[TextScores]:
+  """score_batch over a stream of batches, in order, with batch i + 1 tokenized on a host
+  thread while batch i is scored."""
+  with concurrent.futures.ThreadPoolExecutor(1) as host:
+    pending = None
+    for texts in batches:
+      nxt = host.submit(prepare_batch, scorer, texts)
+      if pending is not None:
+        yield score_prepared(scorer, pending.result())
+      pending = nxt
+    if pending is not None:
+      yield score_prepared(scorer, pending.result())
 
 
 def score_texts(texts: Sequence[str], small: MetaModel | str, large: MetaModel | str, *,
@@ -399,7 +439,7 @@ def score_texts(texts: Sequence[str], small: MetaModel | str, large: MetaModel |
   scorer = make_scorer(small, large, options=options, tokens_per_batch=tokens_per_batch, pack_len=pack_len,
                        mesh=mesh)
   texts = list(texts)
-  parts = [score_batch(scorer, texts[i:i + batch_docs]) for i in range(0, len(texts), batch_docs)]
+  parts = list(score_batches(scorer, (texts[i:i + batch_docs] for i in range(0, len(texts), batch_docs))))
   if not parts:
     return TextScores(np.zeros(0, np.int64), np.zeros(0), np.zeros(0), (), np.zeros(0, np.int64))
   cat = lambda f: np.concatenate([getattr(p, f) for p in parts])  # noqa: E731
@@ -681,15 +721,22 @@ def score_documents(documents, output_path: str, small: MetaModel, large: MetaMo
   bar = tqdm.tqdm(disable=not progress, unit="doc", desc="score")
   start = time.perf_counter()
 
-  with open(output_path, "a") as out, open(rejects_path, "a") as rej:
+  with open(output_path, "a") as out, open(rejects_path, "a") as rej, \
+       concurrent.futures.ThreadPoolExecutor(1) as host:
+    pending = []  # the chunk tokenized on `host` while the one before it is scored: [(chunk, future)]
+
     def reject(doc_id, reason):
       rej.write(json.dumps({"id": doc_id, "reason": reason}) + "\n")
       counts["rejected"] += 1
 
     def flush(chunk):
-      if not chunk:
-        return
-      scores = score_batch(scorer, [c[1] for c in chunk])
+      if chunk:
+        pending.append((chunk, host.submit(prepare_batch, scorer, [c[1] for c in chunk])))
+      if len(pending) > 1 or (pending and not chunk):
+        write(*pending.pop(0))
+
+    def write(chunk, prepared):
+      scores = score_prepared(scorer, prepared.result())
       for i, (doc_id, _) in enumerate(chunk):  # input order
         if scores.reasons[i]:
           reject(doc_id, scores.reasons[i])
@@ -725,8 +772,10 @@ def score_documents(documents, output_path: str, small: MetaModel, large: MetaMo
         flush(chunk)
         chunk, chunks = [], chunks + 1
         if stop_after_chunks and chunks >= stop_after_chunks:
+          flush([])
           bar.close()
           return {**counts, "resumed_from": resumed, "finished": False}
     flush(chunk)
+    flush([])
   bar.close()
   return {**counts, "resumed_from": resumed, "finished": True}
