@@ -265,7 +265,7 @@ def main(argv=None) -> int:
   # 4b. one GPT per kept set and seed, equal token budget, held-out clean loss
   gpt_over = [f"model.num_layers={args.gpt_layers}", f"model.d_model={args.gpt_width}", "model.num_heads=4",
               f"train.steps={args.gpt_steps}", "train.eval_every=0", f"train.checkpoint_every={args.gpt_steps}",
-              "train.log_every=40", "data.text_field='text'", "data.validation_fraction=0.0",
+              "train.log_every=40", "data.text_field=text", "data.validation_fraction=0.0",
               f"tokenizer.path={tok_dir}"]
   gpt_cfg = lambda name, seed: config_lib.load(META_CONFIG + ":large,clean,cpu", gpt_over + [
       f"seed={seed}", f"data.files=('{os.path.join(kept_dir, f'{name}_s{seed}.jsonl')}',)"])

@@ -3,22 +3,25 @@ and a large meta-model trained on the same data, selection with the paper's base
 semantic diversity (Vendi score).
 
 Submodules: score (meta-models, packed scoring of files or lists, resumable; `score_texts`
-scores a list of strings in memory), premise (the large model must have the lower held-out
+scores a list of strings in memory; `ScoreOptions` says how: context, EOS boundaries,
+long-document rule, dtype), premise (the large model must have the lower held-out
 perplexity; checked before scoring), select
 (top-k by quality factor and the baselines: random, perplexity gate, DSIR, a quality
-classifier), diversity (Vendi through the dual Gram matrix, the bundled MiniLM embedder).
+classifier), diversity (Vendi through the dual Gram matrix, the bundled MiniLM embedder),
+validity (graded corruptions of clean text and ROC-AUC with bootstrap intervals: does a
+quality score rank clean above corrupted?).
 The datatrove steps (DocumentReader, ScoreDocuments, QualityHistogram, QualityFilter; module
 datatrove_stage, needs the `datatrove` extra) are exported here too, imported on first use.
 `python -m jaxlab.scalingfilter` is the command line; jaxlab/trainers/scalingfilter.py the
 whole pipeline as one config.
 """
 from jaxlab.scalingfilter.diversity import grouped_vendi, vendi_score
-from jaxlab.scalingfilter.score import (MetaModel, TextScores, check_pair, load_meta_model, read_documents,
-                                        score_documents, score_file, score_sharded, score_texts)
+from jaxlab.scalingfilter.score import (MetaModel, ScoreOptions, TextScores, check_pair, load_meta_model,
+                                        read_documents, score_documents, score_file, score_sharded, score_texts)
 from jaxlab.scalingfilter.select import (METHODS, classifier_select, dsir, perplexity_gate, random_select,
                                          select_file, select_scores, top_k)
 
-__all__ = ["METHODS", "MetaModel", "check_pair", "classifier_select", "dsir", "grouped_vendi", "load_meta_model",
+__all__ = ["METHODS", "MetaModel", "ScoreOptions", "check_pair", "classifier_select", "dsir", "grouped_vendi", "load_meta_model",
            "perplexity_gate", "random_select", "read_documents", "score_documents", "score_file", "score_sharded",
            "score_texts", "TextScores", "select_file", "select_scores", "top_k", "vendi_score"]
 
