@@ -129,6 +129,8 @@ def main(argv=None) -> int:
   log("  " + check.describe())
   premise.require_larger_is_better(check)
   scores = score_lib.score_texts(docs + bad, small, large)
+  bf16 = score_lib.score_texts(docs + bad, small, large, options=score_lib.ScoreOptions(dtype="bfloat16"))
+  bf16_delta = np.abs(np.log(bf16.quality_factor) - np.log(scores.quality_factor))
   unscored = [r for r in scores.reasons if r]
   if unscored:
     raise SystemExit(f"{len(unscored)} texts could not be scored ({sorted(set(unscored))}); none may drop out")
@@ -165,7 +167,11 @@ def main(argv=None) -> int:
   for name, _ in groups:
     print(f"{name:<18} " + " ".join(f"{a:>8.3f} [{lo:.3f},{hi:.3f}]" for a, lo, hi in
                                     (table[name][m] for m in METHODS)))
-  print(f"\nseconds={time.perf_counter() - t0:.0f}")
+  print(f"\nbfloat16 scoring (ScoreOptions(dtype='bfloat16')) against float32 over the {len(bf16_delta)} texts: "
+        f"|delta log d| mean {bf16_delta.mean():.1e}, max {bf16_delta.max():.1e} (std of log d "
+        f"{np.std(np.log(scores.quality_factor)):.2f}); qf AUC in bfloat16 "
+        f"{validity.roc_auc(np.log(bf16.quality_factor[:n]), np.log(bf16.quality_factor[n:])):.3f}")
+  print(f"seconds={time.perf_counter() - t0:.0f}")
   print(" ".join(f"auc_{m}={table['all'][m][0]:.3f}" for m in METHODS))
   return 0
 

@@ -44,7 +44,7 @@ import ml_collections
 import numpy as np
 
 from jaxlab import checkpoint, config as config_lib, distributed, fp8, sharding
-from jaxlab.align import aesthetic as aesthetic_lib
+from jaxlab.align import aesthetic as aesthetic_lib, dpo as dpo_lib
 from jaxlab.align import finetune as finetune_lib, hpir, judge as judge_lib, mining, preferences as pref_lib
 from jaxlab.align import rephrase as rephrase_lib, retrieval, testbed, texts as texts_lib
 from jaxlab.data import arrays
@@ -282,22 +282,6 @@ def finetune_task(cfg, mcfg, enc, train: dict | None = None, prefs=None, init_pa
     value, metrics = finetune_lib.finetune_loss(model, d, cfg.pretrain, variables, batch)
     return value, (metrics, {})
 
-  data = None
-  if train is not None:
-    q_tokens, q_mask = enc.encode([testbed.as_text(prefs[i]["query"]) for i in range(len(prefs))])
-    candidates = np.stack([prefs[i]["candidates"] for i in range(len(prefs))])
-    ref_logp = np.stack([prefs[i]["ref_logp"] for i in range(len(prefs))])
-    pairs, images = np.asarray(prefs[0]["pairs"]), train["images"]
-
-    def example(i, rec):
-      j = np.random.default_rng([cfg.seed, i]).integers(0, len(images), n_pair)  # contrastive pairs, by index
-      c = candidates[rec]
-      return {"q_tokens": q_tokens[rec], "q_mask": q_mask[rec], "cand_images": images[c],
-              "cand_tokens": train["tokens"][c], "cand_mask": train["mask"][c], "ref_logp": ref_logp[rec],
-              "pairs": pairs, "images": images[j], "tokens": train["tokens"][j], "mask": train["mask"][j]}
-
-    ds = arrays.process_slice(grain.MapDataset.range(len(prefs)))
-    data = arrays.local_batches(ds.shuffle(seed=cfg.seed + 2).repeat(None).map_with_index(example), b)
   f32, i32 = jnp.float32, jnp.int32
   sd = jax.ShapeDtypeStruct
   (qt, qm), (ct, cm), (pt, pm) = enc.spec(b), enc.spec(b, n), enc.spec(b, n_pair)
@@ -306,8 +290,46 @@ def finetune_task(cfg, mcfg, enc, train: dict | None = None, prefs=None, init_pa
           "pairs": sd((b, n_pairs, 2), i32), "images": sd((b, n_pair, s, s, 3), f32),
           "tokens": pt, "mask": pm}
   # FP8-LM's levels (fp8.level) apply to this stage, as the paper applies them to fine-tuning
-  return methods.apply(methods.stage_view(cfg, "dpo"),
-                       _task(cfg, "finetune", tt.TwoTower(mcfg), init, loss, data, ("queries", b))), spec
+  task = methods.apply(methods.stage_view(cfg, "dpo"),
+                       _task(cfg, "finetune", tt.TwoTower(mcfg), init, loss, None, ("queries", b)))
+  if train is None:
+    return task, spec
+  q_tokens, q_mask = enc.encode([testbed.as_text(prefs[i]["query"]) for i in range(len(prefs))])
+  candidates = np.stack([prefs[i]["candidates"] for i in range(len(prefs))])
+  pairs, images = np.asarray(prefs[0]["pairs"]), train["images"]
+  # DPO's reference is the initial policy: the same forward as the policy's (a method's
+  # transformed model, e.g. FP8 GEMMs) on the pretrained parameters, so the preference loss
+  # starts at log 2 at every level, up to per-tensor FP8 scales depending on the whole batch
+  # (the mined ref_logp came from the plain model: 7x further off at O2)
+  ref_logp = reference_log_probs(task, jax.random.key(cfg.seed), q_tokens, q_mask, images[candidates],
+                                 d.train.batch_size)
+
+  def example(i, rec):
+    j = np.random.default_rng([cfg.seed, i]).integers(0, len(images), n_pair)  # contrastive pairs, by index
+    c = candidates[rec]
+    return {"q_tokens": q_tokens[rec], "q_mask": q_mask[rec], "cand_images": images[c],
+            "cand_tokens": train["tokens"][c], "cand_mask": train["mask"][c], "ref_logp": ref_logp[rec],
+            "pairs": pairs, "images": images[j], "tokens": train["tokens"][j], "mask": train["mask"][j]}
+
+  ds = arrays.process_slice(grain.MapDataset.range(len(prefs)))
+  data = arrays.local_batches(ds.shuffle(seed=cfg.seed + 2).repeat(None).map_with_index(example), b)
+  return task.replace(train_data=data), spec
+
+
+def reference_log_probs(task: Task, rng, q_tokens, q_mask, cand_images, batch_size: int) -> np.ndarray:
+  """[R, N] log pi_ref of each record's candidates: the task's model with its initial
+  variables (task.init), in batches of records."""
+  variables = task.init(task.model, rng)
+
+  @jax.jit
+  def logp(q_tok, q_msk, imgs):
+    r, n = imgs.shape[:2]
+    img, txt, scale, _ = task.model.apply(variables, imgs.reshape((r * n,) + imgs.shape[2:]), q_tok, q_msk)
+    return dpo_lib.candidate_log_probs(txt, img.reshape(r, n, -1), scale)
+
+  return np.concatenate([np.asarray(logp(q_tokens[i:i + batch_size], q_mask[i:i + batch_size],
+                                         cand_images[i:i + batch_size]))
+                         for i in range(0, len(q_tokens), batch_size)])
 
 
 def _task(cfg, stage, model, init, loss, data, units) -> Task:

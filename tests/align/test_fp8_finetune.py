@@ -54,3 +54,40 @@ def test_plain_decodes_stored_and_restored_scaled_tensors():
     assert out[k].dtype == jnp.float32
     np.testing.assert_allclose(out[k], w, rtol=2 ** -11, atol=1e-7)  # FP16's rounding
   assert out["c"].dtype == jnp.float32 and out["n"].dtype == jnp.int32
+
+
+def test_dpo_reference_is_the_initial_policy_under_the_stages_forward():
+  """reference_log_probs runs the stage's own model (FP8 GEMMs at O2) at its initial
+  variables, so the first preference loss is log 2 (DPO's reference = the initial policy)
+  up to what per-tensor scaling couples across a batch: the policy's step quantizes the
+  candidates together with the contrastive images, the reference without them. Measured:
+  5e-4 from log 2, against 3.7e-3 with the plain model's log-probs (what mining stores)."""
+  from jaxlab.align import preferences as pref_lib
+  stages = {lvl: next(s for s in align.stages(config_lib.load(CONFIG, [f"fp8.level={lvl}", "model.text_tower=words"]))
+                      if s.name == "finetune") for lvl in ("O2", "fp32")}
+  spec = stages["O2"].batch
+  rng = np.random.default_rng(0)
+  batch = {}
+  for k, v in spec.items():
+    if k.endswith("tokens"):
+      batch[k] = rng.integers(3, 40, v.shape).astype(v.dtype)
+    elif k.endswith("mask"):
+      batch[k] = np.ones(v.shape, v.dtype)
+    else:
+      batch[k] = rng.uniform(0, 1, v.shape).astype(v.dtype)
+  cfg = config_lib.load(CONFIG, [])
+  pairs = pref_lib.grid_pairs(cfg.preferences.u, cfg.preferences.v, cfg.preferences.order)
+  batch["pairs"] = np.broadcast_to(np.asarray(pairs, np.int32), spec["pairs"].shape).copy()
+  b = spec["q_tokens"].shape[0]
+
+  def first_loss(level, ref_level):
+    task, ref_task = stages[level].task, stages[ref_level].task
+    ref = align.reference_log_probs(ref_task, jax.random.key(0), batch["q_tokens"], batch["q_mask"],
+                                    batch["cand_images"], b)
+    variables = task.init(task.model, jax.random.key(0))
+    _, (metrics, _) = task.loss(task.model, variables, {**batch, "ref_logp": ref}, jax.random.key(1))
+    return float(metrics["preference_loss"])
+
+  own, plain = abs(first_loss("O2", "O2") - np.log(2)), abs(first_loss("O2", "fp32") - np.log(2))
+  assert abs(first_loss("fp32", "fp32") - np.log(2)) < 1e-6
+  assert own < plain / 3
