@@ -296,7 +296,7 @@ def main(argv=None) -> int:
         f" GPT: {args.gpt_layers}x{args.gpt_width}, {args.gpt_steps} steps x {first.train.batch_size} x "
         f"{first.train.seq_len} = {budget:,} tokens; held-out clean loss over {len(clean_eval)} records; seeds {seeds}")
   head = (f"{'selector':<12} {'kept':>5} {'vendi':>7} {'clean loss (mean ± std)':>24}  {'per seed':<26} "
-          f"{'vs random':>10}  outside both spreads?")
+          f"{'vs random':>10}  outside both spreads?  paired vs random, per seed")
   print(head)
   print("-" * len(head))
   for name in SELECTORS:
@@ -304,7 +304,8 @@ def main(argv=None) -> int:
     outside = name != "random" and abs(gap) > std[name] + std["random"]
     print(f"{name:<12} {int(masks[seeds[0]][name].sum()):>5} {vendi[name].mean():>7.2f} "
           f"{mean[name]:>15.4f} ± {std[name]:.4f}  {' '.join(f'{x:.4f}' for x in losses[name]):<26} "
-          f"{gap:>+10.4f}  {'-' if name == 'random' else ('yes' if outside else 'no')}")
+          f"{gap:>+10.4f}  {'-' if name == 'random' else ('yes' if outside else 'no'):<21}  "
+          f"{' '.join(f'{x:+.4f}' for x in losses[name] - losses['random'])}")
   print(f"{'all (100%)':<12} {len(rows):>5} {vendi_all:>7.2f}")
   print()
   print(f"kept share per pile_set_name (%), seed {seeds[0]}")

@@ -171,6 +171,9 @@ def main():
            for f in folders]
   hf_tok = transformers.AutoTokenizer.from_pretrained(folders[0])
   n_tokens = [len(x) for x in hf_tok(texts)["input_ids"]]
+  # a text of one token has no prediction of its own: the scorer rejects it (too_short), so
+  # the comparison keeps what every system scores
+  texts, n_tokens = [t for t, n in zip(texts, n_tokens) if n >= 2], [n for n in n_tokens if n >= 2]
   print(f"{len(texts)} documents ({args.docs} Pile + {args.long_docs} long), mean {np.mean(n_tokens):.0f} tokens, "
         f"max {max(n_tokens)} (context {args.max_len}); GPT-2 width 768, {args.small_layers} and {args.large_layers} "
         f"layers, float32; {os.cpu_count()} CPUs, {jax.device_count()} {jax.default_backend()} device(s); "
