@@ -79,14 +79,6 @@ def fasttext_scorer(positives: list[str], negatives: list[str], workdir: str, se
   return score
 
 
-def dsir_log_weights(texts: list[str], target: list[str], num_buckets: int = 10_000) -> np.ndarray:
-  """DSIR's log importance weight of each text (select.dsir's, without the resampling)."""
-  raw, owner = select_lib._sparse_ngrams(texts, num_buckets, 2)
-  tgt, _ = select_lib._sparse_ngrams(target, num_buckets, 2)
-  log_p = lambda b: np.log((np.bincount(b, minlength=num_buckets) + 1.0) / (len(b) + num_buckets))
-  return np.bincount(owner, weights=(log_p(tgt) - log_p(raw))[raw], minlength=len(texts))
-
-
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--workdir", default=os.path.join(REPO, "runs", "sf_experiment"))
@@ -142,7 +134,7 @@ def main(argv=None) -> int:
       "qf": scores.quality_factor,
       "ppl": -scores.ppl_large,
       "fasttext": fasttext(docs + bad),
-      "dsir": dsir_log_weights(docs + bad, train),
+      "dsir": select_lib.dsir_log_weights(docs + bad, train),
   }
   log(f"  fastText: {len(positives)} clean train records vs {len(negatives)} raw CommonCrawl pieces")
 

@@ -102,16 +102,22 @@ def _sparse_ngrams(texts: Sequence[str], num_buckets: int, n_max: int) -> tuple[
   return (np.concatenate(buckets) if buckets else np.zeros(0, np.int64)), owner
 
 
-def dsir(texts: Sequence[str], target_texts: Sequence[str], k_percent: float, *, num_buckets: int = 10_000,
-         n_max: int = 2, seed: int = 0) -> np.ndarray:
-  """Importance resampling (DSIR, Xie et al. 2023): bag-of-hashed-n-gram models of the
-  raw and the target corpus (add-one smoothing); a document's log importance weight is
-  sum_j count_j * (log p_target_j - log p_raw_j); k% resampled without replacement with
-  probability proportional to the weight (Gumbel top-k)."""
+def dsir_log_weights(texts: Sequence[str], target_texts: Sequence[str], *, num_buckets: int = 10_000,
+                     n_max: int = 2) -> np.ndarray:
+  """DSIR's (Xie et al. 2023) log importance weight of each text: bag-of-hashed-n-gram models
+  of the raw corpus (`texts` themselves) and the target, add-one smoothed, and
+  sum_j count_j * (log p_target_j - log p_raw_j) over the text's n-grams."""
   raw, owner = _sparse_ngrams(texts, num_buckets, n_max)
   target, _ = _sparse_ngrams(target_texts, num_buckets, n_max)
   log_p = lambda b: np.log((np.bincount(b, minlength=num_buckets) + 1.0) / (len(b) + num_buckets))
-  log_w = np.bincount(owner, weights=(log_p(target) - log_p(raw))[raw], minlength=len(texts))
+  return np.bincount(owner, weights=(log_p(target) - log_p(raw))[raw], minlength=len(texts))
+
+
+def dsir(texts: Sequence[str], target_texts: Sequence[str], k_percent: float, *, num_buckets: int = 10_000,
+         n_max: int = 2, seed: int = 0) -> np.ndarray:
+  """Importance resampling (DSIR): k% of the texts resampled without replacement with
+  probability proportional to their importance weight (`dsir_log_weights`; Gumbel top-k)."""
+  log_w = dsir_log_weights(texts, target_texts, num_buckets=num_buckets, n_max=n_max)
   gumbel = np.random.default_rng(seed).gumbel(size=len(texts))
   return _keep_top(log_w + gumbel, _count(len(texts), k_percent))
 
