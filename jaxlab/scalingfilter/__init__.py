@@ -18,10 +18,12 @@ whole pipeline as one config.
 from jaxlab.scalingfilter.diversity import grouped_vendi, vendi_score
 from jaxlab.scalingfilter.score import (MetaModel, ScoreOptions, TextScores, check_pair, load_meta_model,
                                         read_documents, score_documents, score_file, score_sharded, score_texts)
-from jaxlab.scalingfilter.select import (METHODS, classifier_select, dsir, dsir_log_weights, perplexity_gate, random_select,
+from jaxlab.scalingfilter.select import (METHODS, classifier_select, dsir, dsir_log_weights, perplexity_gate,
+                                         random_select,
                                          select_file, select_scores, top_k)
 
-__all__ = ["METHODS", "MetaModel", "ScoreOptions", "check_pair", "classifier_select", "dsir", "dsir_log_weights", "grouped_vendi", "load_meta_model",
+__all__ = ["METHODS", "MetaModel", "ScoreOptions", "check_pair", "classifier_select", "dsir", "dsir_log_weights",
+           "grouped_vendi", "load_meta_model",
            "perplexity_gate", "random_select", "read_documents", "score_documents", "score_file", "score_sharded",
            "score_texts", "TextScores", "select_file", "select_scores", "top_k", "vendi_score"]
 
