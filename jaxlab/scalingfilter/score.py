@@ -721,22 +721,50 @@ def score_documents(documents, output_path: str, small: MetaModel, large: MetaMo
   bar = tqdm.tqdm(disable=not progress, unit="doc", desc="score")
   start = time.perf_counter()
 
-  with open(output_path, "a") as out, open(rejects_path, "a") as rej, \
-       concurrent.futures.ThreadPoolExecutor(1) as host:
-    pending = []  # the chunk tokenized on `host` while the one before it is scored: [(chunk, future)]
-
+  finished = True
+  with open(output_path, "a") as out, open(rejects_path, "a") as rej:
     def reject(doc_id, reason):
       rej.write(json.dumps({"id": doc_id, "reason": reason}) + "\n")
       counts["rejected"] += 1
 
-    def flush(chunk):
+    def chunks():
+      """Chunks of (id, text) to score, in input order; what cannot be scored is rejected as read."""
+      nonlocal finished
+      chunk, n = [], 0
+      for doc_id, text in documents:
+        if doc_id in seen:  # a repeated id: rejected once, also across a resume
+          if doc_id + "#dup" not in done:
+            reject(doc_id + "#dup", "duplicate_id")
+            done.add(doc_id + "#dup")
+          continue
+        seen.add(doc_id)
+        if doc_id in done:
+          counts["skipped_done"] += 1
+          continue
+        if isinstance(text, Reject):
+          reject(doc_id, text.reason)
+        elif not text.strip():
+          reject(doc_id, "empty_text")
+        else:
+          chunk.append((doc_id, text))
+        if len(chunk) == chunk_docs:
+          yield chunk
+          chunk, n = [], n + 1
+          if stop_after_chunks and n >= stop_after_chunks:
+            finished = False
+            return
       if chunk:
-        pending.append((chunk, host.submit(prepare_batch, scorer, [c[1] for c in chunk])))
-      if len(pending) > 1 or (pending and not chunk):
-        write(*pending.pop(0))
+        yield chunk
 
-    def write(chunk, prepared):
-      scores = score_prepared(scorer, prepared.result())
+    in_flight = []  # score_batches tokenizes the next chunk while it scores this one
+
+    def texts():
+      for chunk in chunks():
+        in_flight.append(chunk)
+        yield [t for _, t in chunk]
+
+    for scores in score_batches(scorer, texts()):
+      chunk = in_flight.pop(0)
       for i, (doc_id, _) in enumerate(chunk):  # input order
         if scores.reasons[i]:
           reject(doc_id, scores.reasons[i])
@@ -750,32 +778,5 @@ def score_documents(documents, output_path: str, small: MetaModel, large: MetaMo
       elapsed = max(time.perf_counter() - start, 1e-9)
       bar.set_postfix({"docs/s": f"{counts['scored'] / elapsed:.1f}", "tokens/s": f"{counts['tokens'] / elapsed:,.0f}"},
                       refresh=False)
-
-    chunk, chunks = [], 0
-    for doc_id, text in documents:
-      if doc_id in seen:  # a repeated id: rejected once, also across a resume
-        if doc_id + "#dup" not in done:
-          reject(doc_id + "#dup", "duplicate_id")
-          done.add(doc_id + "#dup")
-        continue
-      seen.add(doc_id)
-      if doc_id in done:
-        counts["skipped_done"] += 1
-        continue
-      if isinstance(text, Reject):
-        reject(doc_id, text.reason)
-      elif not text.strip():
-        reject(doc_id, "empty_text")
-      else:
-        chunk.append((doc_id, text))
-      if len(chunk) == chunk_docs:
-        flush(chunk)
-        chunk, chunks = [], chunks + 1
-        if stop_after_chunks and chunks >= stop_after_chunks:
-          flush([])
-          bar.close()
-          return {**counts, "resumed_from": resumed, "finished": False}
-    flush(chunk)
-    flush([])
   bar.close()
-  return {**counts, "resumed_from": resumed, "finished": True}
+  return {**counts, "resumed_from": resumed, "finished": finished}
