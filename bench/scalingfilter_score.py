@@ -133,6 +133,27 @@ def reference_pass(models, tok, texts, context, batch: int = 12):
   return time.perf_counter() - t, out[0] - out[1]
 
 
+def row_length_probe(folder: str, meta: score.MetaModel, repeats: int) -> list[str]:
+  """Where the time goes: one model at fixed row lengths (T=128 x 16 rows, T=1024 x 2 rows,
+  the same tokens per batch), jaxlab's NLL function against PyTorch one sequence per call."""
+  import torch
+  import transformers
+  from jaxlab import sharding
+  model = transformers.GPT2LMHeadModel.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
+  fn = score.make_nll_fn(meta.model, sharding.make_mesh([("data", 1)], jax.devices()[:1]))
+  lines = []
+  for length, rows in ((128, 16), (1024, 2)):
+    tokens = np.random.default_rng(0).integers(0, meta.model.cfg.vocab_size, (rows, length)).astype(np.int32)
+    segments, positions = np.ones_like(tokens), np.tile(np.arange(length, dtype=np.int32), (rows, 1))
+    t_jax, _ = median_time(lambda: np.asarray(fn(meta.params, tokens, segments, positions)), repeats)
+    x = torch.from_numpy(tokens.astype(np.int64))
+    with torch.inference_mode():
+      t_torch, _ = median_time(lambda: [model(x[r:r + 1]) for r in range(rows)], repeats)
+    lines.append(f"T={length} x {rows} rows ({meta.model.cfg.num_layers} layers): jaxlab {rows * length / t_jax:.0f} "
+                 f"tokens/s, torch one sequence per call {rows * length / t_torch:.0f} tokens/s")
+  return lines
+
+
 def median_time(fn, repeats):
   fn()  # warm: compiles every shape (jaxlab), first-call allocations (torch)
   times, result = [], None
@@ -152,6 +173,7 @@ def main():
   p.add_argument("--small-layers", type=int, default=6)
   p.add_argument("--large-layers", type=int, default=12)
   p.add_argument("--max-len", type=int, default=1024)
+  p.add_argument("--probe-only", action="store_true", help="only the row-length probe (where the time goes)")
   args = p.parse_args()
   jax.config.update("jax_platforms", "cpu")  # the CPU comparison (bench/gpu/scalingfilter_speed.py: a GPU's)
   import torch
@@ -166,6 +188,9 @@ def main():
     params = gpt.GPT(cfg).init(jax.random.key(layers), jnp.zeros((1, 8), jnp.int32))["params"]
     folders.append(hf.save_gpt2(os.path.join(tmp, name), params, cfg, tok))
   small, large = (score.load_meta_model(f) for f in folders)
+  if args.probe_only:
+    print("\n".join(row_length_probe(folders[1], large, args.repeats)))
+    return
   peers = [transformers.GPT2LMHeadModel.from_pretrained(f, dtype=torch.float32, attn_implementation="sdpa").eval()
            for f in folders]
   hf_tok = transformers.AutoTokenizer.from_pretrained(folders[0])
@@ -207,6 +232,7 @@ def main():
       gaps.append(float(np.max(np.abs(ref[1] - log_d))))
       print(f"{rule:<9} {'reference (batches of 12, padded)':<34} {speed[rule, 'reference']:>9.0f} "
             f"{speed[rule, 'reference'] / speed[rule, 'jaxlab']:>9.2f}  {gaps[-1]:.1e}")
+  print("\n".join(row_length_probe(folders[1], large, args.repeats)))
   ok = max(gaps) < 1e-3
   print(f"agreement: max |log d difference| {max(gaps):.1e} ({'ok' if ok else 'MISMATCH'})")
   best = max(speed["window", "dynamic"], speed["window", "alone"])
