@@ -158,9 +158,9 @@ def held_out_loss(run_dir: str, eval_texts: list[str]) -> float:
   docs = [d for d in docs if len(d) >= 2]
   mesh = sharding.make_mesh([("data", -1)])
   fn = score_lib.make_nll_fn(meta.model, mesh)
-  mean = score_lib.score_token_lists(docs, (fn,), context=meta.context, tokens_per_batch=16384,
-                                     row_multiple=mesh.shape["data"], params=(meta.params,))[:, 0]
-  predictions = np.array([len(d) - 1 for d in docs], np.float64)
+  mean, predictions = score_lib.score_token_lists(docs, (fn,), context=meta.context, tokens_per_batch=16384,
+                                                  row_multiple=mesh.shape["data"], params=(meta.params,))
+  mean = mean[:, 0]
   return float(np.sum(mean * predictions) / np.sum(predictions))
 
 

@@ -17,7 +17,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab.align import aesthetic as aesthetic_lib, dpo as dpo_lib, preferences as pref_lib
+from jaxlab.align import aesthetic as aesthetic_lib, preferences as pref_lib
 from jaxlab.align import rephrase as rephrase_lib, retrieval
 
 RELEVANCE = ("caption", "retriever")
@@ -47,12 +47,11 @@ def mine_preferences(workdir: str, mcfg, params, mlp: aesthetic_lib.AestheticMLP
     cap_f, reph_f = caption_encoder.embed(train["captions"]), caption_encoder.embed(rephrased)
   aes = np.asarray(aesthetic_lib.score(mlp, mlp_params, jnp.asarray(img_emb)))
   # what the records depend on, the models included (by a fingerprint of their outputs)
-  key = json.dumps(["grid v2", backend.name if backend else "none", r.style, r.k, p.to_dict(), seed, rephrased,
+  key = json.dumps(["grid v3", backend.name if backend else "none", r.style, r.k, p.to_dict(), seed, rephrased,
                     np.round(img_emb[:16], 5).tolist(), np.round(q_emb, 5).tolist(), np.round(aes[:16], 5).tolist()])
   name = "prefs_" + hashlib.sha256(key.encode()).hexdigest()[:12]
   rng = np.random.default_rng(seed + 3)
-  out_q, out_r, out_c, out_ref, out_content = [], [], [], [], []
-  scale = float(np.exp(np.asarray(params["logit_scale"])))
+  out_q, out_r, out_c, out_content = [], [], [], []
   for _ in range(p.rounds):
     gallery = rng.choice(len(img_emb), p.gallery, replace=False)
     top = gallery[pref_lib.top_k(r_emb @ img_emb[gallery].T, p.top_k)]     # [Q, K] train indices
@@ -63,9 +62,8 @@ def mine_preferences(workdir: str, mcfg, params, mlp: aesthetic_lib.AestheticMLP
       grid = pref_lib.build_grid(cands, relevance, aes[cands], p.u, p.v, p.stride)
       out_q.append(queries[qi]); out_r.append(rephrased[qi]); out_c.append(grid)
       out_content.append(query_contents[queries[qi]])
-      out_ref.append(np.asarray(dpo_lib.candidate_log_probs(q_emb[qi][None], img_emb[grid][None], scale))[0])
   pairs = pref_lib.grid_pairs(p.u, p.v, p.order)
-  prefs = pref_lib.write_preferences(os.path.join(workdir, "preferences"), name, out_q, out_r, out_c, out_ref, pairs)
+  prefs = pref_lib.write_preferences(os.path.join(workdir, "preferences"), name, out_q, out_r, out_c, pairs)
   stats = {"records": len(out_q), "pairs_per_record": int(len(pairs)), "rephrased_example": rephrased[0],
            "queries": len(queries), "contents": len(set(query_contents.values())),
            **pref_lib.grid_stats(np.asarray(out_c), np.asarray(out_content), train["aesthetic"],

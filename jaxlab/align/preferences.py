@@ -94,15 +94,15 @@ def top_k(sims: np.ndarray, k: int) -> np.ndarray:
 class PreferencesConfig(tfds.core.BuilderConfig):
   """tfds builder config of AlignPreferences.
 
-  `source` is the .npz the records come from: query [R], rephrased [R], candidates [R, N], ref_logp [R, N],
-  pairs [P, 2]."""
-  source: str = ""        # an .npz: query [R], rephrased [R], candidates [R, N], ref_logp [R, N], pairs [P, 2]
+  `source` is the .npz the records come from: query [R], rephrased [R], candidates [R, N], pairs [P, 2]."""
+  source: str = ""        # an .npz: query [R], rephrased [R], candidates [R, N], pairs [P, 2]
 
 
 class AlignPreferences(tfds.core.GeneratorBasedBuilder):
   """Preference records: a query, its rephrasing, its candidates in grid order (ids into
-  the image collection), the frozen reference model's log-probabilities of them (constant,
-  so computed once), and every (winner, loser) pair of the grid order."""
+  the image collection) and every (winner, loser) pair of the grid order. The frozen
+  reference's log-probabilities are not stored: the fine-tuning stage computes them with its
+  own forward (trainers.align.reference_log_probs)."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -115,7 +115,6 @@ class AlignPreferences(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "query": tfds.features.Text(), "rephrased": tfds.features.Text(),
             "candidates": tfds.features.Tensor(shape=(n,), dtype=np.int32),
-            "ref_logp": tfds.features.Tensor(shape=(n,), dtype=np.float32),
             "pairs": tfds.features.Tensor(shape=(p, 2), dtype=np.int32)}),
         disable_shuffling=True)
 
@@ -127,24 +126,22 @@ class AlignPreferences(tfds.core.GeneratorBasedBuilder):
     with np.load(self.builder_config.source) as z:
       for i in range(len(z["query"])):
         yield i, {"query": str(z["query"][i]), "rephrased": str(z["rephrased"][i]),
-                  "candidates": z["candidates"][i].astype(np.int32), "ref_logp": z["ref_logp"][i].astype(np.float32),
+                  "candidates": z["candidates"][i].astype(np.int32),
                   "pairs": z["pairs"].astype(np.int32)}
 
 
-def write_preferences(data_dir: str, name: str, queries, rephrased, candidates, ref_logp, pairs):
+def write_preferences(data_dir: str, name: str, queries, rephrased, candidates, pairs):
   """Store preference records as an array_record tfds dataset under data_dir; returns its
   train split as a random-access data source. `name` identifies the content (a rerun with
   the same name reuses what is there)."""
-  candidates, ref_logp = np.asarray(candidates, np.int32), np.asarray(ref_logp, np.float32)
-  if (candidates.ndim != 2 or len(candidates) != len(queries) or len(rephrased) != len(queries)
-      or ref_logp.shape != candidates.shape):
-    raise ValueError(f"{len(queries)} queries, {len(rephrased)} rephrasings, candidates {candidates.shape}, "
-                     f"ref_logp {ref_logp.shape}")
+  candidates = np.asarray(candidates, np.int32)
+  if candidates.ndim != 2 or len(candidates) != len(queries) or len(rephrased) != len(queries):
+    raise ValueError(f"{len(queries)} queries, {len(rephrased)} rephrasings, candidates {candidates.shape}")
   os.makedirs(data_dir, exist_ok=True)
   source = os.path.join(data_dir, f"{name}.npz")
   if not os.path.exists(source):
     np.savez(source + ".tmp.npz", query=np.asarray(queries, str), rephrased=np.asarray(rephrased, str),
-             candidates=candidates, ref_logp=ref_logp, pairs=np.asarray(pairs, np.int32))
+             candidates=candidates, pairs=np.asarray(pairs, np.int32))
     os.replace(source + ".tmp.npz", source)
   tfds.disable_progress_bar()
   builder = AlignPreferences(config=PreferencesConfig(name=name, source=source), data_dir=data_dir,

@@ -243,9 +243,10 @@ def plan_packed(lengths: Sequence[int], *, context: int, pack_len: int, tokens_p
 
 
 def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int, tokens_per_batch: int, row_multiple: int,
-                      params, pack_len: int = PACK_LEN, long_docs: str = "window", min_context: int = 0) -> np.ndarray:
-  """[n_docs, len(nll_fns)] mean NLL per document under each model (small, large), over the
-  predictions that `spans` counts. Every batch is dispatched before any result is read, so
+                      params, pack_len: int = PACK_LEN, long_docs: str = "window", min_context: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """([n_docs, len(nll_fns)] mean NLL per document under each model (small, large), [n_docs]
+  the number of predictions each mean is over): the predictions that `spans` counts. Every batch is dispatched before any result is read, so
   the host packs batch i + 1 while the device computes batch i (JAX dispatch is asynchronous)."""
   flat = [(d, w, skip) for d, ids in enumerate(docs) for w, skip in spans(ids, context, long_docs, min_context)]
   plan = plan_packed([len(w) for _, w, _ in flat], context=context, pack_len=pack_len,
@@ -270,7 +271,7 @@ def score_token_lists(docs: list[np.ndarray], nll_fns, *, context: int, tokens_p
                                 minlength=len(docs) + 1)
   predictions = np.bincount([d for d, w, skip in flat], weights=[len(w) - 1 - skip for _, w, skip in flat],
                             minlength=len(docs))
-  return sums[:-1] / predictions[:, None]
+  return sums[:-1] / predictions[:, None], predictions.astype(np.int64)
 
 
 # ------------------------------------------------------------------------------ batches of texts
@@ -289,11 +290,6 @@ class Scorer:
   row_multiple: int
   tokens_per_batch: int
   pack_len: int
-
-  @property
-  def context(self) -> int:
-    """Tokens per window (the options' resolved context)."""
-    return self.options.context
 
 
 def _in_dtype(meta: MetaModel, dtype: str) -> tuple[gpt.GPT, Any]:
@@ -397,10 +393,8 @@ def score_prepared(scorer: Scorer, batch: Prepared) -> TextScores:
   o = scorer.options
   nll = np.full((len(batch.reasons), 2), np.nan)
   n_predictions = np.zeros(len(batch.reasons), np.int64)
-  for i, d in batch.ids.items():
-    n_predictions[i] = sum(len(w) - 1 - skip for w, skip in spans(d, o.context, o.long_docs, o.min_context))
   if batch.ids:
-    nll[list(batch.ids)] = score_token_lists(list(batch.ids.values()), scorer.nll_fns, context=o.context,
+    nll[list(batch.ids)], n_predictions[list(batch.ids)] = score_token_lists(list(batch.ids.values()), scorer.nll_fns, context=o.context,
                                              tokens_per_batch=scorer.tokens_per_batch,
                                              row_multiple=scorer.row_multiple, params=scorer.params,
                                              pack_len=scorer.pack_len, long_docs=o.long_docs,

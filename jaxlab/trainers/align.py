@@ -300,7 +300,7 @@ def finetune_task(cfg, mcfg, enc, train: dict | None = None, prefs=None, init_pa
   # DPO's reference is the initial policy: the same forward as the policy's (a method's
   # transformed model, e.g. FP8 GEMMs) on the pretrained parameters, so the preference loss
   # starts at log 2 at every level, up to per-tensor FP8 scales depending on the whole batch
-  # (the mined ref_logp came from the plain model: 7x further off at O2)
+  # (the plain model's log-probs, which mining stored before, were 7x further off at O2)
   ref_logp = reference_log_probs(task, jax.random.key(cfg.seed), q_tokens, q_mask, images[candidates],
                                  d.train.batch_size)
 

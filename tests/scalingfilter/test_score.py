@@ -215,8 +215,10 @@ def test_packed_scoring_equals_one_document_per_row(pair):
   assert max(len(row) for _, rows, _ in plan for row in rows) >= 3  # really packed
   mesh = sharding.make_mesh([("data", 1)], jax.devices()[:1])
   fns = tuple(score.make_nll_fn(m.model, mesh) for m in (small, large))
-  packed = score.score_token_lists(docs, fns, context=small.context, tokens_per_batch=128, row_multiple=1,
-                                   params=(small.params, large.params), pack_len=small.context)
+  packed, predictions = score.score_token_lists(docs, fns, context=small.context, tokens_per_batch=128,
+                                                row_multiple=1, params=(small.params, large.params),
+                                                pack_len=small.context)
+  assert predictions.tolist() == [len(d) - 1 for d in docs]  # windows overlap by one: each prediction once
   for m, meta in enumerate((small, large)):
     forward = jax.jit(lambda x: meta.model.apply({"params": meta.params}, x))
     for d, ids in enumerate(docs):
