@@ -7,14 +7,17 @@ Also O3's master weights and Adam moments per device when sharded over 8 data ra
   python bench/fp8_memory.py
 
 Then the same levels *measured*: the LM trainer's real train step (`lm.stages`, i.e. the
-trainer path with `fp8.apply`) compiled on one CPU device at the 1.3B model's width (d_model
-2048, vocab 50257, mlp 8192) with 2 layers so it compiles in seconds, and
+trainer path with `fp8.apply`) compiled on one CPU device at the full 1.3B shape (24 layers:
+the layers are one nn.scan, so it compiles in seconds; nothing is allocated) and
 `compiled.memory_analysis()` read: the state the step takes (argument bytes less the
 batch's), what it keeps beyond its donated inputs (output minus aliased bytes), and its
 temporaries. Temporaries hold activations, which grow with the batch, and the gradients
 and optimizer intermediates, which do not: two compiles (batch 1 and 2, sequence 128)
 extrapolate the temporaries to batch 0, and measured = (state + temporaries at batch 0) /
-parameters, comparable with FP8-LM's w+g+master+m+v.
+parameters, comparable with FP8-LM's w+g+master+m+v. Two more compiles split the
+temporaries: the step's gradient computation alone (its output is the gradient tree as it
+reaches the optimizer; its own temporaries, extrapolated to batch 0) and the optimizer
+update + weight write alone (on that gradient tree, state donated).
 
 Last line: `bytes_per_param none=.. O1=.. O2=.. O3=.. measured_none=.. measured_O1=.. measured_O2=.. measured_O3=..`
 (counted: weights + gradients + master + m + v, scale overhead excluded and printed separately).
@@ -34,6 +37,7 @@ from jaxlab import config as config_lib, fp8, sharding
 from jaxlab.fp8 import memory
 from jaxlab.models import gpt
 from jaxlab.train import loop, optim
+from jaxlab.train import state as train_state
 from jaxlab.train.state import Task, init_state
 from jaxlab.trainers import lm
 
@@ -67,32 +71,54 @@ def sharded_bytes(state, mesh, rules) -> dict:
   return out
 
 
-MEASURE_LAYERS, MEASURE_SEQ = 2, 128
+MEASURE_SEQ = 128
+
+
+def _stage(level: str, batch: int):
+  cfg = config_lib.load(f"configs/fp8/gpt.py:{level},1.3b", [
+      f"train.seq_len={MEASURE_SEQ}", f"train.batch_size={batch}",
+      "tokenizer.path=", f"tokenizer.vocab_size={VOCAB}", 'mesh=(("data", 1), ("model", 1))'])
+  (stage,) = lm.stages(cfg)
+  return stage
 
 
 def measured_step(level: str, batch: int) -> dict:
-  """memory_analysis of the LM trainer's compiled train step at the 1.3B width, one device."""
-  cfg = config_lib.load(f"configs/fp8/gpt.py:{level},1.3b", [
-      f"model.num_layers={MEASURE_LAYERS}", f"train.seq_len={MEASURE_SEQ}", f"train.batch_size={batch}",
-      "tokenizer.path=", f"tokenizer.vocab_size={VOCAB}", 'mesh=(("data", 1), ("model", 1))'])
-  (stage,) = lm.stages(cfg)
+  """memory_analysis of the LM trainer's compiled train step at the 1.3B shape, one device, and
+  of its two halves: the gradient computation and the optimizer update + weight write."""
+  stage = _stage(level, batch)
   mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:1])
   compiled = loop.compile_step(stage.task, stage.options, mesh, stage.batch)
   mem = compiled.compiled.memory_analysis()
   batch_bytes = sum(b.size * np.dtype(b.dtype).itemsize for b in jax.tree.leaves(stage.batch))
-  params = sum(x.size for x in jax.tree.leaves(compiled.setup.abstract_state.params))
+  task, state = stage.task, compiled.setup.abstract_state
+  prec = task.precision
+
+  def gradients(state, batch, rng):
+    return train_state.local_gradients(task, prec.view(state.params), state.model_state, batch, rng, 1)[3]
+
+  def optimizer(state, grads):
+    updates, opt_state = task.optimizer.update(prec.decode_grads(grads), state.opt_state, prec.values(state.params))
+    return prec.apply(state.params, updates), opt_state
+
+  grad_mem = jax.jit(gradients).lower(state, stage.batch, jax.random.key(0)).compile().memory_analysis()
+  grads = jax.eval_shape(gradients, state, stage.batch, jax.random.key(0))
+  opt_mem = jax.jit(optimizer, donate_argnums=(0,)).lower(state, grads).compile().memory_analysis()
   return dict(state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes,
-              kept=mem.output_size_in_bytes - mem.alias_size_in_bytes, params=params,
-              state_tree=compiled.setup.abstract_state, task=stage.task)
+              kept=mem.output_size_in_bytes - mem.alias_size_in_bytes, state_tree=state, task=task,
+              grad_out=grad_mem.output_size_in_bytes, grad_temp=grad_mem.temp_size_in_bytes,
+              opt_temp=opt_mem.temp_size_in_bytes)
 
 
 def measured(level: str) -> dict:
-  """Bytes per parameter: the step's state, temporaries at batch 1 and extrapolated to 0."""
+  """Bytes per parameter: the step's state, temporaries at batch 1 and extrapolated to 0, and
+  the split (gradient tree, backward temporaries at batch 0, optimizer temporaries)."""
   one, two = measured_step(level, 1), measured_step(level, 2)
   n = memory.account(one["state_tree"], one["task"].precision)["params"]  # matrices count data, not scales
   temp0 = 2 * one["temp"] - two["temp"]
   return dict(state=one["state"] / n, temp1=one["temp"] / n, temp0=temp0 / n, kept=one["kept"] / n,
-              per_example=(two["temp"] - one["temp"]) / 2**20, total=(one["state"] + temp0) / n, params=n)
+              per_example=(two["temp"] - one["temp"]) / 2**20, total=(one["state"] + temp0) / n, params=n,
+              grads=one["grad_out"] / n, backward0=(2 * one["grad_temp"] - two["grad_temp"]) / n,
+              optimizer=one["opt_temp"] / n)
 
 
 def main():
@@ -130,18 +156,21 @@ def main():
         f" = {total_dev:.3f} bytes/param ({total_dev * n / 2**30:.2f} GiB per device; master+m+v "
         f"{o3['master'] + o3['m'] + o3['v']:.3f} -> {sum(split.values()):.3f})")
 
-  print(f"\nmeasured: the LM trainer's compiled train step, 1.3B width with {MEASURE_LAYERS} layers, seq "
+  print(f"\nmeasured: the LM trainer's compiled train step at the 1.3B shape ({m.num_layers} layers), seq "
         f"{MEASURE_SEQ}, one CPU device; compiled.memory_analysis() in bytes per parameter")
   print(f"{'level':6s} {'state':>7s} {'temp b=1':>9s} {'temp b=0':>9s} {'MiB/ex':>7s} {'kept':>6s} {'measured':>9s}"
-        f" {'counted':>8s} {'ratio':>6s}")
+        f" {'counted':>8s} {'ratio':>6s} {'grads':>6s} {'bwd tmp':>8s} {'opt tmp':>8s}")
   meas = {}
   for level in LEVELS:
     r = meas[level] = measured(level)
     print(f"{level:6s} {r['state']:7.3f} {r['temp1']:9.3f} {r['temp0']:9.3f} {r['per_example']:7.1f} {r['kept']:6.3f} "
-          f"{r['total']:9.3f} {results[level]['total']:8.3f} {r['total'] / results[level]['total']:6.2f}")
+          f"{r['total']:9.3f} {results[level]['total']:8.3f} {r['total'] / results[level]['total']:6.2f} "
+          f"{r['grads']:6.3f} {r['backward0']:8.3f} {r['optimizer']:8.3f}")
   print("state = arguments less the batch (weights, master, moments, scales); temp b=0 = temporaries extrapolated "
         "to batch 0 (gradients and optimizer intermediates); MiB/ex = activations per example; kept = outputs "
-        "not aliased to donated inputs; measured = state + temp b=0; counted = the table above")
+        "not aliased to donated inputs; measured = state + temp b=0; counted = the table above; grads = the "
+        "gradient tree the backward pass hands the optimizer; bwd tmp = the gradient computation's own "
+        "temporaries at batch 0; opt tmp = the optimizer update + weight write's temporaries")
   block_gemm_memory()
   print("bytes_per_param " + " ".join(f"{l}={results[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3"))
         + " " + " ".join(f"measured_{l}={meas[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3")))

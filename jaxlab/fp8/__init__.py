@@ -26,7 +26,7 @@ from jaxlab import config as config_lib
 from jaxlab.fp8 import comm, dot, formats, hlo, memory, own, optim as fp8_optim
 from jaxlab.fp8.dot import Recipe
 from jaxlab.train import optim as train_optim
-from jaxlab.train.state import Task
+from jaxlab.train.state import GradPorts, Task
 
 NAME = "fp8"  # the config group this method reads
 
@@ -66,7 +66,7 @@ def recipe(f) -> Recipe:
   (`Recipe.kernel="stored"`) and sees the stored FP8 values unchanged."""
   kernel = "stored" if f.level == "O3" and f.scaling != "block" else ""
   return Recipe(scaling=f.scaling, history=f.history, margin=f.margin, power_of_two=f.power_of_two, block=f.block,
-                kernel=kernel)
+                kernel=kernel, fp8_wgrad=f.level in ("O1", "O2", "O3") and f.scaling != "block")
 
 
 def dot_general_for(f):
@@ -85,7 +85,8 @@ def task_options(f) -> dict:
                 observed={fp8_ops.OVERWRITE_WITH_GRADIENT: lambda old, new: new})
   return dict(precision=fp8_optim.precision(fp8_optim.get_level(f.level)),
               observed={dot.COLLECTION: dot.update_meta} if f.level != "none" and f.scaling == "delayed" else {},
-              grad_sync=comm.fp8_grad_sync() if f.comm else None)
+              grad_sync=comm.fp8_grad_sync() if f.comm else None,
+              grad_ports=GradPorts(dot.GRADS, dot.port_gradients) if recipe(f).fp8_wgrad else None)
 
 
 def optimizer_for(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:

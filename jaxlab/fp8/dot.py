@@ -9,6 +9,18 @@ FP8 matmul; `jaxlab.fp8.hlo` checks a lowered step for it. Only Dense-shaped con
 (x[..., K] . w[K, N], what flax's Dense calls) are supported: the weight-gradient GEMM is
 taken on the flattened (tokens, K) x (tokens, N) operands.
 
+FP8 weight gradients (`Recipe.fp8_wgrad`, what the train step uses at O1-O3). A cotangent
+has its primal's dtype, so a kernel's own cotangent can only be as wide as the kernel. The
+weight gradient therefore leaves through a port: the `fp8_grads` collection (`GRADS`), one
+E4M3 array shaped like the kernel and one scale per GEMM, which the train step passes in as
+zeros. The backward pass casts the wgrad GEMM's output once into E4M3 with a just-in-time
+per-tensor scale (per layer under nn.scan: scanned collections are split by layer) and
+returns it as the port's cotangent, the scale as the scale's; the kernel's own cotangent is
+zero. So the weight gradient is born FP8: no FP16/FP32 gradient of a stacked kernel is ever
+stacked up by the scan, and the train step reads the pair as the kernel's gradient
+(`port_gradients`). Without the collection in the variables (eval, your own loop), the dot
+returns the weight gradient as the kernel's cotangent, as before.
+
 Recipes (`Recipe.scaling`):
   delayed  per-tensor scales from an amax history of past steps (FP8-LM, Transformer Engine);
            until the history holds an amax, the scale is this step's (just-in-time, as
@@ -33,6 +45,7 @@ import dataclasses
 import functools
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -41,6 +54,7 @@ from jaxlab.fp8 import formats
 from jaxlab.fp8.formats import E4M3, E5M2
 
 COLLECTION = "fp8_meta"
+GRADS = "fp8_grads"  # the weight-gradient ports (see the module docstring)
 SCALINGS = ("delayed", "current", "block")
 
 
@@ -61,12 +75,15 @@ class Recipe:
   power_of_two: bool = False  # MS-AMP-style power-of-two scales
   block: int = 128           # tile size (block)
   kernel: str = ""           # "" (as `scaling`) or "stored" (see above)
+  fp8_wgrad: bool = False    # declare the `fp8_grads` port at init (delayed/current scaling)
 
   def __post_init__(self):
     if self.scaling not in SCALINGS:
       raise ValueError(f"fp8.scaling={self.scaling!r} is not one of {SCALINGS}")
     if self.kernel not in ("", "stored"):
       raise ValueError(f"Recipe.kernel={self.kernel!r} is not '' or 'stored'")
+    if self.fp8_wgrad and self.scaling == "block":
+      raise ValueError("Recipe.fp8_wgrad needs per-tensor scaling (delayed or current), not block")
 
   def for_kernel(self) -> "Recipe":
     """The recipe the kernel operand is scaled with."""
@@ -100,7 +117,7 @@ def _scaled_dot(qa, qb, dims, scale, dtype):
   return (lax.dot_general(qa, qb, dims, preferred_element_type=jnp.float32) * scale).astype(dtype)
 
 
-def _fwd(x, w, meta, dims, recipe):
+def _fwd(x, w, meta, port, dims, recipe):
   _check_dense(x, w, dims)
   hx, hw, hg = meta if meta else (None, None, None)
   ax, aw = formats.amax(x), formats.amax(w)
@@ -108,11 +125,13 @@ def _fwd(x, w, meta, dims, recipe):
   qx, qw = formats.quantize(x, E4M3, sx), formats.quantize(w, E4M3, sw)
   y = _scaled_dot(qx, qw, dims, sx * sw, x.dtype)
   # The FP8 operands are the residuals: the backward GEMMs reuse them (1 byte per element).
-  return y, (qx, qw, sx, sw, hg, ax, aw, meta)
+  port_scale = port[1] if port else None  # only its (scale-sized) shape is needed
+  return y, (qx, qw, sx, sw, hg, ax, aw, meta, port_scale)
 
 
 def _bwd(dims, recipe, res, g):
-  qx, qw, sx, sw, hg, ax, aw, meta = res
+  qx, qw, sx, sw, hg, ax, aw, meta, port_scale = res
+  port = port_scale is not None
   ag = formats.amax(g)
   sg = _scale(recipe, hg, ag, E5M2)
   qg = formats.quantize(g, E5M2, sg)
@@ -120,29 +139,36 @@ def _bwd(dims, recipe, res, g):
   # dgrad: g[..., N] . w[K, N] over N;  wgrad: x[T, K] . g[T, N] over the T flattened tokens.
   dx = _scaled_dot(qg, qw, (((n,), (1,)), ((), ())), sg * sw, g.dtype)
   dw = _scaled_dot(qx.reshape(-1, qx.shape[-1]), qg.reshape(-1, qg.shape[-1]), (((0,), (0,)), ((), ())),
-                   sx * sg, g.dtype)
+                   sx * sg, jnp.float32 if port else g.dtype)
   if meta:
     hx, hw, _ = meta
     obs = (_observation(hx, ax), _observation(hw, aw), _observation(hg, ag))
   else:
     obs = ()
-  return dx, dw, obs
+  if port:
+    # The wgrad leaves once, as E4M3 with its own just-in-time scale (MS-AMP casts the wgrad
+    # GEMM's output the same way); the kernel's own cotangent is zero.
+    s = formats.scale_for(formats.amax(dw), E4M3, 0, recipe.power_of_two)
+    return dx, jnp.zeros(qw.shape, g.dtype), obs, (formats.quantize(dw, E4M3, s), jnp.broadcast_to(s, port_scale.shape))
+  return dx, dw, obs, ()
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _fp8_dot(x, w, meta, dims, recipe: Recipe):
-  return _fwd(x, w, meta, dims, recipe)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _fp8_dot(x, w, meta, port, dims, recipe: Recipe):
+  return _fwd(x, w, meta, port, dims, recipe)[0]
 
 
-_fp8_dot.defvjp(lambda x, w, meta, dims, recipe: _fwd(x, w, meta, dims, recipe), _bwd)
+_fp8_dot.defvjp(lambda x, w, meta, port, dims, recipe: _fwd(x, w, meta, port, dims, recipe), _bwd)
 
 
-def fp8_dot_general(x, w, meta, dims, recipe: Recipe):
+def fp8_dot_general(x, w, meta, dims, recipe: Recipe, port=()):
   """x . w per `dims` (Dense-shaped: x[..., K] . w[K, N]) with per-tensor FP8 scaling;
-  `meta` = (x, kernel, grad) amax histories for delayed scaling, () for current scaling.
+  `meta` = (x, kernel, grad) amax histories for delayed scaling, () for current scaling;
+  `port` = (E4M3 zeros shaped like w, F32 zeros shaped like its scale) to receive the weight
+  gradient in FP8 (see the module docstring), () to return it as w's cotangent.
   Operands are first promoted to a common dtype, the dtype of the output and gradients."""
   dtype = jnp.promote_types(x.dtype, w.dtype)
-  return _fp8_dot(x.astype(dtype), w.astype(dtype), meta, dims, recipe)
+  return _fp8_dot(x.astype(dtype), w.astype(dtype), meta, tuple(port), dims, recipe)
 
 
 # ------------------------------------------------------------------------- block scaling
@@ -201,11 +227,32 @@ class Fp8DotGeneral(nn.Module):
     r = self.recipe
     if r.scaling == "block":
       return block_dense(x, w, r.block, dimension_numbers)
-    meta = ()
+    meta = port = ()
     if r.scaling == "delayed":
       zeros = lambda: jnp.zeros((r.history,), jnp.float32)
       meta = tuple(self.variable(COLLECTION, f"{n}_amax_history", zeros).value for n in ("input", "kernel", "grad"))
-    return fp8_dot_general(x, w, meta, dimension_numbers, r)
+    # The port exists at init (the train step learns its shape there and passes zeros) and
+    # wherever the caller passes it; elsewhere the weight gradient is w's own cotangent.
+    if r.fp8_wgrad and (self.is_initializing() or self.has_variable(GRADS, "kernel")):
+      port = (self.variable(GRADS, "kernel", lambda: jnp.zeros(w.shape, E4M3)).value,
+              self.variable(GRADS, "kernel_scale", lambda: jnp.zeros((1,) * w.ndim, jnp.float32)).value)
+      # The kernel's own gradient is zero here: stop_gradient makes it a symbolic zero, so the
+      # backward scan does not stack a wide array of zeros for it.
+      w = lax.stop_gradient(w)
+    return fp8_dot_general(x, w, meta, dimension_numbers, r, port)
+
+
+def port_gradients(grads, cotangents):
+  """`grads` (a params tree) with each ported kernel's gradient replaced by what arrived at its
+  port: a ScaledTensor of the E4M3 wgrad and its scale. A port at `.../<dense>/<dot>/` feeds
+  the parameter `.../<dense>/kernel`."""
+  flat = traverse_util.flatten_dict(grads)
+  for path, port in traverse_util.flatten_dict(cotangents, is_leaf=lambda p, x: "kernel_scale" in x).items():
+    key = path[:-1] + ("kernel",)
+    if key not in flat:
+      raise KeyError(f"an FP8 weight-gradient port at {'/'.join(path)} has no parameter {'/'.join(key)}")
+    flat[key] = formats.ScaledTensor(port["kernel"], port["kernel_scale"])
+  return traverse_util.unflatten_dict(flat)
 
 
 def dot_general_cls(recipe: Recipe):

@@ -155,6 +155,14 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
   return optax.GradientTransformation(init, update)
 
 
+def _accumulate(a, g, weight, name):
+  """a + weight * g; narrow gradients are summed in FP32 and requantized (MS-AMP adds FP8
+  gradients the same way), so the running sum keeps its format."""
+  if isinstance(a, ScaledTensor):
+    return encode(decode(a) + weight * decode(g), a.dtype, name)
+  return a + weight * decode(g, a.dtype)
+
+
 def precision(level: Level) -> Precision:
   """Storage and gradient formats of `level` for the train step (train/state.py)."""
   compute = F16 if level.weight == E4M3 else level.weight  # O3's FP8 weights are used as FP16
@@ -168,6 +176,7 @@ def precision(level: Level) -> Precision:
       view=lambda stored: _map(lambda n, p: decode(p, compute) if is_matrix(n) else p, stored),
       values=decode_tree,
       encode_grads=lambda grads: _map(lambda n, g: encode(g, level.grad, n) if is_matrix(n) else g, grads),
+      accumulate=lambda acc, grads, weight: _map(lambda n, a, g: _accumulate(a, g, weight, n), acc, grads),
       decode_grads=decode_tree,
       apply=apply)
 

@@ -28,6 +28,7 @@ class Precision:
   store(params)        full-precision initial params -> stored params
   view(stored)         stored -> the params the model computes with (and is differentiated by)
   encode_grads(grads)  gradients as they travel to the optimizer (e.g. narrow with scales)
+  accumulate(a, g, w)  a + w * g for encoded gradients (microbatches)
   decode_grads(grads)  back to float for clipping and the optimizer
   values(stored)       stored -> their exact values (e.g. FP32), the params the optimizer
                        is given and its updates are relative to
@@ -37,6 +38,7 @@ class Precision:
   view: Callable = lambda p: p
   values: Callable = lambda p: p
   encode_grads: Callable = lambda g: g
+  accumulate: Callable = lambda a, g, w: jax.tree.map(lambda x, y: x + w * y, a, g)
   decode_grads: Callable = lambda g: g
   apply: Callable = optax.apply_updates
 
@@ -51,6 +53,18 @@ class GradSync:
   init: Callable
   sync: Callable
   axis: str = "data"
+
+
+@dataclasses.dataclass(frozen=True)
+class GradPorts:
+  """Gradients that leave the backward pass through a variable collection instead of as their
+  parameters' cotangents: a cotangent has its primal's dtype, so a gradient narrower than its
+  parameter (an FP8 weight gradient of an FP16 weight) needs a narrow primal to arrive at.
+  The model declares `collection` at init; the step passes it in as zeros (it is not part of
+  the train state), differentiates it, and `merge(encoded_grads, cotangents)` puts what
+  arrived in place of those parameters' gradients."""
+  collection: str
+  merge: Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +89,7 @@ class Task:
                                               their cotangent (e.g. amax); combined by max
                                               over microbatches and data shards
   grad_sync                                   explicit gradient all-reduce (None: XLA's own)
+  grad_ports                                  gradients that arrive through a collection (GradPorts)
   partition_rules                             (regex, spec) rules for arrays the task adds to
                                               the state, tried before the layout's rules
   """
@@ -91,6 +106,7 @@ class Task:
   precision: Precision = Precision()
   observed: dict = dataclasses.field(default_factory=dict)
   grad_sync: GradSync | None = None
+  grad_ports: GradPorts | None = None
   partition_rules: tuple = ()
 
   def replace(self, **changes) -> "Task":
@@ -102,6 +118,8 @@ def init_state(task: Task, rng: jax.Array) -> TrainState:
   """The step-0 state: the task's variables, params stored in its precision, fresh optimizer."""
   variables = dict(task.init(task.model, rng))
   full = variables.pop("params")
+  if task.grad_ports:
+    variables.pop(task.grad_ports.collection, None)  # zeros the step makes, not state
   # The optimizer starts from the unrounded values (e.g. an FP16 master copy of FP8 weights),
   # in the tree its updates have: that of `precision.values`, not of storage.
   return TrainState(step=jnp.zeros((), jnp.int32), params=task.precision.store(full),
@@ -110,17 +128,33 @@ def init_state(task: Task, rng: jax.Array) -> TrainState:
                     sync_state=task.grad_sync.init() if task.grad_sync else ())
 
 
-def _local_gradients(task: Task, view, model_state, batch, rng, microbatches: int):
-  """Loss, metrics, updated collections, gradients and observations for one (local) batch,
-  accumulated over `microbatches` with lax.scan: gradients and metrics averaged,
+def _port_zeros(task: Task):
+  """The step's zeros for the task's gradient ports ({} without ports), shaped at init."""
+  if not task.grad_ports:
+    return {}
+  shapes = jax.eval_shape(lambda rng: task.init(task.model, rng), jax.random.key(0)).get(task.grad_ports.collection, {})
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def local_gradients(task: Task, view, model_state, batch, rng, microbatches: int):
+  """Loss, metrics, updated collections, encoded gradients (`Precision.encode_grads`, then
+  any port gradients merged) and observations for one (local) batch, accumulated over
+  `microbatches` with lax.scan: gradients (`Precision.accumulate`) and metrics averaged,
   observations combined by max."""
   observed = {c: model_state[c] for c in task.observed if c in model_state}
+  ports = task.grad_ports
+  zeros = _port_zeros(task)
 
   def one(mb, mb_rng):
-    def loss_fn(view, observed):
-      return task.loss(task.model, {"params": view, **model_state, **observed}, mb, mb_rng)
-    (loss, (metrics, updates)), (grads, obs) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-        view, observed)
+    def loss_fn(view, observed, port):
+      extra = {ports.collection: port} if ports else {}
+      return task.loss(task.model, {"params": view, **model_state, **observed, **extra}, mb, mb_rng)
+    (loss, (metrics, updates)), (grads, obs, port_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1, 2), has_aux=True)(view, observed, zeros)
+    grads = task.precision.encode_grads(grads)
+    if ports:
+      grads = ports.merge(grads, port_grads)
+      updates = {k: v for k, v in updates.items() if k != ports.collection}
     return loss, metrics, updates, grads, obs
 
   n = microbatches
@@ -129,7 +163,7 @@ def _local_gradients(task: Task, view, model_state, batch, rng, microbatches: in
   split = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
   first = jax.tree.map(lambda x: x[0], split)
   shapes = jax.eval_shape(one, first, rng)
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  acc0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
   def body(acc, inputs):
     mb, i = inputs
@@ -138,9 +172,9 @@ def _local_gradients(task: Task, view, model_state, batch, rng, microbatches: in
     a_loss, a_metrics, _, a_grads, a_obs = acc
     add = lambda a, b: a + b / n
     return (add(a_loss, loss), jax.tree.map(add, a_metrics, metrics), updates,
-            jax.tree.map(add, a_grads, grads), jax.tree.map(jnp.maximum, a_obs, obs)), None
+            task.precision.accumulate(a_grads, grads, 1.0 / n), jax.tree.map(jnp.maximum, a_obs, obs)), None
 
-  acc, _ = jax.lax.scan(body, zeros, (split, jnp.arange(n)))
+  acc, _ = jax.lax.scan(body, acc0, (split, jnp.arange(n)))
   return acc
 
 
@@ -163,16 +197,16 @@ def make_train_step(task: Task, microbatches: int = 1):
     view = prec.view(state.params)
     sync = task.grad_sync
     if sync is None:
-      loss, metrics, updates, grads, obs = _local_gradients(task, view, state.model_state, batch, rng, microbatches)
-      return loss, metrics, updates, prec.decode_grads(prec.encode_grads(grads)), obs, state.sync_state
+      loss, metrics, updates, grads, obs = local_gradients(task, view, state.model_state, batch, rng, microbatches)
+      return loss, metrics, updates, prec.decode_grads(grads), obs, state.sync_state
 
     def local(view, model_state, sync_state, batch, rng):
       rng = jax.random.fold_in(rng, jax.lax.axis_index(sync.axis))
       # The sync axis is manual in here: activations may no longer name it in constraints.
       rules = [(name, None if axes == sync.axis else axes) for name, axes in nn.get_logical_axis_rules()]
       with nn.logical_axis_rules(rules):
-        loss, metrics, updates, grads, obs = _local_gradients(task, view, model_state, batch, rng, microbatches)
-      grads, sync_state, sync_metrics = sync.sync(prec.encode_grads(grads), sync_state)
+        loss, metrics, updates, grads, obs = local_gradients(task, view, model_state, batch, rng, microbatches)
+      grads, sync_state, sync_metrics = sync.sync(grads, sync_state)
       mean = lambda x: jax.lax.pmean(x, sync.axis) if jnp.issubdtype(x.dtype, jnp.floating) else x
       metrics = {k: jax.lax.psum(v, sync.axis) if _is_count(k) else mean(v) for k, v in metrics.items()}
       obs = jax.tree.map(lambda x: jax.lax.pmax(x, sync.axis), obs)

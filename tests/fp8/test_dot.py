@@ -109,7 +109,7 @@ def test_scanned_layers_and_gradient_accumulation_combine_amax_by_max():
   task = state_lib.Task(model=model, init=None, loss=loss, optimizer=None, units_per_batch=("x", 1),
                         observed={dot.COLLECTION: dot.update_meta})
   ms = {dot.COLLECTION: variables[dot.COLLECTION]}
-  local = lambda n: jax.jit(lambda batch: state_lib._local_gradients(task, variables["params"], ms, batch,
+  local = lambda n: jax.jit(lambda batch: state_lib.local_gradients(task, variables["params"], ms, batch,
                                                                       jax.random.key(2), n))
   *_, grads, obs = local(2)({"x": x})
   query_in = obs[dot.COLLECTION]["layers"]["block"]["attn"]["query"]["Fp8DotGeneral_0"]["input_amax_history"]
@@ -195,10 +195,10 @@ def test_o3_gemm_sees_the_stored_fp8_weights_bit_for_bit(bf16_compute):
   stale = 1.5 * float(jnp.max(jnp.abs(view[layer].astype(jnp.float32))))
   meta = tuple(jnp.zeros((4,)).at[0].set(v) for v in (float(jnp.max(jnp.abs(x.astype(jnp.float32)))), stale, 1.0))
   dims = (((1,), (0,)), ((), ()))
-  _, res = dot._fwd(x, view[layer], meta, dims, dot.Recipe(history=4, kernel="stored"))
+  _, res = dot._fwd(x, view[layer], meta, (), dims, dot.Recipe(history=4, kernel="stored"))
   qw = res[1]
   np.testing.assert_array_equal(np.asarray(qw).view(np.uint8), np.asarray(stored.data[layer]).view(np.uint8))
-  _, res = dot._fwd(x, view[layer], meta, dims, dot.Recipe(history=4))
+  _, res = dot._fwd(x, view[layer], meta, (), dims, dot.Recipe(history=4))
   assert np.mean(np.asarray(res[1]).view(np.uint8) != np.asarray(stored.data[layer]).view(np.uint8)) > 0.3
 
 

@@ -1,0 +1,114 @@
+"""FP8 weight gradients (FP8-LM): the wgrad leaves the backward pass once, as E4M3 data with a
+per-tensor scale, through the `fp8_grads` port; by dtype in the train step's gradients and
+in its backward scan, equal to a numpy + ml_dtypes quantization of the wgrad GEMM."""
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+import pytest
+
+from jaxlab import config as config_lib
+from jaxlab.fp8 import dot, formats
+from jaxlab.train import state as train_state
+from jaxlab.trainers import lm
+
+DIMS = (((1,), (0,)), ((), ()))
+
+
+def test_port_carries_the_wgrad_quantized_once_and_the_kernel_cotangent_is_zero():
+  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+  x, w, g = jax.random.normal(kx, (16, 64)), jax.random.normal(kw, (64, 32)) * 0.05, jax.random.normal(kg, (16, 32))
+  recipe = dot.Recipe("current")
+  port = (jnp.zeros(w.shape, formats.E4M3), jnp.zeros((1, 1), jnp.float32))
+
+  def f(x, w, port):
+    return dot.fp8_dot_general(x, w, (), DIMS, recipe, port)
+
+  _, vjp = jax.vjp(f, x, w, port)
+  dx, dw, (q, scale) = vjp(g)
+  assert q.dtype == jnp.float8_e4m3fn and q.shape == w.shape and scale.shape == (1, 1)
+  np.testing.assert_array_equal(np.asarray(dw), 0.0)
+  # Reference: the wgrad GEMM of the quantized operands (numpy, ml_dtypes), then one E4M3 cast
+  # with scale amax / 448.
+  def qdq(t, fmt):
+    s = float(np.max(np.abs(t))) / float(ml_dtypes.finfo(fmt).max)
+    return np.asarray(t, np.float32) / s, s
+  xs, sx = qdq(x, ml_dtypes.float8_e4m3fn)
+  gs, sg = qdq(g, ml_dtypes.float8_e5m2)
+  xq = xs.astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * sx
+  gq = gs.astype(ml_dtypes.float8_e5m2).astype(np.float32) * sg
+  wgrad = xq.T @ gq
+  s_ref = float(np.max(np.abs(wgrad))) / 448.0
+  np.testing.assert_allclose(float(scale[0, 0]), s_ref, rtol=1e-5)
+  expect = (wgrad / s_ref).astype(ml_dtypes.float8_e4m3fn).astype(np.float32)
+  got = np.asarray(q.astype(jnp.float32))
+  # The same E4M3 values, up to one E4M3 step where float32 accumulation order differs.
+  step = np.maximum(np.abs(expect) * 2.0 ** -3, 2.0 ** -9)
+  assert np.all(np.abs(got - expect) <= step + 1e-7)
+  assert np.mean(got == expect) > 0.97
+  # Without the port, the same dot returns the wgrad as w's cotangent (own loops, eval).
+  _, vjp_plain = jax.vjp(lambda x, w: dot.fp8_dot_general(x, w, (), DIMS, recipe), x, w)
+  np.testing.assert_allclose(np.asarray(vjp_plain(g)[1]), wgrad, rtol=1e-5, atol=1e-6)
+
+
+def _tiny_lm(level: str):
+  cfg = config_lib.load(f"configs/fp8/gpt.py:{level}", [
+      "tokenizer.path=", "tokenizer.vocab_size=256", "model.num_layers=2", "train.batch_size=4", "train.seq_len=32"])
+  (stage,) = lm.stages(cfg)
+  task = stage.task
+  state = train_state.init_state(task, jax.random.key(0))
+  rs = np.random.RandomState(0)
+  batch = {"inputs": jnp.asarray(rs.randint(0, 256, (4, 32)), jnp.int32),
+           "targets": jnp.asarray(rs.randint(0, 256, (4, 32)), jnp.int32), "mask": jnp.ones((4, 32), jnp.float32)}
+  return task, state, batch
+
+
+def _kernels(tree):
+  return {jax.tree_util.keystr(p): g for p, g in jax.tree_util.tree_leaves_with_path(tree, is_leaf=formats.is_scaled)
+          if "kernel" in jax.tree_util.keystr(p)}
+
+
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
+def test_train_step_gradients_of_fp8_kernels_are_e4m3_from_the_backward_pass(level):
+  task, state, batch = _tiny_lm(level)
+  assert dot.GRADS not in state.model_state  # the port is the step's, not state
+  view = task.precision.view(state.params)
+  out = train_state.local_gradients(task, view, state.model_state, batch, jax.random.key(1), 1)
+  kernels = _kernels(out[3])
+  assert len(kernels) == 6  # query, key, value, out, fc, proj (stacked over the 2 layers)
+  for name, g in kernels.items():
+    assert isinstance(g, formats.ScaledTensor) and g.data.dtype == jnp.float8_e4m3fn, name
+    assert g.scale.shape == (2, 1, 1), name  # per layer
+  # The same gradients as the portless path (which quantizes the wgrad after a BF16/FP16 trip),
+  # up to an E4M3 step: the port changes where the cast happens, not the value.
+  plain = _kernels(train_state.local_gradients(task.replace(grad_ports=None), view, state.model_state, batch,
+                                                jax.random.key(1), 1)[3])
+  for name, g in kernels.items():
+    a, b = np.asarray(g.dequantize()), np.asarray(plain[name].dequantize())
+    tol = np.abs(b) * 2.0 ** -2 + float(np.max(np.abs(b))) * 2.0 ** -8
+    assert np.all(np.abs(a - b) <= tol), name
+    assert np.abs(a).max() > 0, name
+  # The backward scan itself emits them in E4M3: no FP16/BF16/FP32 array of a stacked
+  # kernel's shape leaves it.
+  jaxpr = jax.make_jaxpr(lambda v: train_state.local_gradients(task, v, state.model_state, batch,
+                                                                 jax.random.key(1), 1)[3])(view)
+  shapes = {tuple(g.shape) for g in kernels.values()}
+  scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+  backward = scans[-1]
+  outs = [(tuple(v.aval.shape), v.aval.dtype) for v in backward.outvars]
+  assert any(s in shapes and d == jnp.float8_e4m3fn for s, d in outs)
+  wide = [(s, d) for s, d in outs if s in shapes and d != jnp.float8_e4m3fn]
+  assert not wide, wide
+
+
+def test_microbatches_accumulate_fp8_gradients_in_their_format():
+  task, state, batch = _tiny_lm("O2")
+  view = task.precision.view(state.params)
+  one = _kernels(train_state.local_gradients(task, view, state.model_state, batch, jax.random.key(1), 1)[3])
+  two = _kernels(train_state.local_gradients(task, view, state.model_state, batch, jax.random.key(1), 2)[3])
+  for name, g in two.items():
+    assert g.data.dtype == jnp.float8_e4m3fn, name
+    a, b = np.asarray(g.dequantize()), np.asarray(one[name].dequantize())
+    # mean of two half-batch gradients = the full-batch gradient, within FP8 rounding
+    assert np.abs(a - b).max() <= 0.2 * np.abs(b).max(), name
