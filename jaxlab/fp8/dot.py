@@ -75,7 +75,10 @@ class Recipe:
   power_of_two: bool = False  # MS-AMP-style power-of-two scales
   block: int = 128           # tile size (block)
   kernel: str = ""           # "" (as `scaling`) or "stored" (see above)
-  fp8_wgrad: bool = False    # declare the `fp8_grads` port at init (delayed/current scaling)
+  # Declare the `fp8_grads` port at init (delayed/current scaling). For the train step, which
+  # passes it in and merges its cotangents (Task.grad_ports); a loop that passes init's
+  # variables back without merging would see zero kernel gradients.
+  fp8_wgrad: bool = False
 
   def __post_init__(self):
     if self.scaling not in SCALINGS:

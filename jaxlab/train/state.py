@@ -62,7 +62,9 @@ class GradPorts:
   parameter (an FP8 weight gradient of an FP16 weight) needs a narrow primal to arrive at.
   The model declares `collection` at init; the step passes it in as zeros (it is not part of
   the train state), differentiates it, and `merge(encoded_grads, cotangents)` puts what
-  arrived in place of those parameters' gradients."""
+  arrived in place of those parameters' gradients. The task's loss must hand the model every
+  collection in the variables it is given (the trainers' losses do): a port the model never
+  reads receives a zero cotangent."""
   collection: str
   merge: Callable
 
