@@ -82,9 +82,10 @@ def _stage(level: str, batch: int):
   return stage
 
 
-def measured_step(level: str, batch: int) -> dict:
+def measured_step(level: str, batch: int, with_optimizer: bool = True) -> dict:
   """memory_analysis of the LM trainer's compiled train step at the 1.3B shape, one device, and
-  of its two halves: the gradient computation and the optimizer update + weight write."""
+  of its two halves: the gradient computation and (`with_optimizer`; it does not depend on
+  the batch) the optimizer update + weight write."""
   stage = _stage(level, batch)
   mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:1])
   compiled = loop.compile_step(stage.task, stage.options, mesh, stage.batch)
@@ -101,18 +102,19 @@ def measured_step(level: str, batch: int) -> dict:
     return prec.apply(state.params, updates), opt_state
 
   grad_mem = jax.jit(gradients).lower(state, stage.batch, jax.random.key(0)).compile().memory_analysis()
-  grads = jax.eval_shape(gradients, state, stage.batch, jax.random.key(0))
-  opt_mem = jax.jit(optimizer, donate_argnums=(0,)).lower(state, grads).compile().memory_analysis()
+  opt_temp = None
+  if with_optimizer:
+    grads = jax.eval_shape(gradients, state, stage.batch, jax.random.key(0))
+    opt_temp = jax.jit(optimizer, donate_argnums=(0,)).lower(state, grads).compile().memory_analysis().temp_size_in_bytes
   return dict(state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes,
               kept=mem.output_size_in_bytes - mem.alias_size_in_bytes, state_tree=state, task=task,
-              grad_out=grad_mem.output_size_in_bytes, grad_temp=grad_mem.temp_size_in_bytes,
-              opt_temp=opt_mem.temp_size_in_bytes)
+              grad_out=grad_mem.output_size_in_bytes, grad_temp=grad_mem.temp_size_in_bytes, opt_temp=opt_temp)
 
 
 def measured(level: str) -> dict:
   """Bytes per parameter: the step's state, temporaries at batch 1 and extrapolated to 0, and
   the split (gradient tree, backward temporaries at batch 0, optimizer temporaries)."""
-  one, two = measured_step(level, 1), measured_step(level, 2)
+  one, two = measured_step(level, 1), measured_step(level, 2, with_optimizer=False)
   n = memory.account(one["state_tree"], one["task"].precision)["params"]  # matrices count data, not scales
   temp0 = 2 * one["temp"] - two["temp"]
   return dict(state=one["state"] / n, temp1=one["temp"] / n, temp0=temp0 / n, kept=one["kept"] / n,

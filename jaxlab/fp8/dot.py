@@ -151,8 +151,8 @@ def _bwd(dims, recipe, res, g):
   if port:
     # The wgrad leaves once, as E4M3 with its own just-in-time scale (MS-AMP casts the wgrad
     # GEMM's output the same way); the kernel's own cotangent is zero.
-    s = formats.scale_for(formats.amax(dw), E4M3, 0, recipe.power_of_two)
-    return dx, jnp.zeros(qw.shape, g.dtype), obs, (formats.quantize(dw, E4M3, s), jnp.broadcast_to(s, port_scale.shape))
+    wgrad = formats.to_scaled(dw, E4M3, power_of_two=recipe.power_of_two)
+    return dx, jnp.zeros(qw.shape, g.dtype), obs, (wgrad.data, wgrad.scale.reshape(port_scale.shape))
   return dx, dw, obs, ()
 
 
