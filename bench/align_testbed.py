@@ -16,7 +16,8 @@ aesthetic and relevance of each query's top 4, recall@1, and the independent jud
 truth with its own noise) against the pretrained model. Baselines in the same table: the
 pretrained model, the pretrained model with the rephrased query at inference, the cascade
 that re-ranks the pretrained top-K by the aesthetic model, the oracle re-rank by the true
-aesthetic.
+aesthetic. Beside the fine-tuned model, its weights averaged with the pretrained ones
+(WiSE-FT, `eval.weight_average`: the alpha chosen on the validation split, see README).
 
   python bench/align_testbed.py [--seeds 0 1 2] [--quick] [--workdir runs/bench_align] [key=value ...]
 
@@ -51,6 +52,7 @@ ROWS = [("pretrained", "full", "pretrained"), ("pretrained + rephrase at inferen
         ("oracle: top-K re-ranked by true aesthetic", "full", "oracle (true aesthetic)"),
         ("fine-tuned (rephrase + DPO), plain query", "full", "fine-tuned"),
         ("fine-tuned, rephrased query", "full", "fine-tuned + rephrase"),
+        ("fine-tuned, weights averaged with pretrained (WiSE-FT)", "full", "fine-tuned, weight-averaged"),
         ("no rephrasing + DPO", "no_rephrase", "fine-tuned"),
         ("rephrase + plain fine-tuning (SFT)", "sft", "fine-tuned"),
         ("rows by the retriever's own score", "retriever_relevance", "fine-tuned"),
@@ -158,8 +160,14 @@ def main() -> None:
   summary = (f"heldout_aes_gain={aes.mean():.2f} heldout_rel_change={rel.mean():.2f} "
              f"rephrase_inference_gain={reph.mean():.2f} cascade_gain={casc.mean():.2f} "
              f"oracle_gain={orac.mean():.2f} seeds={len(seeds)}")
+  avg = "fine-tuned, weight-averaged"
+  avg_aes, avg_rel = gain(per_seed, "full", avg, "heldout/aesthetic"), gain(per_seed, "full", avg, "heldout/relevance")
   print(f"per seed: aes gain {np.round(aes, 2).tolist()}, rel change {np.round(rel, 2).tolist()}, "
         f"rephrase-at-inference gain {np.round(reph, 2).tolist()}; fine-tuned keeps {kept:.2f} of it")
+  alpha = per_seed[0]["full"]["weight_average"]
+  print(f"weight-averaged (alpha {alpha}): aes gain {np.round(avg_aes, 2).tolist()}, rel change "
+        f"{np.round(avg_rel, 2).tolist()}; averaged_aes_gain={avg_aes.mean():.2f} averaged_rel_change={avg_rel.mean():.2f} "
+        f"averaged_keeps={avg_aes.mean() / reph.mean() if reph.mean() else float('nan'):.2f}")
   if not args.quick or args.workdir == "":
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)
     source = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("data.source=")), "")

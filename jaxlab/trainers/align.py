@@ -22,7 +22,8 @@ checkpoint, resume and skip when finished):
   report.json   per split (test reported; validation for choosing settings) and per system
                 (SYSTEMS: pretrained, pretrained + rephrase at inference, the cascade that
                 re-ranks the pretrained top-K by the aesthetic model, the oracle re-rank by
-                the true aesthetic, fine-tuned, fine-tuned + rephrase): HPIR accuracy (plain,
+                the true aesthetic, fine-tuned, fine-tuned + rephrase, and the fine-tuned
+                weights averaged with the pretrained ones, WiSE-FT): HPIR accuracy (plain,
                 confidence-weighted) on both aspects (aesthetic, relevance) for the held-out
                 and the fine-tuning contents, always with query wordings never trained on;
                 the true aesthetic and relevance of the held-out queries' top results; the
@@ -103,7 +104,10 @@ def default_config() -> ml_collections.ConfigDict:
   # recall@1 by 14 points between draws (0.40 vs 0.54): the mean over fixed-size galleries
   # cascade_k: the pretrained top-K the cascade and oracle baselines re-rank; judge_noise: the
   # std of the independent judge's noise on the true aesthetic
-  c.eval = dict(top_k=4, batch_size=256, recall_gallery=1000, cascade_k=40, judge_noise=0.05)
+  # weight_average: WiSE-FT's alpha for the "fine-tuned, weight-averaged" system (pretrained +
+  # alpha * (fine-tuned - pretrained)); 0.8 is the largest alpha in 0.5, 0.6, ..., 1.0 whose
+  # mean validation relevance change over seeds 0-2 is within -0.5 HPIR points (README)
+  c.eval = dict(top_k=4, batch_size=256, recall_gallery=1000, cascade_k=40, judge_noise=0.05, weight_average=0.8)
   c.fp8 = fp8.default_config()  # FP8-LM levels for the DPO fine-tuning stage (fp8.level=O2, ...)
   return c
 
@@ -141,6 +145,7 @@ def validate(cfg) -> None:
   req(p.relevance in mining.RELEVANCE, "preferences.relevance", f"{p.relevance!r} is not one of {mining.RELEVANCE}")
   req(cfg.eval.cascade_k >= cfg.eval.top_k, "eval.cascade_k", f"must be >= eval.top_k={cfg.eval.top_k}")
   req(cfg.eval.judge_noise >= 0, "eval.judge_noise", "must be >= 0")
+  req(0.0 <= cfg.eval.weight_average <= 1.0, "eval.weight_average", "must be in [0, 1]")
   req(cfg.pretrain.loss in ("softmax", "sigmoid"), "pretrain.loss", f"{cfg.pretrain.loss!r}: use softmax or sigmoid")
   req(0.0 <= cfg.pretrain.label_smoothing < 1.0, "pretrain.label_smoothing", "must be in [0, 1)")
   req(len(cfg.aesthetic.hidden) == len(cfg.aesthetic.dropout), "aesthetic.dropout",
@@ -366,8 +371,17 @@ def run_stage(cfg, stage: str, workdir: str, task_and_spec, mesh) -> dict:
 
 
 SYSTEMS = ("pretrained", "pretrained + rephrase", "cascade (aesthetic model)", "oracle (true aesthetic)",
-           "fine-tuned", "fine-tuned + rephrase")
-EMBEDDING_SYSTEMS = {"pretrained": "pre", "fine-tuned": "fine"}   # the systems recall@k is measured for
+           "fine-tuned", "fine-tuned + rephrase", "fine-tuned, weight-averaged")
+# the systems recall@k is measured for
+EMBEDDING_SYSTEMS = {"pretrained": "pre", "fine-tuned": "fine", "fine-tuned, weight-averaged": "averaged"}
+
+
+def weight_average(pre, fine, alpha: float):
+  """WiSE-FT (Wortsman et al. 2022): pre + alpha * (fine - pre), leaf by leaf. alpha 1 is the
+  fine-tuned model, 0 the pretrained one; between them a trade of the new behaviour against
+  what fine-tuning forgets, with no training."""
+  return jax.tree.map(lambda p, f: (1.0 - alpha) * np.asarray(p, np.float32) + alpha * np.asarray(f, np.float32),
+                      pre, fine)
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
@@ -430,12 +444,15 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
 
   labels = {key: hpir.load_hpir(path) for key, path in tb.hpir.items()}
   ctx = dict(cfg=cfg, workdir=workdir, mcfg=mcfg, enc=enc, source=tb.source, held_ids=held_ids,
-             params={"pre": pre["params"], "fine": fine["params"]}, mlp=mlp, mlp_params=aes["params"])
+             params={"pre": pre["params"], "fine": fine["params"],
+                     "averaged": weight_average(pre["params"], fine["params"], cfg.eval.weight_average)},
+             mlp=mlp, mlp_params=aes["params"])
   report, corr = {}, {}
   for i, split in enumerate(("test", "validation")):
     mine = {k.split("/", 1)[1]: v for k, v in labels.items() if k.startswith(split + "/")}
     report[split], corr[split] = evaluate_systems(ctx, splits[split], mine, seed=cfg.seed + i)
   report["preferences"] = pref_stats
+  report["weight_average"] = cfg.eval.weight_average
   report["aesthetic_model_corr"] = corr["test"]
   report["contents"] = {"finetune": [testbed.contents(tb.source)[c] for c in tune_ids],
                         "heldout": [testbed.contents(tb.source)[c] for c in held_ids]}
@@ -466,7 +483,8 @@ def evaluate_systems(ctx: dict, split: dict, labels: dict, seed: int) -> tuple[d
   scores = {"pretrained": plain, "pretrained + rephrase": sims("pre", reph),
             "cascade (aesthetic model)": retrieval.cascade_scores(plain, aes_model, e.cascade_k),
             "oracle (true aesthetic)": retrieval.cascade_scores(plain, split["aesthetic"], e.cascade_k),
-            "fine-tuned": sims("fine", q_list), "fine-tuned + rephrase": sims("fine", reph)}
+            "fine-tuned": sims("fine", q_list), "fine-tuned + rephrase": sims("fine", reph),
+            "fine-tuned, weight-averaged": sims("averaged", q_list)}
   # the judge: the ground truth with its own noise (relevance first, then aesthetics)
   noisy = split["aesthetic"] + np.random.default_rng([seed, 7]).normal(0, e.judge_noise, len(split["aesthetic"]))
   judge = judge_lib.score_judge(lambda q, idx: 2.0 * testbed.relevance_grade(

@@ -160,6 +160,7 @@ def test_config_mistakes_fail_before_work_naming_the_key(tmp_path):
            ("pretrain.workdir=/nonexistent", "pretrain.workdir"), ("data.source=drawings", "data.source"),
            ("model.text_tower=gpt", "model.text_tower"), ("preferences.relevance=magic", "preferences.relevance"),
            ("eval.cascade_k=2", "eval.cascade_k: must be >= eval.top_k=4"),
+           ("eval.weight_average=1.5", "eval.weight_average: must be in"),
            ("dpo.contrastive_batch=12", "dpo.contrastive_batch: 12 is not a multiple of dpo.train.batch_size=8")]
   for override, msg in cases:
     with pytest.raises(config_lib.ConfigError, match=msg):
@@ -167,6 +168,17 @@ def test_config_mistakes_fail_before_work_naming_the_key(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="dpo.contrastive_batch: is 0 and dpo.contrastive_candidates is off"):
     align.train_and_evaluate(_load("dpo.contrastive_batch=0", "dpo.contrastive_candidates=False"), str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")     # nothing prepared, nothing compiled
+
+
+def test_weight_average_is_wise_ft_leaf_by_leaf():
+  from jaxlab.trainers import align
+  pre = {"w": np.array([[1.0, -2.0]], np.float32), "b": {"c": np.array([4.0], np.float32)}}
+  fine = {"w": np.array([[3.0, 2.0]], np.float32), "b": {"c": np.array([0.0], np.float32)}}
+  mid = align.weight_average(pre, fine, 0.25)  # 0.75 * pre + 0.25 * fine, by hand
+  np.testing.assert_allclose(mid["w"], [[1.5, -1.0]])
+  np.testing.assert_allclose(mid["b"]["c"], [3.0])
+  np.testing.assert_array_equal(align.weight_average(pre, fine, 1.0)["w"], fine["w"])
+  np.testing.assert_array_equal(align.weight_average(pre, fine, 0.0)["b"]["c"], pre["b"]["c"])
 
 
 def _cli(workdir, *overrides):
