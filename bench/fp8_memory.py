@@ -97,7 +97,9 @@ def measured_step(level: str, batch: int, with_optimizer: bool = True) -> dict:
   def gradients(state, batch, rng):
     return train_state.local_gradients(task, prec.view(state.params), state.model_state, batch, rng, 1)[3]
 
-  def optimizer(state, grads):
+  def optimizer(state, grads):  # as the train step does it (train/state.py)
+    if task.optimizer_step is not None:
+      return task.optimizer_step(grads, state.opt_state, state.params)[:2]
     updates, opt_state = task.optimizer.update(prec.decode_grads(grads), state.opt_state, prec.values(state.params))
     return prec.apply(state.params, updates), opt_state
 

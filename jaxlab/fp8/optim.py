@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import optax
 
 from jaxlab.fp8 import formats
@@ -95,6 +96,16 @@ def decode_tree(tree, dtype=F32):
   return jax.tree.map(lambda x: decode(x, dtype), tree, is_leaf=formats.is_scaled)
 
 
+def _adam(g, m, v, w, lr, c1, c2, b1, b2, eps, weight_decay):
+  """One AdamW step in FP32 on decoded g and w and stored m and v: (m', v', w')."""
+  m32 = b1 * decode(m) + (1 - b1) * g
+  v32 = b2 * decode(v) + (1 - b2) * g * g
+  step = (m32 / c1) / (jnp.sqrt(v32 / c2) + eps)
+  if weight_decay:
+    step = step + weight_decay * w
+  return m32, v32, w - lr * step
+
+
 class ScaledAdamState(NamedTuple):
   """State of `scaled_adamw`: the step count, first and second moments in the level's m and v
   formats (ScaledTensors where narrow), and the master weights (`master` format for matrices,
@@ -135,14 +146,8 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
             else params)
 
     def one(name, g, m, v, w):
-      g = decode(g)
-      m32 = b1 * decode(m) + (1 - b1) * g
-      v32 = b2 * decode(v) + (1 - b2) * g * g
-      w32 = decode(w)
-      step = (m32 / c1) / (jnp.sqrt(v32 / c2) + eps)
-      if is_matrix(name):
-        step = step + weight_decay * w32
-      return encode(m32, fmt(name, level.m), name), encode(v32, fmt(name, level.v), name), w32 - lr * step
+      m32, v32, new = _adam(decode(g), m, v, decode(w), lr, c1, c2, b1, b2, eps, weight_decay if is_matrix(name) else 0.0)
+      return encode(m32, fmt(name, level.m), name), encode(v32, fmt(name, level.v), name), new
 
     results = _map(one, grads, state.mu, state.nu, base)
     is_triple = lambda x: isinstance(x, tuple) and len(x) == 3
@@ -153,6 +158,106 @@ def scaled_adamw(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
     return updates, ScaledAdamState(count=count, mu=mu, nu=nu, master=master)
 
   return optax.GradientTransformation(init, update)
+
+
+_UINT = {1: jnp.uint8, 2: jnp.uint16}
+
+
+def _bytes(tree):
+  """Narrow floats (FP8, FP16, BF16) bitcast to unsigned integers of their width: XLA on CPU
+  widens data movement (a dynamic slice or update) of types it cannot compute in and hoists
+  that whole-tensor copy out of the loop; bits are moved as they are."""
+  narrow = lambda a: jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize in _UINT and a.dtype != F16
+  return jax.tree.map(lambda a: lax.bitcast_convert_type(a, _UINT[a.dtype.itemsize]) if narrow(a) else a, tree)
+
+
+def _unbytes(tree, like):
+  return jax.tree.map(lambda a, l: lax.bitcast_convert_type(a, l.dtype) if a.dtype != l.dtype else a, tree, like)
+
+
+def _take(tree, i):
+  return jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, 0, keepdims=False), tree)
+
+
+def _layer_loop(update, g, carry):
+  """`update(g_i, carry_i) -> carry_i` for each layer i of stacked arrays, written back into
+  `carry` slice by slice (a fori_loop whose carry is updated in place: with the state donated,
+  its buffers are the step's outputs, and one layer's FP32 temporaries are live at a time)."""
+  slice_like = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+  g_like, c_like = slice_like(g), slice_like(carry)
+  g8 = _bytes(g)
+
+  def body(i, c8):
+    new = update(_unbytes(_take(g8, i), g_like), _unbytes(_take(c8, i), c_like))
+    return jax.tree.map(lambda a, x: lax.dynamic_update_index_in_dim(a, x, i, 0), c8, _bytes(new))
+
+  return _unbytes(lax.fori_loop(0, jax.tree.leaves(g)[0].shape[0], body, _bytes(carry)), carry)
+
+
+def _sum_of_squares(name, g) -> jax.Array:
+  """sum(decode(g) ** 2), layer by layer for a stacked matrix (no whole FP32 copy)."""
+  if not (is_matrix(name) and _stacked(name) and g.shape[0] > 1):
+    return jnp.sum(jnp.square(decode(g)))
+  g8, like = _bytes(g), jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), g)
+  body = lambda i, acc: acc + jnp.sum(jnp.square(decode(_unbytes(_take(g8, i), like))))
+  return lax.fori_loop(0, g.shape[0], body, jnp.zeros((), F32))
+
+
+def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+                 grad_clip=0.0):
+  """`optimizer(level, ...)`'s update and `precision(level).apply` in one pass, for the train
+  step (`Task.optimizer_step`): (encoded grads, opt_state, stored params) -> (stored params,
+  opt_state, the gradients' global norm), on the same state as the optax chain (clipping
+  state, ScaledAdamState).
+
+  The optax path must hand a full FP32 updates tree from the optimizer to `apply`, and each
+  narrow tensor's just-in-time scale needs its whole FP32 value before it can be written, so
+  XLA keeps several FP32 copies of the largest tensors alive at once. Here every stacked
+  matrix is updated one layer at a time (its scale is per layer anyway) in a loop that writes
+  each layer's m, v, master and weight back into the donated buffers, as MS-AMP's fused
+  kernel updates each tensor in place: one layer's FP32 temporaries at a time, and no
+  updates tree. Gradients are decoded (and clipped by their global norm, as
+  `optax.clip_by_global_norm`) layer by layer too, and so is the norm computed (XLA on CPU
+  does not fuse a decode into a reduction: a whole-tree norm held an FP32 copy of every
+  gradient). The new weight is rounded once from the
+  FP32 value, not from w + (w' - w), so it may differ from the optax path by one rounding."""
+  fmt = lambda name, dtype: dtype if is_matrix(name) else F32
+  has_master = level.master is not None
+
+  def step(grads, opt_state, stored):
+    clip_state, state = opt_state
+    count = state.count + 1
+    lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
+    c1, c2 = 1 - b1 ** count.astype(F32), 1 - b2 ** count.astype(F32)
+    norm = jnp.sqrt(sum(jax.tree.leaves(_map(_sum_of_squares, grads))))
+    trigger = norm < grad_clip
+
+    def one(name, g, m, v, w, master, stacked):
+      g = decode(g)
+      if grad_clip > 0:
+        g = lax.select(trigger, g, (g / norm) * grad_clip)
+      base = master if has_master and is_matrix(name) else w
+      m32, v32, new = _adam(g, m, v, decode(base), lr, c1, c2, b1, b2, eps, weight_decay if is_matrix(name) else 0.0)
+      put = lambda x, dtype: formats.to_scaled(x, dtype, stacked=stacked) if dtype in NARROW else x.astype(dtype)
+      if has_master and is_matrix(name):
+        master = put(new, level.master)
+        new = decode(master)  # the weight is the new master copy cast down (MS-AMP's O3), one rounding
+      return put(m32, fmt(name, level.m)), put(v32, fmt(name, level.v)), put(new, fmt(name, level.weight)), master
+
+    def leaf(name, g, m, v, w, master=None):
+      master = jnp.zeros((1,), F32) if master is None else master
+      if is_matrix(name) and _stacked(name) and w.shape[0] > 1:
+        return _layer_loop(lambda g_i, c: one(name, g_i, *c, stacked=False), g, (m, v, w, master))
+      return one(name, g, m, v, w, master, stacked=_stacked(name))
+
+    rest = (state.master,) if has_master else ()
+    results = _map(leaf, grads, state.mu, state.nu, stored, *rest)
+    is_quad = lambda x: isinstance(x, tuple) and len(x) == 4
+    pick = lambda i: jax.tree.map(lambda t: t[i], results, is_leaf=is_quad)
+    new_state = ScaledAdamState(count=count, mu=pick(0), nu=pick(1), master=pick(3) if has_master else ())
+    return pick(2), (clip_state, new_state), norm
+
+  return step
 
 
 def _accumulate(a, g, weight, name):
@@ -179,6 +284,12 @@ def precision(level: Level) -> Precision:
       accumulate=lambda acc, grads, weight: _map(lambda n, a, g: _accumulate(a, g, weight, n), acc, grads),
       decode_grads=decode_tree,
       apply=apply)
+
+
+def optimizer_step(level: Level, schedule: optax.Schedule, cfg):
+  """`fused_update` with `optimizer(level, schedule, cfg)`'s hyperparameters (and state)."""
+  return fused_update(level, schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
+                      grad_clip=cfg.grad_clip)
 
 
 def optimizer(level: Level, schedule: optax.Schedule, cfg) -> optax.GradientTransformation:

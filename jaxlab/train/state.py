@@ -92,6 +92,12 @@ class Task:
                                               over microbatches and data shards
   grad_sync                                   explicit gradient all-reduce (None: XLA's own)
   grad_ports                                  gradients that arrive through a collection (GradPorts)
+  optimizer_step(grads, opt_state, stored) -> (stored, opt_state, grad_norm)
+                                              optional: `optimizer.update` and `precision.apply`
+                                              in one (e.g. an in-place update that never holds a
+                                              full-precision updates tree), on the optimizer's
+                                              state, and the gradients' global norm (a metric);
+                                              grads arrive encoded
   partition_rules                             (regex, spec) rules for arrays the task adds to
                                               the state, tried before the layout's rules
   """
@@ -109,6 +115,7 @@ class Task:
   observed: dict = dataclasses.field(default_factory=dict)
   grad_sync: GradSync | None = None
   grad_ports: GradPorts | None = None
+  optimizer_step: Callable | None = None
   partition_rules: tuple = ()
 
   def replace(self, **changes) -> "Task":
@@ -200,7 +207,7 @@ def make_train_step(task: Task, microbatches: int = 1):
     sync = task.grad_sync
     if sync is None:
       loss, metrics, updates, grads, obs = local_gradients(task, view, state.model_state, batch, rng, microbatches)
-      return loss, metrics, updates, prec.decode_grads(grads), obs, state.sync_state
+      return loss, metrics, updates, grads, obs, state.sync_state
 
     def local(view, model_state, sync_state, batch, rng):
       rng = jax.random.fold_in(rng, jax.lax.axis_index(sync.axis))
@@ -219,18 +226,22 @@ def make_train_step(task: Task, microbatches: int = 1):
                        check_vma=False)
     batch = jax.lax.with_sharding_constraint(batch, data)  # shard_map needs it split over the axis
     loss, metrics, updates, grads, obs, sync_state = fn(view, state.model_state, state.sync_state, batch, rng)
-    return loss, metrics, updates, prec.decode_grads(grads), obs, sync_state
+    return loss, metrics, updates, grads, obs, sync_state
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
-    loss, metrics, collections, grads, obs, sync_state = gradients(state, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, prec.values(state.params))
-    params = prec.apply(state.params, updates)
+    loss, metrics, collections, grads, obs, sync_state = gradients(state, batch, rng)  # encoded
+    if task.optimizer_step is not None:
+      params, opt_state, grad_norm = task.optimizer_step(grads, state.opt_state, state.params)
+    else:
+      grads = prec.decode_grads(grads)
+      updates, opt_state = tx.update(grads, state.opt_state, prec.values(state.params))
+      params, grad_norm = prec.apply(state.params, updates), optax.global_norm(grads)
     model_state = {**state.model_state, **collections}
     for name, update in task.observed.items():
       if name in obs:
         model_state[name] = update(state.model_state[name], obs[name])
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+    metrics = {**metrics, "loss": loss, "grad_norm": grad_norm}
     if schedule is not None:
       metrics["learning_rate"] = schedule(state.step)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state,
