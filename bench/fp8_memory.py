@@ -94,8 +94,9 @@ def measured_step(level: str, batch: int, with_optimizer: bool = True) -> dict:
   task, state = stage.task, compiled.setup.abstract_state
   prec = task.precision
 
-  def gradients(state, batch, rng):
-    return train_state.local_gradients(task, prec.view(state.params), state.model_state, batch, rng, 1)[3]
+  def gradients(state, batch, rng):  # as the train step does it (train/state.py)
+    model_state = {**state.model_state, **prec.view_state(state.params)}
+    return train_state.local_gradients(task, prec.view(state.params), model_state, batch, rng, 1)[3]
 
   def optimizer(state, grads):  # as the train step does it (train/state.py)
     if task.optimizer_step is not None:

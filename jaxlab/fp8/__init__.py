@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import functools
 
+import jax
 import ml_collections
 import optax
+from flax import traverse_util
 from flax.linen import fp8_ops
 
 from jaxlab import config as config_lib
@@ -118,9 +120,20 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
   # and apply, which XLA compiles into fewer temporaries for FP32 moments and master
   fused = (fp8_optim.optimizer_step(fp8_optim.LEVELS[f.level], task.schedule, cfg.optim)
            if f.level in ("O1", "O2", "O3") else None)
+  options = task_options(f)
+  if recipe(f).fp8_wgrad:  # the FP8 dots decode their own kernels, layer by layer
+    options["precision"] = fp8_optim.precision(fp8_optim.LEVELS[f.level], fp8_dots(task.replace(model=model)))
   return task.replace(model=model, optimizer=optimizer_for(cfg, task.schedule), optimizer_step=fused,
-                      partition_rules=tuple(task.partition_rules) + PARTITION_RULES, **task_options(f))
+                      partition_rules=tuple(task.partition_rules) + PARTITION_RULES, **options)
+
+
+def fp8_dots(task: Task) -> dict:
+  """{kernel name: path of the FP8 dot that reads it} for the task's model, from the weight-
+  gradient ports its init declares (shapes only: nothing is computed)."""
+  shapes = jax.eval_shape(lambda rng: task.init(task.model, rng), jax.random.key(0))
+  ports = traverse_util.flatten_dict(shapes.get(dot.GRADS, {}))
+  return {"/".join(path[:-2] + ("kernel",)): path[:-1] for path in ports if path[-1] == "kernel"}
 
 
 __all__ = ["NAME", "Recipe", "comm", "dot", "formats", "hlo", "memory", "own", "fp8_optim", "default_config", "configure",
-           "apply", "recipe", "dot_general_for", "task_options", "optimizer_for", "LEVEL_NAMES"]
+           "apply", "recipe", "dot_general_for", "task_options", "optimizer_for", "fp8_dots", "LEVEL_NAMES"]

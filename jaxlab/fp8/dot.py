@@ -55,6 +55,7 @@ from jaxlab.fp8.formats import E4M3, E5M2
 
 COLLECTION = "fp8_meta"
 GRADS = "fp8_grads"  # the weight-gradient ports (see the module docstring)
+SCALES = "fp8_kernel_scale"  # the stored scale of a kernel handed over undecoded (see Fp8DotGeneral)
 SCALINGS = ("delayed", "current", "block")
 
 
@@ -120,20 +121,36 @@ def _scaled_dot(qa, qb, dims, scale, dtype):
   return (lax.dot_general(qa, qb, dims, preferred_element_type=jnp.float32) * scale).astype(dtype)
 
 
-def _fwd(x, w, meta, port, dims, recipe):
+def _kernel(w, w_scale, recipe, hw):
+  """The kernel's E4M3 operand, its scale and amax. `w_scale` (a stored scale, or ()) means
+  `w` holds stored values: E4M3 ones (`recipe.kernel="stored"`, O3), which go to the GEMM as
+  they are, or FP16 ones, which stand for w * w_scale (decoded here, inside the layer)."""
+  if not isinstance(w_scale, tuple):
+    s = jnp.reshape(w_scale, ())
+    if recipe.kernel == "stored":
+      return w.astype(E4M3), s, formats.amax(w) * s  # exact: w holds E4M3 values
+    w = w.astype(jnp.float32) * s
+  aw = formats.amax(w)
+  sw = _scale(recipe.for_kernel(), hw, aw, E4M3)
+  return formats.quantize(w, E4M3, sw), sw, aw
+
+
+def _fwd(x, w, meta, port, w_scale, dims, recipe):
   _check_dense(x, w, dims)
   hx, hw, hg = meta if meta else (None, None, None)
-  ax, aw = formats.amax(x), formats.amax(w)
-  sx, sw = _scale(recipe, hx, ax, E4M3), _scale(recipe.for_kernel(), hw, aw, E4M3)
-  qx, qw = formats.quantize(x, E4M3, sx), formats.quantize(w, E4M3, sw)
+  ax = formats.amax(x)
+  sx = _scale(recipe, hx, ax, E4M3)
+  qx = formats.quantize(x, E4M3, sx)
+  qw, sw, aw = _kernel(w, w_scale, recipe, hw)
   y = _scaled_dot(qx, qw, dims, sx * sw, x.dtype)
   # The FP8 operands are the residuals: the backward GEMMs reuse them (1 byte per element).
   port_scale = port[1] if port else None  # only its (scale-sized) shape is needed
-  return y, (qx, qw, sx, sw, hg, ax, aw, meta, port_scale)
+  return y, (qx, qw, sx, sw, hg, ax, aw, meta, port_scale, w_scale)
 
 
 def _bwd(dims, recipe, res, g):
-  qx, qw, sx, sw, hg, ax, aw, meta, port_scale = res
+  qx, qw, sx, sw, hg, ax, aw, meta, port_scale, w_scale = res
+  zero_scale = jax.tree.map(jnp.zeros_like, w_scale)  # a stored scale is not trained through the GEMM
   port = port_scale is not None
   ag = formats.amax(g)
   sg = _scale(recipe, hg, ag, E5M2)
@@ -152,26 +169,29 @@ def _bwd(dims, recipe, res, g):
     # The wgrad leaves once, as E4M3 with its own just-in-time scale (MS-AMP casts the wgrad
     # GEMM's output the same way); the kernel's own cotangent is zero.
     wgrad = formats.to_scaled(dw, E4M3, power_of_two=recipe.power_of_two)
-    return dx, jnp.zeros(qw.shape, g.dtype), obs, (wgrad.data, wgrad.scale.reshape(port_scale.shape))
-  return dx, dw, obs, ()
+    return dx, jnp.zeros(qw.shape, g.dtype), obs, (wgrad.data, wgrad.scale.reshape(port_scale.shape)), zero_scale
+  if not isinstance(w_scale, tuple):  # w held stored values: d/d(stored) = d/dw * scale
+    dw = dw * jnp.reshape(w_scale, ()).astype(dw.dtype)
+  return dx, dw, obs, (), zero_scale
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _fp8_dot(x, w, meta, port, dims, recipe: Recipe):
-  return _fwd(x, w, meta, port, dims, recipe)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _fp8_dot(x, w, meta, port, w_scale, dims, recipe: Recipe):
+  return _fwd(x, w, meta, port, w_scale, dims, recipe)[0]
 
 
-_fp8_dot.defvjp(lambda x, w, meta, port, dims, recipe: _fwd(x, w, meta, port, dims, recipe), _bwd)
+_fp8_dot.defvjp(lambda x, w, meta, port, w_scale, dims, recipe: _fwd(x, w, meta, port, w_scale, dims, recipe), _bwd)
 
 
-def fp8_dot_general(x, w, meta, dims, recipe: Recipe, port=()):
+def fp8_dot_general(x, w, meta, dims, recipe: Recipe, port=(), w_scale=()):
   """x . w per `dims` (Dense-shaped: x[..., K] . w[K, N]) with per-tensor FP8 scaling;
   `meta` = (x, kernel, grad) amax histories for delayed scaling, () for current scaling;
   `port` = (E4M3 zeros shaped like w, F32 zeros shaped like its scale) to receive the weight
-  gradient in FP8 (see the module docstring), () to return it as w's cotangent.
+  gradient in FP8 (see the module docstring), () to return it as w's cotangent;
+  `w_scale` = the stored scale when w holds stored values (w stands for w * w_scale), ().
   Operands are first promoted to a common dtype, the dtype of the output and gradients."""
   dtype = jnp.promote_types(x.dtype, w.dtype)
-  return _fp8_dot(x.astype(dtype), w.astype(dtype), meta, tuple(port), dims, recipe)
+  return _fp8_dot(x.astype(dtype), w.astype(dtype), meta, tuple(port), w_scale, dims, recipe)
 
 
 # ------------------------------------------------------------------------- block scaling
@@ -242,7 +262,11 @@ class Fp8DotGeneral(nn.Module):
       # The kernel's own gradient is zero here: stop_gradient makes it a symbolic zero, so the
       # backward scan does not stack a wide array of zeros for it.
       w = lax.stop_gradient(w)
-    return fp8_dot_general(x, w, meta, dimension_numbers, r, port)
+    # A stored kernel handed over undecoded (the train step at O1-O3, `Precision.view_state`):
+    # `w` holds its stored values and this is its scale, so each layer decodes its own slice
+    # inside the scan (or, at O3, feeds the stored E4M3 values to the GEMM as they are).
+    w_scale = self.get_variable(SCALES, "kernel_scale") if self.has_variable(SCALES, "kernel_scale") else ()
+    return fp8_dot_general(x, w, meta, dimension_numbers, r, port, w_scale)
 
 
 def port_gradients(grads, cotangents):

@@ -74,7 +74,12 @@ def _stacked(name: str) -> bool:
 
 
 def encode(x, dtype, name: str):
-  """x (float) -> `dtype` storage: a ScaledTensor for narrow formats, a cast otherwise."""
+  """x (float) -> `dtype` storage: a ScaledTensor for narrow formats, a cast otherwise. A
+  ScaledTensor already in `dtype` (an FP8 weight gradient from its port) stays as it is."""
+  if isinstance(x, ScaledTensor):
+    if x.dtype == dtype:
+      return x
+    x = decode(x)
   if dtype in NARROW:
     return formats.to_scaled(x, dtype, stacked=_stacked(name))
   return x.astype(dtype)
@@ -268,17 +273,46 @@ def _accumulate(a, g, weight, name):
   return a + weight * decode(g, a.dtype)
 
 
-def precision(level: Level) -> Precision:
-  """Storage and gradient formats of `level` for the train step (train/state.py)."""
+def precision(level: Level, dots: dict | None = None) -> Precision:
+  """Storage and gradient formats of `level` for the train step (train/state.py).
+
+  `dots` maps kernel names ('/'-joined parameter paths) to the path of the FP8 dot that
+  reads them (`fp8.dot.Fp8DotGeneral`). Those kernels are handed to the model undecoded: the
+  view gives their stored values and `view_state` their scales in the dots' `SCALES`
+  collection, so each layer decodes its own slice inside the layers' scan (no whole decoded
+  copy of the weights) and O3's E4M3 weights reach the GEMM as stored. Other matrices are
+  decoded to the compute dtype."""
+  from jaxlab.fp8 import dot  # the collection's name and layout are the dot's
+  dots = dots or {}
   compute = F16 if level.weight == E4M3 else level.weight  # O3's FP8 weights are used as FP16
-  stored_format = lambda name: level.weight if is_matrix(name) else F32
+
+  def stored_format(name):
+    return level.weight if is_matrix(name) else F32
+
+  def view_one(name, p):
+    if name in dots and isinstance(p, ScaledTensor):
+      return p.data
+    return decode(p, compute) if is_matrix(name) else p
+
+  def view_state(stored):
+    flat = {}
+    _map(lambda n, p: flat.__setitem__(n, p), stored)
+    scales = {}
+    for name, path in dots.items():
+      if isinstance(flat.get(name), ScaledTensor):
+        node = scales
+        for key in path:
+          node = node.setdefault(key, {})
+        node["kernel_scale"] = flat[name].scale
+    return {dot.SCALES: scales} if scales else {}
 
   def apply(stored, updates):
     return _map(lambda n, w, u: encode(decode(w) + u, stored_format(n), n), stored, updates)
 
   return Precision(
       store=lambda params: _map(lambda n, p: encode(p, stored_format(n), n), params),
-      view=lambda stored: _map(lambda n, p: decode(p, compute) if is_matrix(n) else p, stored),
+      view=lambda stored: _map(view_one, stored),
+      view_state=view_state,
       values=decode_tree,
       encode_grads=lambda grads: _map(lambda n, g: encode(g, level.grad, n) if is_matrix(n) else g, grads),
       accumulate=lambda acc, grads, weight: _map(lambda n, a, g: _accumulate(a, g, weight, n), acc, grads),

@@ -27,6 +27,8 @@ class Precision:
 
   store(params)        full-precision initial params -> stored params
   view(stored)         stored -> the params the model computes with (and is differentiated by)
+  view_state(stored)   stored -> read-only collections the model reads beside those params
+                       (e.g. the scales of weights it is handed undecoded); not train state
   encode_grads(grads)  gradients as they travel to the optimizer (e.g. narrow with scales)
   accumulate(a, g, w)  a + w * g for encoded gradients (microbatches)
   decode_grads(grads)  back to float for clipping and the optimizer
@@ -36,6 +38,7 @@ class Precision:
   """
   store: Callable = lambda p: p
   view: Callable = lambda p: p
+  view_state: Callable = lambda p: {}
   values: Callable = lambda p: p
   encode_grads: Callable = lambda g: g
   accumulate: Callable = lambda a, g, w: jax.tree.map(lambda x, y: x + w * y, a, g)
@@ -61,8 +64,9 @@ class GradPorts:
   parameters' cotangents: a cotangent has its primal's dtype, so a gradient narrower than its
   parameter (an FP8 weight gradient of an FP16 weight) needs a narrow primal to arrive at.
   The model declares `collection` at init; the step passes it in as zeros (it is not part of
-  the train state), differentiates it, and `merge(encoded_grads, cotangents)` puts what
-  arrived in place of those parameters' gradients. The task's loss must hand the model every
+  the train state), differentiates it, and `merge(grads, cotangents)` puts what arrived in
+  place of those parameters' gradients, before `Precision.encode_grads` (which must leave an
+  arrival that is already in its format as it is). The task's loss must hand the model every
   collection in the variables it is given (the trainers' losses do): a port the model never
   reads receives a zero cotangent."""
   collection: str
@@ -146,8 +150,8 @@ def _port_zeros(task: Task):
 
 
 def local_gradients(task: Task, view, model_state, batch, rng, microbatches: int):
-  """Loss, metrics, updated collections, encoded gradients (`Precision.encode_grads`, then
-  any port gradients merged) and observations for one (local) batch, accumulated over
+  """Loss, metrics, updated collections, encoded gradients (any port gradients merged, then
+  `Precision.encode_grads`) and observations for one (local) batch, accumulated over
   `microbatches` with lax.scan: gradients (`Precision.accumulate`) and metrics averaged,
   observations combined by max."""
   observed = {c: model_state[c] for c in task.observed if c in model_state}
@@ -160,11 +164,10 @@ def local_gradients(task: Task, view, model_state, batch, rng, microbatches: int
       return task.loss(task.model, {"params": view, **model_state, **observed, **extra}, mb, mb_rng)
     (loss, (metrics, updates)), (grads, obs, port_grads) = jax.value_and_grad(
         loss_fn, argnums=(0, 1, 2), has_aux=True)(view, observed, zeros)
-    grads = task.precision.encode_grads(grads)
     if ports:
       grads = ports.merge(grads, port_grads)
       updates = {k: v for k, v in updates.items() if k != ports.collection}
-    return loss, metrics, updates, grads, obs
+    return loss, metrics, updates, task.precision.encode_grads(grads), obs
 
   n = microbatches
   if n == 1:
@@ -203,10 +206,10 @@ def make_train_step(task: Task, microbatches: int = 1):
   prec, tx, schedule = task.precision, task.optimizer, task.schedule
 
   def gradients(state, batch, rng):
-    view = prec.view(state.params)
+    view, model_state = prec.view(state.params), {**state.model_state, **prec.view_state(state.params)}
     sync = task.grad_sync
     if sync is None:
-      loss, metrics, updates, grads, obs = local_gradients(task, view, state.model_state, batch, rng, microbatches)
+      loss, metrics, updates, grads, obs = local_gradients(task, view, model_state, batch, rng, microbatches)
       return loss, metrics, updates, grads, obs, state.sync_state
 
     def local(view, model_state, sync_state, batch, rng):
@@ -225,7 +228,7 @@ def make_train_step(task: Task, microbatches: int = 1):
     fn = jax.shard_map(local, in_specs=(P(), P(), P(), data, P()), out_specs=P(), axis_names={sync.axis},
                        check_vma=False)
     batch = jax.lax.with_sharding_constraint(batch, data)  # shard_map needs it split over the axis
-    loss, metrics, updates, grads, obs, sync_state = fn(view, state.model_state, state.sync_state, batch, rng)
+    loss, metrics, updates, grads, obs, sync_state = fn(view, model_state, state.sync_state, batch, rng)
     return loss, metrics, updates, grads, obs, sync_state
 
   def step(state: TrainState, batch: dict, rng: jax.Array):
@@ -237,7 +240,8 @@ def make_train_step(task: Task, microbatches: int = 1):
       grads = prec.decode_grads(grads)
       updates, opt_state = tx.update(grads, state.opt_state, prec.values(state.params))
       params, grad_norm = prec.apply(state.params, updates), optax.global_norm(grads)
-    model_state = {**state.model_state, **collections}
+    # only the state's own collections come back (not the view's read-only ones)
+    model_state = {**state.model_state, **{k: v for k, v in collections.items() if k in state.model_state}}
     for name, update in task.observed.items():
       if name in obs:
         model_state[name] = update(state.model_state[name], obs[name])
@@ -253,5 +257,7 @@ def make_train_step(task: Task, microbatches: int = 1):
 def make_eval_step(task: Task):
   """step(state, batch) -> the task's eval sums for one batch."""
   def step(state: TrainState, batch: dict):
-    return task.eval_sums(task.model, {"params": task.precision.view(state.params), **state.model_state}, batch)
+    prec = task.precision
+    return task.eval_sums(task.model, {"params": prec.view(state.params), **state.model_state,
+                                       **prec.view_state(state.params)}, batch)
   return step

@@ -195,11 +195,21 @@ def test_o3_gemm_sees_the_stored_fp8_weights_bit_for_bit(bf16_compute):
   stale = 1.5 * float(jnp.max(jnp.abs(view[layer].astype(jnp.float32))))
   meta = tuple(jnp.zeros((4,)).at[0].set(v) for v in (float(jnp.max(jnp.abs(x.astype(jnp.float32)))), stale, 1.0))
   dims = (((1,), (0,)), ((), ()))
-  _, res = dot._fwd(x, view[layer], meta, (), dims, dot.Recipe(history=4, kernel="stored"))
+  _, res = dot._fwd(x, view[layer], meta, (), (), dims, dot.Recipe(history=4, kernel="stored"))
   qw = res[1]
   np.testing.assert_array_equal(np.asarray(qw).view(np.uint8), np.asarray(stored.data[layer]).view(np.uint8))
-  _, res = dot._fwd(x, view[layer], meta, (), dims, dot.Recipe(history=4))
+  _, res = dot._fwd(x, view[layer], meta, (), (), dims, dot.Recipe(history=4))
   assert np.mean(np.asarray(res[1]).view(np.uint8) != np.asarray(stored.data[layer]).view(np.uint8)) > 0.3
+  # The train step hands the stored values themselves (cast to the model's dtype by Dense)
+  # with their scale: the GEMM gets the stored bytes and the stored scale, nothing requantized.
+  values = stored.data[layer].astype(x.dtype)
+  y, res = dot._fwd(x, values, meta, (), stored.scale[layer], dims, dot.Recipe(history=4, kernel="stored"))
+  np.testing.assert_array_equal(np.asarray(res[1]).view(np.uint8), np.asarray(stored.data[layer]).view(np.uint8))
+  assert float(res[3]) == float(stored.scale[layer].reshape(()))
+  y_decoded, _ = dot._fwd(x, view[layer], meta, (), (), dims, dot.Recipe(history=4, kernel="stored"))
+  # the same GEMM as from the decoded view, whose recomputed scale carries the FP16 rounding
+  # of the decoded amax (same bytes, a scale 1e-4 off: at most one step of a BF16 output)
+  np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_decoded, np.float32), rtol=2 ** -7, atol=1e-6)
 
 
 def test_o3_config_scales_kernels_as_stored_and_other_levels_do_not():

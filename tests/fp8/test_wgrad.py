@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxlab import config as config_lib
-from jaxlab.fp8 import dot, formats
+from jaxlab.fp8 import dot, formats, optim as fo
 from jaxlab.train import state as train_state
 from jaxlab.trainers import lm
 
@@ -64,6 +64,12 @@ def _tiny_lm(level: str):
   return task, state, batch
 
 
+def _view(task, state):
+  """The params and collections the train step hands the model (train/state.py)."""
+  prec = task.precision
+  return prec.view(state.params), {**state.model_state, **prec.view_state(state.params)}
+
+
 def _kernels(tree):
   return {jax.tree_util.keystr(p): g for p, g in jax.tree_util.tree_leaves_with_path(tree, is_leaf=formats.is_scaled)
           if "kernel" in jax.tree_util.keystr(p)}
@@ -73,17 +79,20 @@ def _kernels(tree):
 def test_train_step_gradients_of_fp8_kernels_are_e4m3_from_the_backward_pass(level):
   task, state, batch = _tiny_lm(level)
   assert dot.GRADS not in state.model_state  # the port is the step's, not state
-  view = task.precision.view(state.params)
-  out = train_state.local_gradients(task, view, state.model_state, batch, jax.random.key(1), 1)
+  view, model_state = _view(task, state)
+  out = train_state.local_gradients(task, view, model_state, batch, jax.random.key(1), 1)
   kernels = _kernels(out[3])
   assert len(kernels) == 6  # query, key, value, out, fc, proj (stacked over the 2 layers)
   for name, g in kernels.items():
     assert isinstance(g, formats.ScaledTensor) and g.data.dtype == jnp.float8_e4m3fn, name
     assert g.scale.shape == (2, 1, 1), name  # per layer
   # The same gradients as the portless path (which quantizes the wgrad after a BF16/FP16 trip),
-  # up to an E4M3 step: the port changes where the cast happens, not the value.
-  plain = _kernels(train_state.local_gradients(task.replace(grad_ports=None), view, state.model_state, batch,
-                                                jax.random.key(1), 1)[3])
+  # up to an E4M3 step: the port changes where the cast happens, not the value. Both decode
+  # the weights first (a portless dot is handed decoded weights), so their forwards agree.
+  decoded = task.replace(precision=fo.precision(fo.LEVELS[level]))
+  kernels = _kernels(train_state.local_gradients(decoded, *_view(decoded, state), batch, jax.random.key(1), 1)[3])
+  portless = decoded.replace(grad_ports=None)
+  plain = _kernels(train_state.local_gradients(portless, *_view(portless, state), batch, jax.random.key(1), 1)[3])
   for name, g in kernels.items():
     a, b = np.asarray(g.dequantize()), np.asarray(plain[name].dequantize())
     tol = np.abs(b) * 2.0 ** -2 + float(np.max(np.abs(b))) * 2.0 ** -8
@@ -91,7 +100,7 @@ def test_train_step_gradients_of_fp8_kernels_are_e4m3_from_the_backward_pass(lev
     assert np.abs(a).max() > 0, name
   # The backward scan itself emits them in E4M3: no FP16/BF16/FP32 array of a stacked
   # kernel's shape leaves it.
-  jaxpr = jax.make_jaxpr(lambda v: train_state.local_gradients(task, v, state.model_state, batch,
+  jaxpr = jax.make_jaxpr(lambda v: train_state.local_gradients(task, v, model_state, batch,
                                                                  jax.random.key(1), 1)[3])(view)
   shapes = {tuple(g.shape) for g in kernels.values()}
   scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
@@ -104,11 +113,50 @@ def test_train_step_gradients_of_fp8_kernels_are_e4m3_from_the_backward_pass(lev
 
 def test_microbatches_accumulate_fp8_gradients_in_their_format():
   task, state, batch = _tiny_lm("O2")
-  view = task.precision.view(state.params)
-  one = _kernels(train_state.local_gradients(task, view, state.model_state, batch, jax.random.key(1), 1)[3])
-  two = _kernels(train_state.local_gradients(task, view, state.model_state, batch, jax.random.key(1), 2)[3])
+  view, model_state = _view(task, state)
+  one = _kernels(train_state.local_gradients(task, view, model_state, batch, jax.random.key(1), 1)[3])
+  two = _kernels(train_state.local_gradients(task, view, model_state, batch, jax.random.key(1), 2)[3])
   for name, g in two.items():
     assert g.data.dtype == jnp.float8_e4m3fn, name
     a, b = np.asarray(g.dequantize()), np.asarray(one[name].dequantize())
     # mean of two half-batch gradients = the full-batch gradient, within FP8 rounding
     assert np.abs(a - b).max() <= 0.2 * np.abs(b).max(), name
+
+
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
+def test_fp8_kernels_are_decoded_inside_the_layers_not_copied_whole(level):
+  """The step hands the FP8 dots their kernels as stored (FP16 at O1/O2, E4M3 at O3) with
+  the scales beside them, so no wide array of a stacked kernel's shape is computed outside
+  the layers' scan (the decoded FP16 copy the step used to make, 2 bytes per parameter), and
+  a train step matches the one that decodes first, to a rounding of the stored format."""
+  task, state, batch = _tiny_lm(level)
+  view, model_state = _view(task, state)
+  kernels = {k: v for k, v in _kernels(view).items()}
+  assert len(kernels) == 6 and len(model_state[dot.SCALES]) > 0
+  stored = {np.dtype(jnp.float16 if level != "O3" else jnp.float8_e4m3fn)}
+  assert {v.dtype for v in kernels.values()} == stored  # stored values, not decoded ones
+  shapes = {tuple(v.shape) for v in kernels.values()}
+  jaxpr = jax.make_jaxpr(lambda v: train_state.local_gradients(task, v, model_state, batch,
+                                                                 jax.random.key(1), 1)[3])(view)
+  # (broadcasts are the stored values' zero cotangents, replaced by the ports' and dead code)
+  wide = [(e.primitive.name, tuple(o.aval.shape), o.aval.dtype) for e in jaxpr.jaxpr.eqns for o in e.outvars
+          if e.primitive.name not in ("scan", "broadcast_in_dim") and tuple(o.aval.shape) in shapes
+          and o.aval.dtype != jnp.float8_e4m3fn]
+  assert not wide, wide
+  decoded_jaxpr = jax.make_jaxpr(lambda p: train_state.local_gradients(
+      task.replace(precision=fo.precision(fo.LEVELS[level])), fo.precision(fo.LEVELS[level]).view(p),
+      state.model_state, batch, jax.random.key(1), 1)[3])(state.params)
+  assert any(e.primitive.name not in ("scan", "broadcast_in_dim") and tuple(o.aval.shape) in shapes
+             and o.aval.dtype == jnp.float16 for e in decoded_jaxpr.jaxpr.eqns for o in e.outvars)  # the check bites
+  # one train step, against the same step with a precision that decodes every weight first
+  decoded = task.replace(precision=fo.precision(fo.LEVELS[level]))
+  step_a = jax.jit(train_state.make_train_step(task))
+  step_b = jax.jit(train_state.make_train_step(decoded))
+  new_a, m_a = step_a(state, batch, jax.random.key(2))
+  new_b, m_b = step_b(state, batch, jax.random.key(2))
+  np.testing.assert_allclose(m_a["loss"], m_b["loss"], rtol=1e-3)
+  np.testing.assert_allclose(m_a["grad_norm"], m_b["grad_norm"], rtol=0.05)
+  for name, w in _kernels(new_a.params).items():
+    a, b = np.asarray(w.dequantize()), np.asarray(_kernels(new_b.params)[name].dequantize())
+    step = 2.0 ** -3 if level == "O3" else 2.0 ** -10  # one E4M3 / FP16 rounding
+    assert np.all(np.abs(a - b) <= step * np.abs(b) + 1e-3 * np.abs(b).max()), name
