@@ -169,9 +169,9 @@ _UINT = {1: jnp.uint8, 2: jnp.uint16}
 
 
 def _bytes(tree):
-  """Narrow floats (FP8, FP16, BF16) bitcast to unsigned integers of their width: XLA on CPU
-  widens data movement (a dynamic slice or update) of types it cannot compute in and hoists
-  that whole-tensor copy out of the loop; bits are moved as they are."""
+  """Narrow floats (FP8, BF16) bitcast to unsigned integers of their width: XLA on CPU widens
+  data movement (a dynamic slice or update) of types it cannot compute in and hoists that
+  whole-tensor copy out of the loop; bits are moved as they are. (FP16 it moves as is.)"""
   narrow = lambda a: jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize in _UINT and a.dtype != F16
   return jax.tree.map(lambda a: lax.bitcast_convert_type(a, _UINT[a.dtype.itemsize]) if narrow(a) else a, tree)
 
@@ -199,17 +199,80 @@ def _layer_loop(update, g, carry):
   return _unbytes(lax.fori_loop(0, jax.tree.leaves(g)[0].shape[0], body, _bytes(carry)), carry)
 
 
-def _sum_of_squares(name, g) -> jax.Array:
-  """sum(decode(g) ** 2), layer by layer for a stacked matrix (no whole FP32 copy)."""
-  if not (is_matrix(name) and _stacked(name) and g.shape[0] > 1):
+def _row_blocks(rows: int, max_rows: int = 4096, max_blocks: int = 256) -> int:
+  """How many equal row blocks an unstacked matrix is updated in (1: whole)."""
+  if rows > max_rows:
+    for n in range(2, max_blocks + 1):
+      if rows % n == 0 and rows // n <= max_rows:
+        return n
+  return 1
+
+
+def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
+  """An unstacked matrix (an embedding) updated in `blocks` row blocks, in place, with
+  per-tensor scales: a first loop takes the amax of each new FP32 value over the blocks, (at
+  O3, with a master, a second the amax of the weight the master rounds to), and a last one
+  recomputes each block and writes it with those scales. Recomputing is cheap next to
+  holding the whole tensor's FP32 m, v and w at once.
+  `values(g_block, carry_block) -> (m32, v32, w32)`; `finish(m32, v32, w32, master, scale_fn)`
+  -> the stored (m, v, w, master) of the block."""
+  rows = g.shape[0] // blocks
+  n_rows = g.shape[0]
+  sliced = lambda a: a.ndim > 0 and a.shape[0] == n_rows  # scales and placeholders are shared
+  g8, c8 = _bytes(g), _bytes(carry)
+  like = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:] if sliced(a) else a.shape,
+                                                                  a.dtype), tree)
+  g_like, c_like = like(g), like(carry)
+
+  def take(tree, j):
+    return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, j * rows, rows) if sliced(a) else a, tree)
+
+  def block(j):
+    return _unbytes(take(g8, j), g_like), _unbytes(take(c8, j), c_like)
+
+  def amax_pass(fn, init):
+    return lax.fori_loop(0, blocks, lambda j, acc: jax.tree.map(jnp.maximum, acc, fn(*block(j))), init)
+
+  zero = jnp.zeros((), F32)
+  per_tensor = lambda a, dtype, x: jnp.reshape(formats.scale_for(a, dtype), (1,) * x.ndim)  # as stored
+  a_m, a_v, a_w = amax_pass(lambda gb, cb: tuple(formats.amax(x) for x in values(gb, cb)), (zero, zero, zero))
+  amaxes = {"m": a_m, "v": a_v, "w": a_w}
+  if with_master:  # the weight is the master cast down: its amax is the rounded master's
+    amaxes["master"] = a_w
+    scale_master = lambda x, dtype, key: per_tensor(amaxes[key], dtype, x)
+    weight_amax = lambda gb, cb: formats.amax(finish(*values(gb, cb), cb[3], scale_master)[3].dequantize())
+    amaxes["w"] = amax_pass(weight_amax, zero)
+  scale = lambda x, dtype, key: per_tensor(amaxes[key], dtype, x)
+
+  def write(j, c8):
+    gb, cb = block(j)
+    new = _bytes(finish(*values(gb, cb), cb[3], scale))
+    return jax.tree.map(lambda a, x: lax.dynamic_update_slice_in_dim(a, x, j * rows, 0) if sliced(a) else x, c8, new)
+
+  return _unbytes(lax.fori_loop(0, blocks, write, c8), carry)
+
+
+def _sum_of_squares(name, g, block_rows: int) -> jax.Array:
+  """sum(decode(g) ** 2), layer by layer for a stacked matrix and row block by row block for
+  an unstacked one (no whole FP32 copy)."""
+  if not is_matrix(name) or len(g.shape) < 2:
     return jnp.sum(jnp.square(decode(g)))
-  g8, like = _bytes(g), jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), g)
-  body = lambda i, acc: acc + jnp.sum(jnp.square(decode(_unbytes(_take(g8, i), like))))
-  return lax.fori_loop(0, g.shape[0], body, jnp.zeros((), F32))
+  g8 = _bytes(g)
+  if _stacked(name) and g.shape[0] > 1:
+    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), g)
+    body = lambda i, acc: acc + jnp.sum(jnp.square(decode(_unbytes(_take(g8, i), like))))
+    return lax.fori_loop(0, g.shape[0], body, jnp.zeros((), F32))
+  blocks = _row_blocks(g.shape[0], block_rows)
+  rows, n_rows = g.shape[0] // blocks, g.shape[0]
+  sliced = lambda a: a.shape[0] == n_rows
+  like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:] if sliced(a) else a.shape, a.dtype), g)
+  take = lambda j: jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, j * rows, rows) if sliced(a) else a, g8)
+  body = lambda j, acc: acc + jnp.sum(jnp.square(decode(_unbytes(take(j), like))))
+  return lax.fori_loop(0, blocks, body, jnp.zeros((), F32))
 
 
 def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                 grad_clip=0.0):
+                 grad_clip=0.0, block_rows: int = 4096):
   """`optimizer(level, ...)`'s update and `precision(level).apply` in one pass, for the train
   step (`Task.optimizer_step`): (encoded grads, opt_state, stored params) -> (stored params,
   opt_state, the gradients' global norm), on the same state as the optax chain (clipping
@@ -221,7 +284,9 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
   matrix is updated one layer at a time (its scale is per layer anyway) in a loop that writes
   each layer's m, v, master and weight back into the donated buffers, as MS-AMP's fused
   kernel updates each tensor in place: one layer's FP32 temporaries at a time, and no
-  updates tree. Gradients are decoded (and clipped by their global norm, as
+  updates tree. An unstacked matrix (the embedding) is updated in place in row blocks of at
+  most `block_rows`, in two passes for its per-tensor scales (`_block_update`). Gradients are
+  decoded (and clipped by their global norm, as
   `optax.clip_by_global_norm`) layer by layer too, and so is the norm computed (XLA on CPU
   does not fuse a decode into a reduction: a whole-tree norm held an FP32 copy of every
   gradient). The new weight is rounded once from the
@@ -234,25 +299,41 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
     count = state.count + 1
     lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
     c1, c2 = 1 - b1 ** count.astype(F32), 1 - b2 ** count.astype(F32)
-    norm = jnp.sqrt(sum(jax.tree.leaves(_map(_sum_of_squares, grads))))
+    norm = jnp.sqrt(sum(jax.tree.leaves(_map(lambda n, g: _sum_of_squares(n, g, block_rows), grads))))
     trigger = norm < grad_clip
 
-    def one(name, g, m, v, w, master, stacked):
+    def values(name, g, m, v, w, master):
+      """FP32 m', v' and w' (before any master rounding) of one tensor, layer or row block."""
       g = decode(g)
       if grad_clip > 0:
         g = lax.select(trigger, g, (g / norm) * grad_clip)
       base = master if has_master and is_matrix(name) else w
-      m32, v32, new = _adam(g, m, v, decode(base), lr, c1, c2, b1, b2, eps, weight_decay if is_matrix(name) else 0.0)
-      put = lambda x, dtype: formats.to_scaled(x, dtype, stacked=stacked) if dtype in NARROW else x.astype(dtype)
+      return _adam(g, m, v, decode(base), lr, c1, c2, b1, b2, eps, weight_decay if is_matrix(name) else 0.0)
+
+    def finish(name, m32, v32, new, master, scale):
+      """The stored m, v, weight and master; `scale(x, dtype, key)` gives a narrow tensor's scale."""
+      put = lambda x, dtype, key: (formats.ScaledTensor(formats.quantize(x, dtype, scale(x, dtype, key)),
+                                                        scale(x, dtype, key)) if dtype in NARROW else x.astype(dtype))
       if has_master and is_matrix(name):
-        master = put(new, level.master)
+        master = put(new, level.master, "master")
         new = decode(master)  # the weight is the new master copy cast down (MS-AMP's O3), one rounding
-      return put(m32, fmt(name, level.m)), put(v32, fmt(name, level.v)), put(new, fmt(name, level.weight)), master
+      return (put(m32, fmt(name, level.m), "m"), put(v32, fmt(name, level.v), "v"),
+              put(new, fmt(name, level.weight), "w"), master)
+
+    def one(name, g, m, v, w, master, stacked):
+      jit = lambda x, dtype, key: formats.scale_for(formats.amax(x, formats.tensor_axes(x, stacked)), dtype)
+      return finish(name, *values(name, g, m, v, w, master), master, jit)
 
     def leaf(name, g, m, v, w, master=None):
       master = jnp.zeros((1,), F32) if master is None else master
       if is_matrix(name) and _stacked(name) and w.shape[0] > 1:
         return _layer_loop(lambda g_i, c: one(name, g_i, *c, stacked=False), g, (m, v, w, master))
+      # (with FP32 moments, O1, XLA on CPU copies the loops' FP32 carries: whole is cheaper)
+      blocks = (_row_blocks(w.shape[0], block_rows) if is_matrix(name) and not _stacked(name) and level.m in NARROW
+                else 1)
+      if blocks > 1:
+        return _block_update(lambda g_b, c: values(name, g_b, *c), lambda *a: finish(name, *a), g, (m, v, w, master),
+                             blocks, with_master=has_master)
       return one(name, g, m, v, w, master, stacked=_stacked(name))
 
     rest = (state.master,) if has_master else ()

@@ -55,10 +55,13 @@ def _close(a, b, dtype, floor, exact_share):
 
 @pytest.mark.parametrize("level", ["none", "O1", "O2", "O3"])
 @pytest.mark.parametrize("size", [1e-3, 10.0])  # global norm below / above grad_clip: clipping off / on
-def test_fused_update_matches_the_optax_path(level, size):
+@pytest.mark.parametrize("block_rows", [4096, 4])  # the 12-row embedding whole, or in 3 row blocks
+def test_fused_update_matches_the_optax_path(level, size, block_rows):
   lvl = fo.LEVELS[level]
   prec, lr = fo.precision(lvl), 1e-3
-  tx, fused = fo.optimizer(lvl, lambda c: lr, OPTIM), jax.jit(fo.optimizer_step(lvl, lambda c: lr, OPTIM))
+  tx = fo.optimizer(lvl, lambda c: lr, OPTIM)
+  fused = jax.jit(fo.fused_update(lvl, lambda c: lr, OPTIM.b1, OPTIM.b2, OPTIM.eps, OPTIM.weight_decay,
+                                  OPTIM.grad_clip, block_rows=block_rows))
   params = _params()
   stored_a = stored_b = prec.store(params)
   state_a = state_b = tx.init(params)
