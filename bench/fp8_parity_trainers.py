@@ -10,8 +10,11 @@ level; per seed one BF16 run trains the pretraining and aesthetic stages, and ev
 fine-tunes from them (pretrain.workdir / aesthetic.workdir), so the levels differ in the
 DPO stage alone. Its loss is the training loss (ranked DPO + contrastive) averaged over the
 last `--tail` logged steps (the stage has no held-out loss; the data order is the same at
-every level). Prints each level's mean over seeds with its gap to BF16 and the per-seed
-gaps, and ends with `max_rel_gap_classify=.. max_rel_gap_align=.. seeds=..`; goal: every
+every level), measured through each level's own (FP8) forward; align_plain is the same
+fine-tuned models' loss over one epoch of the preference records through one plain FP32
+forward (the trainer's report.json `finetune_loss_plain`), which separates a worse model
+from quantization noise in the measurement. Prints each level's mean over seeds with its gap to BF16 and the per-seed
+gaps, and ends with `max_rel_gap_classify=.. max_rel_gap_align=.. max_rel_gap_align_plain=.. seeds=..`; goal: every
 FP8 level within 0.5% on the mean. Runs are cached in the workdir (a rerun continues).
 """
 from __future__ import annotations
@@ -68,6 +71,14 @@ def align_loss(level: str, seed: int, args) -> float:
   return float(np.mean(losses[-args.tail:]))
 
 
+def align_plain_loss(level: str, seed: int, args) -> float:
+  """The same run's fine-tuned model through one plain FP32 forward (report.json's
+  finetune_loss_plain): the levels compared as models, not through their own forwards."""
+  align_loss(level, seed, args)  # cached: only makes sure the run exists
+  workdir = os.path.join(args.workdir, f"align_none_s{seed}" if level == "none" else f"align_{level}_s{seed}")
+  return float(json.load(open(os.path.join(workdir, "report.json")))["finetune_loss_plain"])
+
+
 def table(name: str, losses: dict) -> float:
   """Print one trainer's table; the largest |gap| of an FP8 level's mean to BF16's."""
   base = np.mean(losses["none"])
@@ -103,8 +114,8 @@ def main():
   os.makedirs(args.workdir, exist_ok=True)
   done = json.load(open(cache)) if os.path.exists(cache) else {}
   results = {}
-  for trainer, fn in (("classify", classify_loss), ("align", align_loss)):
-    if trainer not in only:
+  for trainer, fn in (("classify", classify_loss), ("align", align_loss), ("align_plain", align_plain_loss)):
+    if trainer.split("_")[0] not in only:
       continue
     results[trainer] = {level: [] for level in LEVELS}
     for seed in seeds:

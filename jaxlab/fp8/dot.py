@@ -123,8 +123,9 @@ def _scaled_dot(qa, qb, dims, scale, dtype):
 
 def _kernel(w, w_scale, recipe, hw):
   """The kernel's E4M3 operand, its scale and amax. `w_scale` (a stored scale, or ()) means
-  `w` holds stored values: E4M3 ones (`recipe.kernel="stored"`, O3), which go to the GEMM as
-  they are, or FP16 ones, which stand for w * w_scale (decoded here, inside the layer)."""
+  `w` holds stored values: E4M3 ones (`recipe.kernel="stored"`, O3; in a wider dtype, which
+  holds them exactly), which go to the GEMM as they are, or FP16 ones, which stand for
+  w * w_scale (decoded here, inside the layer)."""
   if not isinstance(w_scale, tuple):
     s = jnp.reshape(w_scale, ())
     if recipe.kernel == "stored":

@@ -359,10 +359,10 @@ def precision(level: Level, dots: dict | None = None) -> Precision:
 
   `dots` maps kernel names ('/'-joined parameter paths) to the path of the FP8 dot that
   reads them (`fp8.dot.Fp8DotGeneral`). Those kernels are handed to the model undecoded: the
-  view gives their stored values and `view_state` their scales in the dots' `SCALES`
-  collection, so each layer decodes its own slice inside the layers' scan (no whole decoded
-  copy of the weights) and O3's E4M3 weights reach the GEMM as stored. Other matrices are
-  decoded to the compute dtype."""
+  view gives their stored values (O3's E4M3 ones as FP16, exactly) and `view_state` their
+  scales in the dots' `SCALES` collection, so each layer decodes its own slice inside the
+  layers' scan (no whole decoded copy of the weights at O1/O2) and O3's E4M3 values reach
+  the GEMM as stored, not requantized. Other matrices are decoded to the compute dtype."""
   from jaxlab.fp8 import dot  # the collection's name and layout are the dot's
   dots = dots or {}
   compute = F16 if level.weight == E4M3 else level.weight  # O3's FP8 weights are used as FP16
@@ -372,7 +372,9 @@ def precision(level: Level, dots: dict | None = None) -> Precision:
 
   def view_one(name, p):
     if name in dots and isinstance(p, ScaledTensor):
-      return p.data
+      # O3's E4M3 values go as FP16, exactly: flax's Dense promotes its kernel with the
+      # inputs, and 8-bit floats have no implicit promotion
+      return p.data.astype(compute) if p.data.dtype.itemsize == 1 else p.data
     return decode(p, compute) if is_matrix(name) else p
 
   def view_state(stored):

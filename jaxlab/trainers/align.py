@@ -321,6 +321,22 @@ def finetune_task(cfg, mcfg, enc, train: dict | None = None, prefs=None, init_pa
   return task.replace(train_data=data), spec
 
 
+def plain_finetune_loss(cfg, mcfg, enc, train, prefs, init_params, params) -> float:
+  """The fine-tuning loss of `params` over one epoch of the preference records (the first
+  len(records) / batch batches of the stage's own data order), with the plain FP32 model
+  and its own reference at `init_params`. The stage's training loss goes through its own
+  forward (e.g. FP8 GEMMs at fp8.level=O2), so levels compared by it differ in the forward
+  as well as in the model; this one forward compares the fine-tuned models alone."""
+  plain = ml_collections.ConfigDict(cfg.to_dict())
+  plain.fp8.level = "fp32"
+  task, _ = finetune_task(plain, mcfg, enc, train, prefs, init_params)
+  d = cfg.dpo
+  loss = jax.jit(lambda p, batch: finetune_lib.finetune_loss(task.model, d, cfg.pretrain, {"params": p}, batch)[0])
+  batches = iter(task.train_data)
+  n = max(1, len(prefs) // d.train.batch_size)
+  return float(np.mean([loss(params, next(batches)) for _ in range(n)]))
+
+
 def reference_log_probs(task: Task, rng, q_tokens, q_mask, cand_images, batch_size: int) -> np.ndarray:
   """[R, N] log pi_ref of each record's candidates: the task's model with its initial
   variables (task.init), in batches of records."""
@@ -441,6 +457,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
   if not fine["finished"]:
     return Result(workdir, False, {"stopped": "finetune"})
   fine["params"] = fp8.formats.plain(fine["params"])  # evaluated as stored, in FP32 (FP8 levels store FP16/FP8)
+  plain_loss = plain_finetune_loss(cfg, mcfg, enc, train, prefs, pre["params"], fine["params"])
 
   labels = {key: hpir.load_hpir(path) for key, path in tb.hpir.items()}
   ctx = dict(cfg=cfg, workdir=workdir, mcfg=mcfg, enc=enc, source=tb.source, held_ids=held_ids,
@@ -452,6 +469,7 @@ def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
     mine = {k.split("/", 1)[1]: v for k, v in labels.items() if k.startswith(split + "/")}
     report[split], corr[split] = evaluate_systems(ctx, splits[split], mine, seed=cfg.seed + i)
   report["preferences"] = pref_stats
+  report["finetune_loss_plain"] = plain_loss
   report["weight_average"] = cfg.eval.weight_average
   report["aesthetic_model_corr"] = corr["test"]
   report["contents"] = {"finetune": [testbed.contents(tb.source)[c] for c in tune_ids],

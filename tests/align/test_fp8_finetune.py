@@ -39,6 +39,13 @@ def test_dpo_finetuning_runs_its_gemms_in_fp8_at_o2():
   assert pre.task.model.dot_general_cls is None
 
 
+def test_o3_dpo_step_lowers_with_stored_kernels_in_a_model_whose_dense_layers_promote():
+  """The two-tower's projections are Dense layers without a dtype, which promote their
+  kernel with their inputs: O3's E4M3 values must reach them in a type that promotes."""
+  stage, low, report = _finetune("O3")
+  assert not report.blocked and len(report.fp8) > 0, report.summary()
+
+
 def test_bad_fp8_level_fails_before_work_naming_the_key(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="fp8.level"):
     align.train_and_evaluate(config_lib.load(CONFIG, ["fp8.level=O4"]), str(tmp_path / "w"))
@@ -91,3 +98,16 @@ def test_dpo_reference_is_the_initial_policy_under_the_stages_forward():
   own, plain = abs(first_loss("O2", "O2") - np.log(2)), abs(first_loss("O2", "fp32") - np.log(2))
   assert abs(first_loss("fp32", "fp32") - np.log(2)) < 1e-6
   assert own < plain / 3
+
+
+@pytest.mark.parametrize("level, tol", [("fp32", 1e-6), pytest.param("O2", 2e-3, marks=pytest.mark.slow)])
+def test_plain_finetune_loss_is_log2_for_a_model_that_did_not_move(tmp_path, level, tol):
+  """report["finetune_loss_plain"] evaluates the fine-tuned parameters with the plain FP32
+  forward against the plain reference: with a learning rate of 0 and no contrastive term the
+  fine-tuned model is the reference, so every preference pair's margin is 0 and the loss is
+  log 2, worked by hand (at O2 up to the FP16 rounding of the stored weights)."""
+  cfg = config_lib.load(CONFIG, [f"fp8.level={level}", "dpo.optim.learning_rate=0.0", "dpo.contrastive_weight=0.0",
+                                 f"data.data_dir={tmp_path / 'data'}"])
+  result = align.train_and_evaluate(cfg, str(tmp_path / "w"))
+  assert result.finished
+  assert abs(result.report["finetune_loss_plain"] - np.log(2)) < tol, result.report["finetune_loss_plain"]
