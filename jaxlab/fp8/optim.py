@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from jax import lax
 import optax
 
-from jaxlab.fp8 import formats
+from jaxlab.fp8 import dot, formats
 from jaxlab.fp8.formats import E4M3, ScaledTensor
 from jaxlab.sharding import path_name
 from jaxlab.train.optim import is_matrix
@@ -208,6 +208,20 @@ def _row_blocks(rows: int, max_rows: int = 4096, max_blocks: int = 256) -> int:
   return 1
 
 
+def _row_slicer(tree, blocks: int):
+  """(tree as bits, take(j) -> block j of its rows as their own dtype) for an unstacked
+  matrix's arrays in `blocks` row blocks; arrays without those rows (scales, placeholders)
+  come whole."""
+  n_rows = jax.tree.leaves(tree)[0].shape[0]
+  rows = n_rows // blocks
+  sliced = lambda a: a.ndim > 0 and a.shape[0] == n_rows
+  like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:] if sliced(a) else a.shape, a.dtype), tree)
+  bits = _bytes(tree)
+  take = lambda j: _unbytes(jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, j * rows, rows) if sliced(a) else a,
+                                         bits), like)
+  return bits, take, rows, sliced
+
+
 def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
   """An unstacked matrix (an embedding) updated in `blocks` row blocks, in place, with
   per-tensor scales: a first loop takes the amax of each new FP32 value over the blocks, (at
@@ -216,19 +230,9 @@ def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
   holding the whole tensor's FP32 m, v and w at once.
   `values(g_block, carry_block) -> (m32, v32, w32)`; `finish(m32, v32, w32, master, scale_fn)`
   -> the stored (m, v, w, master) of the block."""
-  rows = g.shape[0] // blocks
-  n_rows = g.shape[0]
-  sliced = lambda a: a.ndim > 0 and a.shape[0] == n_rows  # scales and placeholders are shared
-  g8, c8 = _bytes(g), _bytes(carry)
-  like = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:] if sliced(a) else a.shape,
-                                                                  a.dtype), tree)
-  g_like, c_like = like(g), like(carry)
-
-  def take(tree, j):
-    return jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, j * rows, rows) if sliced(a) else a, tree)
-
-  def block(j):
-    return _unbytes(take(g8, j), g_like), _unbytes(take(c8, j), c_like)
+  _, take_g, _, _ = _row_slicer(g, blocks)
+  c8, take_c, rows, sliced = _row_slicer(carry, blocks)
+  block = lambda j: (take_g(j), take_c(j))
 
   def amax_pass(fn, init):
     return lax.fori_loop(0, blocks, lambda j, acc: jax.tree.map(jnp.maximum, acc, fn(*block(j))), init)
@@ -237,12 +241,11 @@ def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
   per_tensor = lambda a, dtype, x: jnp.reshape(formats.scale_for(a, dtype), (1,) * x.ndim)  # as stored
   a_m, a_v, a_w = amax_pass(lambda gb, cb: tuple(formats.amax(x) for x in values(gb, cb)), (zero, zero, zero))
   amaxes = {"m": a_m, "v": a_v, "w": a_w}
+  scale = lambda x, dtype, key: per_tensor(amaxes[key], dtype, x)  # reads amaxes when traced
   if with_master:  # the weight is the master cast down: its amax is the rounded master's
     amaxes["master"] = a_w
-    scale_master = lambda x, dtype, key: per_tensor(amaxes[key], dtype, x)
-    weight_amax = lambda gb, cb: formats.amax(finish(*values(gb, cb), cb[3], scale_master)[3].dequantize())
+    weight_amax = lambda gb, cb: formats.amax(finish(*values(gb, cb), cb[3], scale)[3].dequantize())
     amaxes["w"] = amax_pass(weight_amax, zero)
-  scale = lambda x, dtype, key: per_tensor(amaxes[key], dtype, x)
 
   def write(j, c8):
     gb, cb = block(j)
@@ -257,18 +260,14 @@ def _sum_of_squares(name, g, block_rows: int) -> jax.Array:
   an unstacked one (no whole FP32 copy)."""
   if not is_matrix(name) or len(g.shape) < 2:
     return jnp.sum(jnp.square(decode(g)))
-  g8 = _bytes(g)
   if _stacked(name) and g.shape[0] > 1:
+    g8 = _bytes(g)
     like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), g)
     body = lambda i, acc: acc + jnp.sum(jnp.square(decode(_unbytes(_take(g8, i), like))))
     return lax.fori_loop(0, g.shape[0], body, jnp.zeros((), F32))
   blocks = _row_blocks(g.shape[0], block_rows)
-  rows, n_rows = g.shape[0] // blocks, g.shape[0]
-  sliced = lambda a: a.shape[0] == n_rows
-  like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:] if sliced(a) else a.shape, a.dtype), g)
-  take = lambda j: jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, j * rows, rows) if sliced(a) else a, g8)
-  body = lambda j, acc: acc + jnp.sum(jnp.square(decode(_unbytes(take(j), like))))
-  return lax.fori_loop(0, blocks, body, jnp.zeros((), F32))
+  _, take, _, _ = _row_slicer(g, blocks)
+  return lax.fori_loop(0, blocks, lambda j, acc: acc + jnp.sum(jnp.square(decode(take(j)))), jnp.zeros((), F32))
 
 
 def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -286,11 +285,11 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
   kernel updates each tensor in place: one layer's FP32 temporaries at a time, and no
   updates tree. An unstacked matrix (the embedding) is updated in place in row blocks of at
   most `block_rows`, in two passes for its per-tensor scales (`_block_update`). Gradients are
-  decoded (and clipped by their global norm, as
-  `optax.clip_by_global_norm`) layer by layer too, and so is the norm computed (XLA on CPU
-  does not fuse a decode into a reduction: a whole-tree norm held an FP32 copy of every
-  gradient). The new weight is rounded once from the
-  FP32 value, not from w + (w' - w), so it may differ from the optax path by one rounding."""
+  decoded, and clipped by their global norm as `optax.clip_by_global_norm` does, layer by
+  layer too, and so is the norm computed (XLA on CPU does not fuse a decode into a
+  reduction: a whole-tree norm held an FP32 copy of every gradient). The new weight is
+  rounded once from the FP32 value, not from w + (w' - w), so it may differ from the optax
+  path by one rounding."""
   fmt = lambda name, dtype: dtype if is_matrix(name) else F32
   has_master = level.master is not None
 
@@ -363,7 +362,6 @@ def precision(level: Level, dots: dict | None = None) -> Precision:
   scales in the dots' `SCALES` collection, so each layer decodes its own slice inside the
   layers' scan (no whole decoded copy of the weights at O1/O2) and O3's E4M3 values reach
   the GEMM as stored, not requantized. Other matrices are decoded to the compute dtype."""
-  from jaxlab.fp8 import dot  # the collection's name and layout are the dot's
   dots = dots or {}
   compute = F16 if level.weight == E4M3 else level.weight  # O3's FP8 weights are used as FP16
 
@@ -378,8 +376,7 @@ def precision(level: Level, dots: dict | None = None) -> Precision:
     return decode(p, compute) if is_matrix(name) else p
 
   def view_state(stored):
-    flat = {}
-    _map(lambda n, p: flat.__setitem__(n, p), stored)
+    flat = {path_name(p): x for p, x in jax.tree_util.tree_leaves_with_path(stored, is_leaf=formats.is_scaled)}
     scales = {}
     for name, path in dots.items():
       if isinstance(flat.get(name), ScaledTensor):
