@@ -17,7 +17,8 @@ extrapolate the temporaries to batch 0, and measured = (state + temporaries at b
 parameters, comparable with FP8-LM's w+g+master+m+v. Two more compiles split the
 temporaries: the step's gradient computation alone (its output is the gradient tree as it
 reaches the optimizer; its own temporaries, extrapolated to batch 0) and the optimizer
-update + weight write alone (on that gradient tree, state donated).
+update + weight write alone (on that gradient tree, state donated), by the path the step
+uses and by the other one (optax update + apply, or the fused in-place update).
 
 Last line: `bytes_per_param none=.. O1=.. O2=.. O3=.. measured_none=.. measured_O1=.. measured_O2=.. measured_O3=..`
 (counted: weights + gradients + master + m + v, scale overhead excluded and printed separately).
@@ -79,39 +80,42 @@ def _stage(level: str, batch: int):
       f"train.seq_len={MEASURE_SEQ}", f"train.batch_size={batch}",
       "tokenizer.path=", f"tokenizer.vocab_size={VOCAB}", 'mesh=(("data", 1), ("model", 1))'])
   (stage,) = lm.stages(cfg)
-  return stage
+  return cfg, stage
 
 
 def measured_step(level: str, batch: int, with_optimizer: bool = True) -> dict:
   """memory_analysis of the LM trainer's compiled train step at the 1.3B shape, one device, and
   of its two halves: the gradient computation and (`with_optimizer`; it does not depend on
   the batch) the optimizer update + weight write."""
-  stage = _stage(level, batch)
+  cfg, stage = _stage(level, batch)
   mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:1])
   compiled = loop.compile_step(stage.task, stage.options, mesh, stage.batch)
   mem = compiled.compiled.memory_analysis()
   batch_bytes = sum(b.size * np.dtype(b.dtype).itemsize for b in jax.tree.leaves(stage.batch))
   task, state = stage.task, compiled.setup.abstract_state
-  prec = task.precision
 
   def gradients(state, batch, rng):  # as the train step does it (train/state.py)
-    model_state = {**state.model_state, **prec.view_state(state.params)}
-    return train_state.local_gradients(task, prec.view(state.params), model_state, batch, rng, 1)[3]
+    return train_state.local_gradients(task, *train_state.model_inputs(task, state), batch, rng, 1)[3]
 
-  def optimizer(state, grads):  # as the train step does it (train/state.py)
-    if task.optimizer_step is not None:
-      return task.optimizer_step(grads, state.opt_state, state.params)[:2]
-    updates, opt_state = task.optimizer.update(prec.decode_grads(grads), state.opt_state, prec.values(state.params))
-    return prec.apply(state.params, updates), opt_state
+  def optimizer_temp(t: Task, grads) -> int:  # the update + weight write alone, state donated
+    fn = lambda state, grads: train_state.optimizer_update(t, grads, state.opt_state, state.params)[:2]
+    return jax.jit(fn, donate_argnums=(0,)).lower(state, grads).compile().memory_analysis().temp_size_in_bytes
 
   grad_mem = jax.jit(gradients).lower(state, stage.batch, jax.random.key(0)).compile().memory_analysis()
-  opt_temp = None
+  opt_temp = other_temp = None
   if with_optimizer:
     grads = jax.eval_shape(gradients, state, stage.batch, jax.random.key(0))
-    opt_temp = jax.jit(optimizer, donate_argnums=(0,)).lower(state, grads).compile().memory_analysis().temp_size_in_bytes
+    opt_temp = optimizer_temp(task, grads)
+    # the other path on the same state: optax's update + apply, or the fused update
+    fp8_level = fp8.fp8_optim.LEVELS.get(cfg.fp8.level)
+    if fp8_level is not None:
+      other = (task.replace(optimizer_step=None) if task.optimizer_step is not None else
+               task.replace(optimizer_step=fp8.fp8_optim.optimizer_step(fp8_level, task.schedule, cfg.optim)))
+      other_temp = optimizer_temp(other, grads)
   return dict(state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes,
               kept=mem.output_size_in_bytes - mem.alias_size_in_bytes, state_tree=state, task=task,
-              grad_out=grad_mem.output_size_in_bytes, grad_temp=grad_mem.temp_size_in_bytes, opt_temp=opt_temp)
+              grad_out=grad_mem.output_size_in_bytes, grad_temp=grad_mem.temp_size_in_bytes, opt_temp=opt_temp,
+              other_temp=other_temp)
 
 
 def measured(level: str) -> dict:
@@ -123,7 +127,8 @@ def measured(level: str) -> dict:
   return dict(state=one["state"] / n, temp1=one["temp"] / n, temp0=temp0 / n, kept=one["kept"] / n,
               per_example=(two["temp"] - one["temp"]) / 2**20, total=(one["state"] + temp0) / n, params=n,
               grads=one["grad_out"] / n, backward0=(2 * one["grad_temp"] - two["grad_temp"]) / n,
-              optimizer=one["opt_temp"] / n)
+              optimizer=one["opt_temp"] / n,
+              other=float("nan") if one["other_temp"] is None else one["other_temp"] / n)
 
 
 def main():
@@ -164,18 +169,20 @@ def main():
   print(f"\nmeasured: the LM trainer's compiled train step at the 1.3B shape ({m.num_layers} layers), seq "
         f"{MEASURE_SEQ}, one CPU device; compiled.memory_analysis() in bytes per parameter")
   print(f"{'level':6s} {'state':>7s} {'temp b=1':>9s} {'temp b=0':>9s} {'MiB/ex':>7s} {'kept':>6s} {'measured':>9s}"
-        f" {'counted':>8s} {'ratio':>6s} {'grads':>6s} {'bwd tmp':>8s} {'opt tmp':>8s}")
+        f" {'counted':>8s} {'ratio':>6s} {'grads':>6s} {'bwd tmp':>8s} {'opt tmp':>8s} {'other':>6s}")
   meas = {}
   for level in LEVELS:
     r = meas[level] = measured(level)
     print(f"{level:6s} {r['state']:7.3f} {r['temp1']:9.3f} {r['temp0']:9.3f} {r['per_example']:7.1f} {r['kept']:6.3f} "
           f"{r['total']:9.3f} {results[level]['total']:8.3f} {r['total'] / results[level]['total']:6.2f} "
-          f"{r['grads']:6.3f} {r['backward0']:8.3f} {r['optimizer']:8.3f}")
+          f"{r['grads']:6.3f} {r['backward0']:8.3f} {r['optimizer']:8.3f} {r['other']:6.3f}")
   print("state = arguments less the batch (weights, master, moments, scales); temp b=0 = temporaries extrapolated "
         "to batch 0 (gradients and optimizer intermediates); MiB/ex = activations per example; kept = outputs "
         "not aliased to donated inputs; measured = state + temp b=0; counted = the table above; grads = the "
         "gradient tree the backward pass hands the optimizer; bwd tmp = the gradient computation's own "
-        "temporaries at batch 0; opt tmp = the optimizer update + weight write's temporaries")
+        "temporaries at batch 0; opt tmp = the optimizer update + weight write's temporaries, as the step runs "
+        "them (in place, fp8.fp8_optim.fused_update, at O1-O3; optax's update then Precision.apply for fp32 "
+        "and none); other = the same with the other path (optax's at O1-O3, the fused update at none)")
   block_gemm_memory()
   print("bytes_per_param " + " ".join(f"{l}={results[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3"))
         + " " + " ".join(f"measured_{l}={meas[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3")))

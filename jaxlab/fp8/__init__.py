@@ -78,14 +78,16 @@ def dot_general_for(f):
   return dot.dot_general_cls(recipe(f)) if f.level in ("O1", "O2", "O3") else None
 
 
-def task_options(f) -> dict:
-  """Task fields (train/state.py) for the level: storage formats, amax observations, sync."""
+def task_options(f, dots: dict | None = None) -> dict:
+  """Task fields (train/state.py) for the level: storage formats, amax observations, sync.
+  `dots` ({kernel name: FP8 dot path}, `fp8_dots`) are the kernels the model's FP8 dots are
+  handed undecoded (`fp8_optim.precision`)."""
   if f.level == "fp32":
     return {}
   if f.level == "flax":  # flax returns the new scale state as the state's "gradient"
     return dict(precision=fp8_optim.precision(fp8_optim.LEVELS["none"]),
                 observed={fp8_ops.OVERWRITE_WITH_GRADIENT: lambda old, new: new})
-  return dict(precision=fp8_optim.precision(fp8_optim.get_level(f.level)),
+  return dict(precision=fp8_optim.precision(fp8_optim.get_level(f.level), dots),
               observed={dot.COLLECTION: dot.update_meta} if f.level != "none" and f.scaling == "delayed" else {},
               grad_sync=comm.fp8_grad_sync() if f.comm else None,
               grad_ports=GradPorts(dot.GRADS, dot.port_gradients) if recipe(f).fp8_wgrad else None)
@@ -120,11 +122,10 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
   # and apply, which XLA compiles into fewer temporaries for FP32 moments and master
   fused = (fp8_optim.optimizer_step(fp8_optim.LEVELS[f.level], task.schedule, cfg.optim)
            if f.level in ("O1", "O2", "O3") else None)
-  options = task_options(f)
-  if recipe(f).fp8_wgrad:  # the FP8 dots decode their own kernels, layer by layer
-    options["precision"] = fp8_optim.precision(fp8_optim.LEVELS[f.level], fp8_dots(task.replace(model=model)))
+  # with ports, the FP8 dots decode their own kernels, layer by layer
+  dots = fp8_dots(task.replace(model=model)) if recipe(f).fp8_wgrad else None
   return task.replace(model=model, optimizer=optimizer_for(cfg, task.schedule), optimizer_step=fused,
-                      partition_rules=tuple(task.partition_rules) + PARTITION_RULES, **options)
+                      partition_rules=tuple(task.partition_rules) + PARTITION_RULES, **task_options(f, dots))
 
 
 def fp8_dots(task: Task) -> dict:
@@ -132,7 +133,7 @@ def fp8_dots(task: Task) -> dict:
   gradient ports its init declares (shapes only: nothing is computed)."""
   shapes = jax.eval_shape(lambda rng: task.init(task.model, rng), jax.random.key(0))
   ports = traverse_util.flatten_dict(shapes.get(dot.GRADS, {}))
-  return {"/".join(path[:-2] + ("kernel",)): path[:-1] for path in ports if path[-1] == "kernel"}
+  return {"/".join(dot.kernel_path(path[:-1])): path[:-1] for path in ports if path[-1] == "kernel"}
 
 
 __all__ = ["NAME", "Recipe", "comm", "dot", "formats", "hlo", "memory", "own", "fp8_optim", "default_config", "configure",

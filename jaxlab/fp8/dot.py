@@ -270,13 +270,18 @@ class Fp8DotGeneral(nn.Module):
     return fp8_dot_general(x, w, meta, dimension_numbers, r, port, w_scale)
 
 
+def kernel_path(dot_path: tuple) -> tuple:
+  """The kernel a dot at `dot_path` (`.../<dense>/<dot>`) reads: `.../<dense>/kernel`."""
+  return tuple(dot_path[:-1]) + ("kernel",)
+
+
 def port_gradients(grads, cotangents):
   """`grads` (a params tree) with each ported kernel's gradient replaced by what arrived at its
   port: a ScaledTensor of the E4M3 wgrad and its scale. A port at `.../<dense>/<dot>/` feeds
   the parameter `.../<dense>/kernel`."""
   flat = traverse_util.flatten_dict(grads)
   for path, port in traverse_util.flatten_dict(cotangents, is_leaf=lambda p, x: "kernel_scale" in x).items():
-    key = path[:-1] + ("kernel",)
+    key = kernel_path(path)
     if key not in flat:
       raise KeyError(f"an FP8 weight-gradient port at {'/'.join(path)} has no parameter {'/'.join(key)}")
     flat[key] = formats.ScaledTensor(port["kernel"], port["kernel_scale"])

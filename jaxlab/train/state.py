@@ -195,6 +195,25 @@ def _is_count(name: str) -> bool:
   return name == "tokens" or name.endswith("_count")
 
 
+def model_inputs(task: Task, state: TrainState):
+  """(params, collections) the model computes with: the precision's view of the stored params
+  and the state's collections with the view's read-only ones (`Precision.view_state`)."""
+  prec = task.precision
+  return prec.view(state.params), {**state.model_state, **prec.view_state(state.params)}
+
+
+def optimizer_update(task: Task, grads, opt_state, stored):
+  """(stored params, optimizer state, gradient global norm) after one update from encoded
+  `grads`: `task.optimizer_step` where the task has one, else the precision's decode, the
+  optax update and the precision's apply."""
+  if task.optimizer_step is not None:
+    return task.optimizer_step(grads, opt_state, stored)
+  prec = task.precision
+  grads = prec.decode_grads(grads)
+  updates, opt_state = task.optimizer.update(grads, opt_state, prec.values(stored))
+  return prec.apply(stored, updates), opt_state, optax.global_norm(grads)
+
+
 def make_train_step(task: Task, microbatches: int = 1):
   """step(state, batch, rng) -> (state, metrics); rng is folded with the step number.
 
@@ -203,10 +222,10 @@ def make_train_step(task: Task, microbatches: int = 1):
   `jax.shard_map` and reduced by `grad_sync` (e.g. a narrow-format all-reduce); parameters are
   replicated over that axis in this mode.
   """
-  prec, tx, schedule = task.precision, task.optimizer, task.schedule
+  schedule = task.schedule
 
   def gradients(state, batch, rng):
-    view, model_state = prec.view(state.params), {**state.model_state, **prec.view_state(state.params)}
+    view, model_state = model_inputs(task, state)
     sync = task.grad_sync
     if sync is None:
       loss, metrics, updates, grads, obs = local_gradients(task, view, model_state, batch, rng, microbatches)
@@ -234,12 +253,7 @@ def make_train_step(task: Task, microbatches: int = 1):
   def step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
     loss, metrics, collections, grads, obs, sync_state = gradients(state, batch, rng)  # encoded
-    if task.optimizer_step is not None:
-      params, opt_state, grad_norm = task.optimizer_step(grads, state.opt_state, state.params)
-    else:
-      grads = prec.decode_grads(grads)
-      updates, opt_state = tx.update(grads, state.opt_state, prec.values(state.params))
-      params, grad_norm = prec.apply(state.params, updates), optax.global_norm(grads)
+    params, opt_state, grad_norm = optimizer_update(task, grads, state.opt_state, state.params)
     # only the state's own collections come back (not the view's read-only ones)
     model_state = {**state.model_state, **{k: v for k, v in collections.items() if k in state.model_state}}
     for name, update in task.observed.items():
@@ -257,7 +271,6 @@ def make_train_step(task: Task, microbatches: int = 1):
 def make_eval_step(task: Task):
   """step(state, batch) -> the task's eval sums for one batch."""
   def step(state: TrainState, batch: dict):
-    prec = task.precision
-    return task.eval_sums(task.model, {"params": prec.view(state.params), **state.model_state,
-                                       **prec.view_state(state.params)}, batch)
+    params, collections = model_inputs(task, state)
+    return task.eval_sums(task.model, {"params": params, **collections}, batch)
   return step

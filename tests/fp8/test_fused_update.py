@@ -125,10 +125,11 @@ def test_fused_o3_first_step_moves_the_master_by_lr_sign_g_and_rounds_the_fp8_we
 
 @pytest.mark.parametrize("level", ["O2", "O3"])
 def test_fused_update_holds_one_layer_of_fp32_temporaries_where_the_optax_path_holds_whole_tensors(level):
-  """Compiled (nothing runs) on a 16-layer stack: the fused update's temporaries are about one
-  layer's FP32 intermediates (5 x 4 bytes / 16 layers per parameter); the optax path's are
-  whole FP32 tensors (its updates tree and the just-in-time scales' intermediates). With FP32
-  moments (O1) XLA on CPU copies the loop's FP32 carries once, which this bound would catch."""
+  """Compiled (nothing runs) on a 16-layer stack: the fused update's temporaries are one
+  layer's FP32 intermediates plus byte copies of the FP8 arrays the loop moves (2.25 bytes
+  per parameter measured); the optax path's are whole FP32 tensors (its updates tree and the
+  just-in-time scales' intermediates: 20 and 24). With FP32 moments (O1) XLA on CPU copies
+  the loop's FP32 carries (9.75), which this bound would catch."""
   lvl = fo.LEVELS[level]
   prec, tx, fused = fo.precision(lvl), fo.optimizer(lvl, lambda c: 1e-3, OPTIM), fo.optimizer_step(lvl, lambda c: 1e-3,
                                                                                                      OPTIM)

@@ -65,9 +65,8 @@ def _tiny_lm(level: str):
 
 
 def _view(task, state):
-  """The params and collections the train step hands the model (train/state.py)."""
-  prec = task.precision
-  return prec.view(state.params), {**state.model_state, **prec.view_state(state.params)}
+  """The params and collections the train step hands the model."""
+  return train_state.model_inputs(task, state)
 
 
 def _kernels(tree):
