@@ -118,10 +118,8 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
     model = model.clone(dot_general_cls=dot_cls)
   if task.schedule is None:
     raise ValueError("fp8.apply needs the task's learning-rate schedule (Task.schedule)")
-  # O1-O3 update in place, layer by layer (fp8.optim.fused_update); none keeps optax's update
-  # and apply, which XLA compiles into fewer temporaries for FP32 moments and master
-  fused = (fp8_optim.optimizer_step(fp8_optim.LEVELS[f.level], task.schedule, cfg.optim)
-           if f.level in ("O1", "O2", "O3") else None)
+  # every level updates in place, layer by layer (fp8.optim.fused_update); flax's peer as none
+  fused = fp8_optim.optimizer_step(fp8_optim.LEVELS["none" if f.level == "flax" else f.level], task.schedule, cfg.optim)
   # with ports, the FP8 dots decode their own kernels, layer by layer
   dots = fp8_dots(task.replace(model=model)) if recipe(f).fp8_wgrad else None
   return task.replace(model=model, optimizer=optimizer_for(cfg, task.schedule), optimizer_step=fused,

@@ -121,15 +121,22 @@ def _scaled_dot(qa, qb, dims, scale, dtype):
   return (lax.dot_general(qa, qb, dims, preferred_element_type=jnp.float32) * scale).astype(dtype)
 
 
+def stored_e4m3(w):
+  """The E4M3 array whose bytes `w` holds as numbers (0..255, in any dtype that holds them
+  exactly, as flax's Dense hands over a uint8 kernel cast to its compute dtype)."""
+  return w if w.dtype == E4M3 else lax.bitcast_convert_type(w.astype(jnp.uint8), E4M3)
+
+
 def _kernel(w, w_scale, recipe, hw):
   """The kernel's E4M3 operand, its scale and amax. `w_scale` (a stored scale, or ()) means
-  `w` holds stored values: E4M3 ones (`recipe.kernel="stored"`, O3; in a wider dtype, which
-  holds them exactly), which go to the GEMM as they are, or FP16 ones, which stand for
+  `w` holds stored values: E4M3 bytes (`recipe.kernel="stored"`, O3; as numbers, see
+  `stored_e4m3`), which go to the GEMM as they are, or FP16 values, which stand for
   w * w_scale (decoded here, inside the layer)."""
   if not isinstance(w_scale, tuple):
     s = jnp.reshape(w_scale, ())
     if recipe.kernel == "stored":
-      return w.astype(E4M3), s, formats.amax(w) * s  # exact: w holds E4M3 values
+      q = stored_e4m3(w)
+      return q, s, formats.amax(q) * s
     w = w.astype(jnp.float32) * s
   aw = formats.amax(w)
   sw = _scale(recipe.for_kernel(), hw, aw, E4M3)
@@ -265,7 +272,7 @@ class Fp8DotGeneral(nn.Module):
       w = lax.stop_gradient(w)
     # A stored kernel handed over undecoded (the train step at O1-O3, `Precision.view_state`):
     # `w` holds its stored values and this is its scale, so each layer decodes its own slice
-    # inside the scan (or, at O3, feeds the stored E4M3 values to the GEMM as they are).
+    # inside the scan (or, at O3, feeds the stored E4M3 bytes to the GEMM as they are).
     w_scale = self.get_variable(SCALES, "kernel_scale") if self.has_variable(SCALES, "kernel_scale") else ()
     return fp8_dot_general(x, w, meta, dimension_numbers, r, port, w_scale)
 

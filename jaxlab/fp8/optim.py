@@ -184,6 +184,19 @@ def _take(tree, i):
   return jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, 0, keepdims=False), tree)
 
 
+def _fenced(fn, i, *args):
+  """fn(*args), behind a fusion boundary where the arguments hold FP32 arrays: a conditional
+  on the loop index (always true; the two branches are the same) whose operands are the
+  slices already read. Without it XLA fuses the FP32 slice reads of m and v into each
+  consumer, so the weight's update reads the whole old m and v buffers while they are updated
+  in place, and XLA copies both whole (XLA on CPU drops an optimization_barrier; a conditional
+  it keeps). Narrow arrays move as bits, which XLA does not fuse that way; the fence would
+  only add a copy of one slice."""
+  if not any(a.dtype == F32 and a.size > 1 for a in jax.tree.leaves(args)):
+    return fn(*args)
+  return lax.cond(i >= 0, fn, fn, *args)
+
+
 def _layer_loop(update, g, carry):
   """`update(g_i, carry_i) -> carry_i` for each layer i of stacked arrays, written back into
   `carry` slice by slice (a fori_loop whose carry is updated in place: with the state donated,
@@ -193,8 +206,9 @@ def _layer_loop(update, g, carry):
   g8 = _bytes(g)
 
   def body(i, c8):
-    new = update(_unbytes(_take(g8, i), g_like), _unbytes(_take(c8, i), c_like))
-    return jax.tree.map(lambda a, x: lax.dynamic_update_index_in_dim(a, x, i, 0), c8, _bytes(new))
+    new = _fenced(lambda g_i, c_i: _bytes(update(_unbytes(g_i, g_like), _unbytes(c_i, c_like))), i, _take(g8, i),
+                  _take(c8, i))
+    return jax.tree.map(lambda a, x: lax.dynamic_update_index_in_dim(a, x, i, 0), c8, new)
 
   return _unbytes(lax.fori_loop(0, jax.tree.leaves(g)[0].shape[0], body, _bytes(carry)), carry)
 
@@ -244,12 +258,11 @@ def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
   scale = lambda x, dtype, key: per_tensor(amaxes[key], dtype, x)  # reads amaxes when traced
   if with_master:  # the weight is the master cast down: its amax is the rounded master's
     amaxes["master"] = a_w
-    weight_amax = lambda gb, cb: formats.amax(finish(*values(gb, cb), cb[3], scale)[3].dequantize())
+    weight_amax = lambda gb, cb: formats.amax(decode(finish(*values(gb, cb), cb[3], scale)[3]))
     amaxes["w"] = amax_pass(weight_amax, zero)
 
   def write(j, c8):
-    gb, cb = block(j)
-    new = _bytes(finish(*values(gb, cb), cb[3], scale))
+    new = _fenced(lambda gb, cb: _bytes(finish(*values(gb, cb), cb[3], scale)), j, *block(j))
     return jax.tree.map(lambda a, x: lax.dynamic_update_slice_in_dim(a, x, j * rows, 0) if sliced(a) else x, c8, new)
 
   return _unbytes(lax.fori_loop(0, blocks, write, c8), carry)
@@ -327,7 +340,7 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
       master = jnp.zeros((1,), F32) if master is None else master
       if is_matrix(name) and _stacked(name) and w.shape[0] > 1:
         return _layer_loop(lambda g_i, c: one(name, g_i, *c, stacked=False), g, (m, v, w, master))
-      # (with FP32 moments, O1, XLA on CPU copies the loops' FP32 carries: whole is cheaper)
+      # (with FP32 moments, none and O1, the row-block loops' carries get copied: whole is cheaper)
       blocks = (_row_blocks(w.shape[0], block_rows) if is_matrix(name) and not _stacked(name) and level.m in NARROW
                 else 1)
       if blocks > 1:
@@ -358,10 +371,10 @@ def precision(level: Level, dots: dict | None = None) -> Precision:
 
   `dots` maps kernel names ('/'-joined parameter paths) to the path of the FP8 dot that
   reads them (`fp8.dot.Fp8DotGeneral`). Those kernels are handed to the model undecoded: the
-  view gives their stored values (O3's E4M3 ones as FP16, exactly) and `view_state` their
-  scales in the dots' `SCALES` collection, so each layer decodes its own slice inside the
-  layers' scan (no whole decoded copy of the weights at O1/O2) and O3's E4M3 values reach
-  the GEMM as stored, not requantized. Other matrices are decoded to the compute dtype."""
+  view gives their stored values (O3's E4M3 ones as their bytes, uint8) and `view_state`
+  their scales in the dots' `SCALES` collection, so each layer decodes its own slice inside
+  the layers' scan (no whole decoded copy of the weights) and O3's E4M3 values reach the
+  GEMM as stored, not requantized. Other matrices are decoded to the compute dtype."""
   dots = dots or {}
   compute = F16 if level.weight == E4M3 else level.weight  # O3's FP8 weights are used as FP16
 
@@ -370,9 +383,12 @@ def precision(level: Level, dots: dict | None = None) -> Precision:
 
   def view_one(name, p):
     if name in dots and isinstance(p, ScaledTensor):
-      # O3's E4M3 values go as FP16, exactly: flax's Dense promotes its kernel with the
-      # inputs, and 8-bit floats have no implicit promotion
-      return p.data.astype(compute) if p.data.dtype.itemsize == 1 else p.data
+      # O3's E4M3 bytes go as uint8: flax's Dense promotes its kernel with the inputs, and
+      # 8-bit floats have no implicit promotion; the byte values survive the cast to the
+      # compute dtype exactly, per layer inside the scan (`dot.stored_e4m3`), where FP16
+      # values would be a whole 2-byte copy (the train step differentiates uint8 leaves to
+      # float0: their gradients arrive at the FP8 dots' ports)
+      return lax.bitcast_convert_type(p.data, jnp.uint8) if p.data.dtype.itemsize == 1 else p.data
     return decode(p, compute) if is_matrix(name) else p
 
   def view_state(stored):

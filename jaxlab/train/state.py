@@ -162,8 +162,10 @@ def local_gradients(task: Task, view, model_state, batch, rng, microbatches: int
     def loss_fn(view, observed, port):
       extra = {ports.collection: port} if ports else {}
       return task.loss(task.model, {"params": view, **model_state, **observed, **extra}, mb, mb_rng)
+    # (allow_int: a view may hand integer leaves, e.g. stored bytes, whose gradients come
+    # through a port; theirs here are float0 and the port's merge replaces them)
     (loss, (metrics, updates)), (grads, obs, port_grads) = jax.value_and_grad(
-        loss_fn, argnums=(0, 1, 2), has_aux=True)(view, observed, zeros)
+        loss_fn, argnums=(0, 1, 2), has_aux=True, allow_int=True)(view, observed, zeros)
     if ports:
       grads = ports.merge(grads, port_grads)
       updates = {k: v for k, v in updates.items() if k != ports.collection}

@@ -123,13 +123,13 @@ def test_fused_o3_first_step_moves_the_master_by_lr_sign_g_and_rounds_the_fp8_we
                              rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("level", ["O2", "O3"])
+@pytest.mark.parametrize("level", ["O1", "O2", "O3"])
 def test_fused_update_holds_one_layer_of_fp32_temporaries_where_the_optax_path_holds_whole_tensors(level):
   """Compiled (nothing runs) on a 16-layer stack: the fused update's temporaries are one
-  layer's FP32 intermediates plus byte copies of the FP8 arrays the loop moves (2.25 bytes
-  per parameter measured); the optax path's are whole FP32 tensors (its updates tree and the
-  just-in-time scales' intermediates: 20 and 24). With FP32 moments (O1) XLA on CPU copies
-  the loop's FP32 carries (9.75), which this bound would catch."""
+  layer's FP32 intermediates plus byte copies of the FP8 arrays the loop moves; the optax
+  path's are whole FP32 tensors (its updates tree and the just-in-time scales'
+  intermediates). Without the fusion fence (`_fenced`) XLA on CPU copies O1's FP32 moment
+  carries whole (9.75 bytes per parameter), which this bound catches."""
   lvl = fo.LEVELS[level]
   prec, tx, fused = fo.precision(lvl), fo.optimizer(lvl, lambda c: 1e-3, OPTIM), fo.optimizer_step(lvl, lambda c: 1e-3,
                                                                                                      OPTIM)
@@ -146,7 +146,9 @@ def test_fused_update_holds_one_layer_of_fp32_temporaries_where_the_optax_path_h
   temp = lambda fn: jax.jit(fn, donate_argnums=(0, 1)).lower(stored, state, grads).compile().memory_analysis()
   ours = temp(lambda s, o, g: fused(g, o, s))
   theirs = temp(optax_path)
-  assert ours.temp_size_in_bytes / n < 2.5, ours.temp_size_in_bytes / n
-  assert theirs.temp_size_in_bytes / n > 4 * ours.temp_size_in_bytes / n
+  # measured: fused 2.69 / 2.25 / 2.25, optax 8 / 20 / 24 (O1 / O2 / O3); a 16-layer stack
+  # makes one layer's slices 1/16 of a byte per parameter for each byte they hold
+  assert ours.temp_size_in_bytes / n < 3.0, ours.temp_size_in_bytes / n
+  assert theirs.temp_size_in_bytes / n > 2.5 * ours.temp_size_in_bytes / n
   # the new state is written over the donated one, not beside it
   assert ours.output_size_in_bytes - ours.alias_size_in_bytes < 0.01 * n

@@ -124,17 +124,19 @@ def test_microbatches_accumulate_fp8_gradients_in_their_format():
 
 @pytest.mark.parametrize("level", ["O1", "O2", "O3"])
 def test_fp8_kernels_are_decoded_inside_the_layers_not_copied_whole(level):
-  """The step hands the FP8 dots their kernels as stored (FP16 at O1/O2, E4M3 values as FP16
-  at O3) with the scales beside them, so no wide array of a stacked kernel's shape is computed outside
-  the layers' scan (the decoded FP16 copy the step used to make, 2 bytes per parameter), and
-  a train step matches the one that decodes first, to a rounding of the stored format."""
+  """The step hands the FP8 dots their kernels as stored (FP16 at O1/O2, O3's E4M3 bytes as
+  uint8) with the scales beside them, so no wide array of a stacked kernel's shape is
+  computed outside the layers' scan (the decoded FP16 copy the step used to make, 2 bytes per
+  parameter), and a train step matches the one that decodes first, to a rounding of the
+  stored format."""
   task, state, batch = _tiny_lm(level)
   view, model_state = _view(task, state)
   kernels = {k: v for k, v in _kernels(view).items()}
   assert len(kernels) == 6 and len(model_state[dot.SCALES]) > 0
-  assert {v.dtype for v in kernels.values()} == {np.dtype(jnp.float16)}
-  for name, v in kernels.items():  # the stored values (O3's E4M3 ones exactly), not decoded ones
-    np.testing.assert_array_equal(np.asarray(v), np.asarray(_kernels(state.params)[name].data, np.float16))
+  want = np.uint8 if level == "O3" else np.float16
+  assert {v.dtype for v in kernels.values()} == {np.dtype(want)}
+  for name, v in kernels.items():  # the stored data itself (O3's bytes), not decoded values
+    np.testing.assert_array_equal(np.asarray(v), np.asarray(_kernels(state.params)[name].data).view(want))
   shapes = {tuple(v.shape) for v in kernels.values()}
   jaxpr = jax.make_jaxpr(lambda v: train_state.local_gradients(task, v, model_state, batch,
                                                                  jax.random.key(1), 1)[3])(view)
