@@ -18,7 +18,7 @@ parameters, comparable with FP8-LM's w+g+master+m+v. Two more compiles split the
 temporaries: the step's gradient computation alone (its output is the gradient tree as it
 reaches the optimizer; its own temporaries, extrapolated to batch 0) and the optimizer
 update + weight write alone (on that gradient tree, state donated), by the path the step
-uses and by the other one (optax update + apply, or the fused in-place update).
+uses and by optax's update + apply on the same state (which the step uses only at fp32).
 
 Last line: `bytes_per_param none=.. O1=.. O2=.. O3=.. measured_none=.. measured_O1=.. measured_O2=.. measured_O3=..`
 (counted: weights + gradients + master + m + v, scale overhead excluded and printed separately).
@@ -106,12 +106,9 @@ def measured_step(level: str, batch: int, with_optimizer: bool = True) -> dict:
   if with_optimizer:
     grads = jax.eval_shape(gradients, state, stage.batch, jax.random.key(0))
     opt_temp = optimizer_temp(task, grads)
-    # the other path on the same state: optax's update + apply, or the fused update
-    fp8_level = fp8.fp8_optim.LEVELS.get(cfg.fp8.level)
-    if fp8_level is not None:
-      other = (task.replace(optimizer_step=None) if task.optimizer_step is not None else
-               task.replace(optimizer_step=fp8.fp8_optim.optimizer_step(fp8_level, task.schedule, cfg.optim)))
-      other_temp = optimizer_temp(other, grads)
+    # the other path on the same state: optax's update + apply
+    if task.optimizer_step is not None:
+      other_temp = optimizer_temp(task.replace(optimizer_step=None), grads)
   return dict(state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes,
               kept=mem.output_size_in_bytes - mem.alias_size_in_bytes, state_tree=state, task=task,
               grad_out=grad_mem.output_size_in_bytes, grad_temp=grad_mem.temp_size_in_bytes, opt_temp=opt_temp,
@@ -181,8 +178,8 @@ def main():
         "not aliased to donated inputs; measured = state + temp b=0; counted = the table above; grads = the "
         "gradient tree the backward pass hands the optimizer; bwd tmp = the gradient computation's own "
         "temporaries at batch 0; opt tmp = the optimizer update + weight write's temporaries, as the step runs "
-        "them (in place, fp8.fp8_optim.fused_update, at O1-O3; optax's update then Precision.apply for fp32 "
-        "and none); other = the same with the other path (optax's at O1-O3, the fused update at none)")
+        "them (in place, fp8.fp8_optim.fused_update, at none and O1-O3; optax's update then Precision.apply "
+        "for fp32); other = the same with optax's update then Precision.apply at none and O1-O3")
   block_gemm_memory()
   print("bytes_per_param " + " ".join(f"{l}={results[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3"))
         + " " + " ".join(f"measured_{l}={meas[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3")))
