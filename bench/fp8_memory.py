@@ -1,8 +1,9 @@
 """FP8-LM memory: bytes per parameter of the train state at every level, on the GPT shape
 of FP8-LM's 1.3B model (24 layers, d_model 2048, 2048 positions, vocab 50257, tied head),
 from `jax.eval_shape(init_state)` (nothing is allocated) and `jaxlab.fp8.memory.account`.
-Also O3's master weights and Adam moments per device when sharded over 8 data ranks
-(`sharding.layout=zero`), from the partition rules' shard shapes.
+Also O3 per device when sharded over 8 data ranks: `sharding.layout=zero` (master weights and
+Adam moments split) and `fsdp` (the FP8 weights split too), counted from the partition
+rules' shard shapes and measured from the step compiled for 8 CPU devices.
 
   python bench/fp8_memory.py
 
@@ -58,18 +59,36 @@ def abstract_state(level: str):
 
 
 def sharded_bytes(state, mesh, rules) -> dict:
-  """Bytes per device of the optimizer state's master/mu/nu data (not scales), by field."""
+  """Bytes per device of the weights' and the optimizer state's master/mu/nu data (not
+  scales), by field, from the partition rules' shard shapes."""
   shardings = sharding.tree_shardings(state, mesh, rules)
-  out = {"master": 0, "mu": 0, "nu": 0}
+  out = {"weights": 0, "master": 0, "mu": 0, "nu": 0}
 
-  def visit(path, leaf, sh):
+  def visit(field, path, leaf, sh):
     names = sharding.path_name(path).split("/")
-    field = next((f for f in out if f in names), None)
+    field = field or next((f for f in out if f in names), None)
     if field is None or names[-1] == "scale":
       return
     out[field] += int(np.prod(sh.shard_shape(leaf.shape))) * np.dtype(leaf.dtype).itemsize
-  jax.tree_util.tree_map_with_path(visit, state.opt_state, shardings.opt_state)
+  jax.tree_util.tree_map_with_path(lambda *a: visit(None, *a), state.opt_state, shardings.opt_state)
+  jax.tree_util.tree_map_with_path(lambda *a: visit("weights", *a), state.params, shardings.params)
   return out
+
+
+def measured_sharded(level: str, layout: str, ranks: int = RANKS) -> dict:
+  """The LM trainer's step at the 1.3B shape compiled for `ranks` CPU devices on the data
+  axis (one sequence of MEASURE_SEQ tokens per rank) under `layout`: per-device state
+  (arguments less the batch) and temporaries, in bytes per (global) parameter."""
+  cfg = config_lib.load(f"configs/fp8/gpt.py:{level},1.3b", [
+      f"train.seq_len={MEASURE_SEQ}", f"train.batch_size={ranks}", "tokenizer.path=", f"tokenizer.vocab_size={VOCAB}",
+      f'mesh=(("data", {ranks}), ("model", 1))', f"sharding.layout={layout}"])
+  (stage,) = lm.stages(cfg)
+  mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:ranks])
+  mem = loop.compile_step(stage.task, stage.options, mesh, stage.batch).compiled.memory_analysis()
+  n = memory.account(jax.eval_shape(lambda r: init_state(stage.task, r), jax.random.key(0)),
+                     stage.task.precision)["params"]
+  batch = sum(b.size * np.dtype(b.dtype).itemsize for b in jax.tree.leaves(stage.batch)) / ranks
+  return dict(state=(mem.argument_size_in_bytes - batch) / n, temp=mem.temp_size_in_bytes / n)
 
 
 MEASURE_SEQ = 128
@@ -151,17 +170,20 @@ def main():
       f"{l} {results[l]['total'] / base:.2f}x" for l in ("O1", "O2", "O3")))
   print("FP8-LM's table (w+g+master+m+v): none 16, O1 11, O2 6, O3 7 before sharding")
 
-  # O3 with sharding.layout=zero over 8 data ranks: master, m, v split, weights and grads replicated.
+  # O3 over 8 data ranks: zero splits master, m, v (weights and grads replicated); fsdp splits
+  # the FP8 weights too (and XLA reduces the gradients to the weights' shards, or gathers).
   mesh = sharding.make_mesh((("data", RANKS), ("model", 1)))
-  rules = sharding.layout_rules("zero", fp8.PARTITION_RULES)  # scales replicated, as fp8.apply's task says
-  per_dev = sharded_bytes(states["O3"], mesh, rules)
   o3 = results["O3"]
-  split = {k: v / n for k, v in per_dev.items()}
-  total_dev = o3["weights"] + o3["gradients"] + sum(split.values())
-  print(f"O3, sharding.layout=zero over {RANKS} data ranks, per device: weights {o3['weights']:.3f} + gradients "
-        f"{o3['gradients']:.3f} (replicated) + master {split['master']:.3f} + m {split['mu']:.3f} + v {split['nu']:.3f}"
-        f" = {total_dev:.3f} bytes/param ({total_dev * n / 2**30:.2f} GiB per device; master+m+v "
-        f"{o3['master'] + o3['m'] + o3['v']:.3f} -> {sum(split.values()):.3f})")
+  for layout in ("zero", "fsdp"):
+    rules = sharding.layout_rules(layout, fp8.PARTITION_RULES)  # scales replicated, as fp8.apply's task says
+    split = {k: v / n for k, v in sharded_bytes(states["O3"], mesh, rules).items()}
+    opt = split["master"] + split["mu"] + split["nu"]
+    grads = o3["gradients"] if layout == "zero" else o3["gradients"] / RANKS
+    total_dev = split["weights"] + grads + opt
+    print(f"O3, sharding.layout={layout} over {RANKS} data ranks, per device: weights {split['weights']:.3f} + "
+          f"gradients {grads:.3f} ({'replicated' if layout == 'zero' else 'if split as the weights'}) + master "
+          f"{split['master']:.3f} + m {split['mu']:.3f} + v {split['nu']:.3f} = {total_dev:.3f} bytes/param "
+          f"({total_dev * n / 2**30:.2f} GiB per device; master+m+v {o3['master'] + o3['m'] + o3['v']:.3f} -> {opt:.3f})")
 
   print(f"\nmeasured: the LM trainer's compiled train step at the 1.3B shape ({m.num_layers} layers), seq "
         f"{MEASURE_SEQ}, one CPU device; compiled.memory_analysis() in bytes per parameter")
@@ -180,6 +202,12 @@ def main():
         "temporaries at batch 0; opt tmp = the optimizer update + weight write's temporaries, as the step runs "
         "them (in place, fp8.fp8_optim.fused_update, at none and O1-O3; optax's update then Precision.apply "
         "for fp32); other = the same with optax's update then Precision.apply at none and O1-O3")
+  print(f"\nmeasured over {RANKS} data ranks: the O3 step compiled for {RANKS} CPU devices, one sequence of "
+        f"{MEASURE_SEQ} tokens per rank; per device, in bytes per (global) parameter")
+  for layout in ("zero", "fsdp"):
+    r = measured_sharded("O3", layout)
+    print(f"O3 {layout:5s} state {r['state']:.3f}  temp {r['temp']:.3f}  total {r['state'] + r['temp']:.3f}  "
+          f"({(r['state'] + r['temp']) * n / 2**30:.2f} GiB per device)")
   block_gemm_memory()
   print("bytes_per_param " + " ".join(f"{l}={results[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3"))
         + " " + " ".join(f"measured_{l}={meas[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3")))

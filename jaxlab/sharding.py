@@ -47,14 +47,17 @@ LAYOUTS: dict[str, dict[str, list]] = {
         ],
         "activations": [("batch", "data")],
     },
-    # FSDP / ZeRO-3: weights (and with them optimizer moments) split over `data`;
-    # XLA all-gathers them for the matmul and reduce-scatters the gradients.
+    # FSDP / ZeRO-3: weights (and with them optimizer moments and any master copy) split
+    # over `data`; XLA all-gathers them for the matmul and reduce-scatters the gradients.
+    # Stored as an array with a scale (".../kernel/data", FP8 levels) the data is split the
+    # same way (the task's rules keep the scales replicated); embeddings along d_model, as
+    # in zero: vocabularies (50257) rarely divide by the rank count.
     "fsdp": {
         "params": [
-            (rf"layers/.*{_COL}/kernel$", (None, "data", None)),
-            (rf"layers/.*{_ROW}/kernel$", (None, "data", None)),
-            (r"(wte|wpe)/embedding$", ("data", None)),
-            (r"lm_head/kernel$", ("data", None)),
+            (rf"layers/.*{_COL}/kernel(/|$)", (None, "data", None)),
+            (rf"layers/.*{_ROW}/kernel(/|$)", (None, "data", None)),
+            (r"(wte|wpe)/embedding(/|$)", (None, "data")),
+            (r"lm_head/kernel(/|$)", ("data", None)),
             (r".*", ()),
         ],
         "activations": [("batch", "data")],
@@ -62,11 +65,11 @@ LAYOUTS: dict[str, dict[str, list]] = {
     # Megatron tensor parallelism: column-parallel then row-parallel, heads split.
     "tp": {
         "params": [
-            (rf"layers/.*{_COL}/kernel$", (None, None, "model")),
+            (rf"layers/.*{_COL}/kernel(/|$)", (None, None, "model")),
             (rf"layers/.*{_COL}/bias$", (None, "model")),
-            (rf"layers/.*{_ROW}/kernel$", (None, "model", None)),
-            (r"wte/embedding$", ("model", None)),
-            (r"lm_head/kernel$", (None, "model")),
+            (rf"layers/.*{_ROW}/kernel(/|$)", (None, "model", None)),
+            (r"wte/embedding(/|$)", ("model", None)),
+            (r"lm_head/kernel(/|$)", (None, "model")),
             (r".*", ()),
         ],
         "activations": [("batch", "data"), ("heads", "model"), ("mlp", "model")],
@@ -74,12 +77,12 @@ LAYOUTS: dict[str, dict[str, list]] = {
     # Both: tensor parallel inside, FSDP across.
     "fsdp_tp": {
         "params": [
-            (rf"layers/.*{_COL}/kernel$", (None, "data", "model")),
+            (rf"layers/.*{_COL}/kernel(/|$)", (None, "data", "model")),
             (rf"layers/.*{_COL}/bias$", (None, "model")),
-            (rf"layers/.*{_ROW}/kernel$", (None, "model", "data")),
-            (r"wte/embedding$", ("model", "data")),
-            (r"wpe/embedding$", ("data",)),
-            (r"lm_head/kernel$", ("data", "model")),
+            (rf"layers/.*{_ROW}/kernel(/|$)", (None, "model", "data")),
+            (r"wte/embedding(/|$)", ("model", "data")),
+            (r"wpe/embedding(/|$)", ("data",)),
+            (r"lm_head/kernel(/|$)", ("data", "model")),
             (r".*", ()),
         ],
         "activations": [("batch", "data"), ("heads", "model"), ("mlp", "model")],

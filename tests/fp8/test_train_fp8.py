@@ -157,3 +157,54 @@ def test_levels_with_master_weights_save_and_restore(tmp_path, level):
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
   _, restored = checkpoint.restore_latest(checkpoint.manager(str(tmp_path / "ckpt")), abstract)
   _assert_bitwise_equal(restored, state)
+
+
+def _sharded_o3(tmp_path, layout: str, data: int):
+  cfg = toy(tmp_path, "fp8.level=O3", f"sharding.layout={layout}", f'mesh=(("data", {data}), ("model", 1))',
+            "tokenizer.path=")
+  (stage,) = lm.stages(cfg)
+  mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:data])
+  return stage, mesh, loop.compile_step(stage.task, stage.options, mesh, stage.batch)
+
+
+def test_o3_fsdp_splits_fp8_weights_master_and_moments_over_the_data_axis(tmp_path):
+  """FP8-LM's O3 shards the FP8 weights, the FP16 master weights and the moments across the
+  data ranks. Under `sharding.layout=fsdp` every matrix's stored data (weight, master, m, v:
+  ".../kernel/data") is split 8 ways while its per-layer scales stay whole, the compiled step
+  takes them so, and one step gives the single-device step's loss and weights (to one E4M3
+  rounding where a sharded reduction order flips one)."""
+  stage, mesh, out = _sharded_o3(tmp_path, "fsdp", 8)
+  specs = {sharding.path_name(p): s.spec for p, s in jax.tree_util.tree_leaves_with_path(out.setup.state_shardings)}
+  fc = "decoder/layers/block/mlp/fc/kernel"
+  for prefix in ("params/", "opt_state/1/mu/", "opt_state/1/nu/", "opt_state/1/master/"):
+    assert specs[prefix + fc + "/data"] == jax.sharding.PartitionSpec(None, "data", None), prefix
+    assert specs[prefix + fc + "/scale"] == jax.sharding.PartitionSpec(), prefix
+  assert specs["params/wte/embedding/data"] == jax.sharding.PartitionSpec(None, "data")
+  # the compiled step holds 1/8 of each matrix per device: its arguments shrink ~8x
+  _, _, single = _sharded_o3(tmp_path, "dp", 1)
+  per_device = out.compiled.memory_analysis().argument_size_in_bytes
+  whole = single.compiled.memory_analysis().argument_size_in_bytes
+  assert per_device < 0.2 * whole, (per_device, whole)
+
+  rs = np.random.RandomState(0)
+  tokens = rs.randint(0, 512, (8, 33))
+  batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "mask": np.ones((8, 32), np.float32)}
+  batch = {k: jnp.asarray(v, stage.batch[k].dtype) for k, v in batch.items()}
+
+  def one_step(o, m):
+    with jax.set_mesh(m):
+      state = jax.jit(o.setup.init_fn, out_shardings=o.setup.state_shardings)(jax.random.key(0))
+      return o.setup.train_step(state, jax.device_put(batch, o.setup.data_sharding), jax.random.key(1))
+
+  sharded, m_sh = one_step(out, mesh)
+  ref, m_ref = one_step(single, sharding.make_mesh((("data", 1), ("model", 1)), jax.devices()[:1]))
+  assert sharded.params["decoder"]["layers"]["block"]["mlp"]["fc"]["kernel"].data.sharding.spec == \
+      jax.sharding.PartitionSpec(None, "data", None)
+  np.testing.assert_allclose(float(m_sh["loss"]), float(m_ref["loss"]), rtol=1e-5)
+  flat = dict(jax.tree_util.tree_leaves_with_path(sharded.params, is_leaf=formats.is_scaled))
+  for path, w in jax.tree_util.tree_leaves_with_path(ref.params, is_leaf=formats.is_scaled):
+    if not formats.is_scaled(w):
+      continue
+    a, b = np.asarray(flat[path].dequantize()), np.asarray(w.dequantize())
+    assert np.mean(a == b) > 0.99, jax.tree_util.keystr(path)
+    np.testing.assert_allclose(a, b, rtol=2 ** -3, atol=1e-3 * np.abs(b).max(), err_msg=jax.tree_util.keystr(path))
