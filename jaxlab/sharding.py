@@ -48,7 +48,8 @@ LAYOUTS: dict[str, dict[str, list]] = {
         "activations": [("batch", "data")],
     },
     # FSDP / ZeRO-3: weights (and with them optimizer moments and any master copy) split
-    # over `data`; XLA all-gathers them for the matmul and reduce-scatters the gradients.
+    # over `data`; XLA all-gathers them for the matmul and reduces the gradients to their
+    # shards (or gathers the activations instead: its choice).
     # Stored as an array with a scale (".../kernel/data", FP8 levels) the data is split the
     # same way (the task's rules keep the scales replicated); embeddings along d_model, as
     # in zero: vocabularies (50257) rarely divide by the rank count.
