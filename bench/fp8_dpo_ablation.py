@@ -2,14 +2,16 @@
 piece of FP8 changed at a time, each model measured as `bench/fp8_parity_trainers.py`'s
 align_plain does (its loss over one epoch of the preference records through one plain FP32
 forward, report.json's `finetune_loss_plain`), as a gap to the BF16 (none) run of the same
-seed. Uses (and, if missing, makes) that bench's runs in the same workdir: the BF16
-pretraining and aesthetic stages per seed, the none and O1 fine-tunes.
+seed. Uses (and, if missing, makes) that bench's BF16 pretraining and aesthetic stages per
+seed in the same workdir; every fine-tune here, the BF16 baseline and O1 included, is run
+from them by this script, so the whole table comes from one version of the code.
 
   nice -n 5 python bench/fp8_dpo_ablation.py [--seeds 0,1,2 --workdir /tmp/fp8_parity_trainers]
 
-Variants (each changes O1 in one place; the ones below the line replace the FP8 GEMM by an
+Variants (none is the BF16 baseline; the others change O1 in one place; the ones below the line replace the FP8 GEMM by an
 F32 one on operands rounded to E4M3 with a straight-through gradient, so nothing in the
 backward pass is quantized):
+  none        BF16 mixed precision, the baseline of every gap
   O1          as the trainer runs it
   nogemm      BF16 GEMMs; O1's FP16 weights, E4M3 weight gradients and optimizer kept
   bf16grad    FP8 GEMMs, but the weight gradient stays BF16 (no E4M3 port, no encoding)
@@ -39,11 +41,11 @@ import numpy as np
 from jax import lax
 
 import fp8_parity_trainers as parity
-from jaxlab import config as config_lib, fp8
+from jaxlab import fp8
 from jaxlab.fp8 import dot as fp8_dot, formats, optim as fp8_optim
 from jaxlab.trainers import align
 
-VARIANTS = ("O1", "nogemm", "bf16grad", "e4m3bwd", "current", "block32", "xwq", "xq", "wq")
+VARIANTS = ("none", "O1", "nogemm", "bf16grad", "e4m3bwd", "current", "block32", "xwq", "xq", "wq")
 
 
 def _no_port():
@@ -54,9 +56,8 @@ def _no_port():
 def _rounded_forward(which: str):
   """The FP8 dot replaced by an F32 dot whose `which` operands are rounded to E4M3."""
   def rounded(a):
-    s = formats.scale_for(formats.amax(a), formats.E4M3)
-    q = formats.quantize(a, formats.E4M3, s).astype(jnp.float32) * s
-    return a + lax.stop_gradient(q.astype(a.dtype) - a)  # straight-through
+    q = formats.to_scaled(a, formats.E4M3).dequantize(a.dtype)
+    return a + lax.stop_gradient(q - a)  # straight-through
 
   def dot(x, w, meta, port, w_scale, dims, recipe):
     x, w = (rounded(x) if "x" in which else x), (rounded(w) if "w" in which else w)
@@ -90,15 +91,13 @@ def variant_losses(variant: str, seeds: list[int], args) -> dict:
   extra = apply_variant(variant)
   out = {}
   for seed in seeds:
-    if variant == "O1":
-      out[seed] = parity.align_plain_loss("O1", seed, args)
-      continue
     base = os.path.join(args.workdir, f"align_none_s{seed}")
     if not os.path.exists(os.path.join(base, "report.json")):
       parity.align_loss("none", seed, args)
     workdir = os.path.join(args.workdir, f"dpo_ablation_{variant}_s{seed}")
     if not os.path.exists(os.path.join(workdir, "report.json")):
-      assert align.train_and_evaluate(parity._align_cfg("O1", seed, args, base, extra), workdir).finished
+      level = "none" if variant == "none" else "O1"
+      assert align.train_and_evaluate(parity._align_cfg(level, seed, args, base, extra), workdir).finished
     out[seed] = float(json.load(open(os.path.join(workdir, "report.json")))["finetune_loss_plain"])
   return out
 
@@ -119,14 +118,17 @@ def main():
     print(json.dumps(variant_losses(args.one, seeds, args)))
     return
   os.makedirs(args.workdir, exist_ok=True)
-  none = {s: parity.align_plain_loss("none", s, args) for s in seeds}
-  gaps = {}
-  print(f"DPO fine-tuning, gap of the plain FP32 loss to BF16 (none), mean over seeds {seeds}, then per seed")
-  for variant in args.variants.split(","):
-    # a process per variant: the variants patch jaxlab.fp8's module attributes
+  def losses_of(variant):  # a process per variant: the variants patch jaxlab.fp8's module attributes
     run = subprocess.run([sys.executable, __file__, "--one", variant, *sys.argv[1:]], check=True,
                          capture_output=True, text=True)
-    losses = {int(k): v for k, v in json.loads(run.stdout.strip().splitlines()[-1]).items()}
+    return {int(k): v for k, v in json.loads(run.stdout.strip().splitlines()[-1]).items()}
+
+  none = losses_of("none")
+  gaps = {}
+  print(f"DPO fine-tuning, gap of the plain FP32 loss to BF16 (none: mean {np.mean(list(none.values())):.4f}), "
+        f"mean over seeds {seeds}, then per seed")
+  for variant in [v for v in args.variants.split(",") if v != "none"]:
+    losses = losses_of(variant)
     per_seed = [(losses[s] - none[s]) / none[s] for s in seeds]
     gaps[variant] = float(np.mean(per_seed))
     print(f"{variant:9s} {gaps[variant]:+8.3%}   " + " ".join(f"{g:+.2%}" for g in per_seed), flush=True)

@@ -75,18 +75,13 @@ def sharded_bytes(state, mesh, rules) -> dict:
   return out
 
 
-def measured_sharded(level: str, layout: str, ranks: int = RANKS) -> dict:
+def measured_sharded(level: str, layout: str, n: int, ranks: int = RANKS) -> dict:
   """The LM trainer's step at the 1.3B shape compiled for `ranks` CPU devices on the data
   axis (one sequence of MEASURE_SEQ tokens per rank) under `layout`: per-device state
-  (arguments less the batch) and temporaries, in bytes per (global) parameter."""
-  cfg = config_lib.load(f"configs/fp8/gpt.py:{level},1.3b", [
-      f"train.seq_len={MEASURE_SEQ}", f"train.batch_size={ranks}", "tokenizer.path=", f"tokenizer.vocab_size={VOCAB}",
-      f'mesh=(("data", {ranks}), ("model", 1))', f"sharding.layout={layout}"])
-  (stage,) = lm.stages(cfg)
+  (arguments less the batch's shard) and temporaries, in bytes per (global) parameter of the `n`."""
+  _, stage = _stage(level, ranks, ranks, layout)
   mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:ranks])
   mem = loop.compile_step(stage.task, stage.options, mesh, stage.batch).compiled.memory_analysis()
-  n = memory.account(jax.eval_shape(lambda r: init_state(stage.task, r), jax.random.key(0)),
-                     stage.task.precision)["params"]
   batch = sum(b.size * np.dtype(b.dtype).itemsize for b in jax.tree.leaves(stage.batch)) / ranks
   return dict(state=(mem.argument_size_in_bytes - batch) / n, temp=mem.temp_size_in_bytes / n)
 
@@ -94,10 +89,11 @@ def measured_sharded(level: str, layout: str, ranks: int = RANKS) -> dict:
 MEASURE_SEQ = 128
 
 
-def _stage(level: str, batch: int):
+def _stage(level: str, batch: int, ranks: int = 1, layout: str = "dp"):
+  """The LM trainer's stage at the 1.3B shape, MEASURE_SEQ tokens, `ranks` devices on `data`."""
   cfg = config_lib.load(f"configs/fp8/gpt.py:{level},1.3b", [
-      f"train.seq_len={MEASURE_SEQ}", f"train.batch_size={batch}",
-      "tokenizer.path=", f"tokenizer.vocab_size={VOCAB}", 'mesh=(("data", 1), ("model", 1))'])
+      f"train.seq_len={MEASURE_SEQ}", f"train.batch_size={batch}", "tokenizer.path=", f"tokenizer.vocab_size={VOCAB}",
+      f'mesh=(("data", {ranks}), ("model", 1))', f"sharding.layout={layout}"])
   (stage,) = lm.stages(cfg)
   return cfg, stage
 
@@ -205,7 +201,7 @@ def main():
   print(f"\nmeasured over {RANKS} data ranks: the O3 step compiled for {RANKS} CPU devices, one sequence of "
         f"{MEASURE_SEQ} tokens per rank; per device, in bytes per (global) parameter")
   for layout in ("zero", "fsdp"):
-    r = measured_sharded("O3", layout)
+    r = measured_sharded("O3", layout, n)
     print(f"O3 {layout:5s} state {r['state']:.3f}  temp {r['temp']:.3f}  total {r['state'] + r['temp']:.3f}  "
           f"({(r['state'] + r['temp']) * n / 2**30:.2f} GiB per device)")
   block_gemm_memory()
