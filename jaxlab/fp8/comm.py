@@ -52,7 +52,7 @@ def _allreduce_one(g: ScaledTensor, mu, axis: str, n: int):
   saturated = jnp.sum((jnp.abs(summed) > fmax).astype(jnp.float32))
   gathered = lax.all_gather(_to_u8(formats.quantize(summed, E4M3, 1.0)), axis, tiled=True)
   data = _from_u8(gathered[:flat.size]).reshape(q.shape)
-  return ScaledTensor(data, s / n), saturated
+  return ScaledTensor.of(data, s / n), saturated
 
 
 def fp8_grad_sync(axis: str = "data") -> GradSync:

@@ -177,7 +177,7 @@ def _bwd(dims, recipe, res, g):
     # The wgrad leaves once, as E4M3 with its own just-in-time scale (MS-AMP casts the wgrad
     # GEMM's output the same way); the kernel's own cotangent is zero.
     wgrad = formats.to_scaled(dw, E4M3, power_of_two=recipe.power_of_two)
-    return dx, jnp.zeros(qw.shape, g.dtype), obs, (wgrad.data, wgrad.scale.reshape(port_scale.shape)), zero_scale
+    return dx, jnp.zeros(qw.shape, g.dtype), obs, (wgrad.values, wgrad.scale.reshape(port_scale.shape)), zero_scale
   if not isinstance(w_scale, tuple):  # w held stored values: d/d(stored) = d/dw * scale
     dw = dw * jnp.reshape(w_scale, ()).astype(dw.dtype)
   return dx, dw, obs, (), zero_scale
@@ -291,7 +291,7 @@ def port_gradients(grads, cotangents):
     key = kernel_path(path)
     if key not in flat:
       raise KeyError(f"an FP8 weight-gradient port at {'/'.join(path)} has no parameter {'/'.join(key)}")
-    flat[key] = formats.ScaledTensor(port["kernel"], port["kernel_scale"])
+    flat[key] = formats.ScaledTensor.of(port["kernel"], port["kernel_scale"])
   return traverse_util.unflatten_dict(flat)
 
 

@@ -13,9 +13,12 @@ so the scale has shape (L, 1, ...).
 """
 from __future__ import annotations
 
+from typing import Any
+
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax import lax
 import ml_dtypes
 
 E4M3 = jnp.float8_e4m3fn   # weights and activations, max 448
@@ -57,11 +60,30 @@ def amax(x: jax.Array, axes=None) -> jax.Array:
   return jnp.max(jnp.where(jnp.isnan(a), 0.0, a), axis=axes, keepdims=axes is not None)
 
 
+def to_bits(q: jax.Array) -> jax.Array:
+  """An 8-bit float array as its bytes (uint8); any other array as it is."""
+  return lax.bitcast_convert_type(q, jnp.uint8) if q.dtype.itemsize == 1 and q.dtype != jnp.uint8 else q
+
+
 @flax.struct.dataclass
 class ScaledTensor:
-  """`data` in a narrow dtype and the float32 `scale` it is multiplied by."""
+  """A narrow `format` (E4M3, E5M2 or FP16) and the float32 `scale` its values are multiplied by.
+
+  `data` holds an 8-bit format as its bytes (uint8) and FP16 as it is; `values` gives them in
+  `format`. Bytes because the train state keeps these tensors between steps and the fused
+  optimizer updates them in place, layer by layer: XLA on CPU widens data movement of FP8
+  (a dynamic slice or update) to FP16, and materialises an FP8 <-> uint8 bitcast as a whole
+  copy, so FP8 state would cost a copy of itself every step where bytes cost nothing. A GEMM
+  reads the values through a bitcast, which XLA's GPU rewriter looks through. Make one with
+  `ScaledTensor.of(values, scale)`."""
   data: jax.Array
   scale: jax.Array
+  format: Any = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def of(cls, values: jax.Array, scale) -> "ScaledTensor":
+    """The ScaledTensor standing for `values * scale`, `values` in its narrow format."""
+    return cls(to_bits(values), scale, jnp.dtype(values.dtype))
 
   @property
   def shape(self):
@@ -70,12 +92,17 @@ class ScaledTensor:
 
   @property
   def dtype(self):
-    """The narrow storage dtype of `data`, not the dtype it dequantizes to."""
-    return self.data.dtype
+    """The narrow storage format (E4M3, FP16...), not the dtype it dequantizes to."""
+    return self.format
+
+  @property
+  def values(self) -> jax.Array:
+    """The stored values in their format (the bytes of an 8-bit format bitcast back)."""
+    return self.data if self.data.dtype == self.format else lax.bitcast_convert_type(self.data, self.format)
 
   def dequantize(self, dtype=jnp.float32) -> jax.Array:
-    """data * scale, computed in float32, then cast to `dtype`."""
-    return dequantize(self.data, self.scale, dtype)
+    """values * scale, computed in float32, then cast to `dtype`."""
+    return dequantize(self.values, self.scale, dtype)
 
 
 def tensor_axes(x, stacked: bool) -> tuple[int, ...]:
@@ -86,7 +113,7 @@ def tensor_axes(x, stacked: bool) -> tuple[int, ...]:
 def to_scaled(x: jax.Array, dtype, stacked: bool = False, margin: int = 0, power_of_two: bool = False) -> ScaledTensor:
   """Per-tensor (per-layer when stacked) current scaling of `x` into `dtype`."""
   s = scale_for(amax(x, tensor_axes(x, stacked)), dtype, margin, power_of_two)
-  return ScaledTensor(quantize(x, dtype, s), s)
+  return ScaledTensor.of(quantize(x, dtype, s), s)
 
 
 def is_scaled(x) -> bool:
@@ -105,7 +132,8 @@ def plain(tree, dtype=jnp.float32):
     if is_scaled(x):
       return x.dequantize(dtype)
     if is_pair(x):
-      return ScaledTensor(jnp.asarray(x["data"]), jnp.asarray(x["scale"])).dequantize(dtype)
+      data = jnp.asarray(x["data"])  # bytes are E4M3: the only 8-bit format kept in a state
+      return ScaledTensor(data, jnp.asarray(x["scale"]), E4M3 if data.dtype == jnp.uint8 else data.dtype).dequantize(dtype)
     x = jnp.asarray(x)
     return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
   return jax.tree.map(one, tree, is_leaf=lambda x: is_scaled(x) or is_pair(x))

@@ -223,17 +223,16 @@ def _row_blocks(rows: int, max_rows: int = 4096, max_blocks: int = 256) -> int:
 
 
 def _row_slicer(tree, blocks: int):
-  """(tree as bits, take(j) -> block j of its rows as their own dtype) for an unstacked
-  matrix's arrays in `blocks` row blocks; arrays without those rows (scales, placeholders)
-  come whole."""
+  """(tree as bits, take(bits, j) -> block j of the rows of `bits` (the tree as bits, or a loop's
+  carry of them) as their own dtype) for an unstacked matrix's arrays in `blocks` row blocks;
+  arrays without those rows (scales, placeholders) come whole."""
   n_rows = jax.tree.leaves(tree)[0].shape[0]
   rows = n_rows // blocks
   sliced = lambda a: a.ndim > 0 and a.shape[0] == n_rows
   like = jax.tree.map(lambda a: jax.ShapeDtypeStruct((rows,) + a.shape[1:] if sliced(a) else a.shape, a.dtype), tree)
-  bits = _bytes(tree)
-  take = lambda j: _unbytes(jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, j * rows, rows) if sliced(a) else a,
-                                         bits), like)
-  return bits, take, rows, sliced
+  take = lambda bits, j: _unbytes(jax.tree.map(lambda a: lax.dynamic_slice_in_dim(a, j * rows, rows) if sliced(a)
+                                               else a, bits), like)
+  return _bytes(tree), take, rows, sliced
 
 
 def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
@@ -244,9 +243,9 @@ def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
   holding the whole tensor's FP32 m, v and w at once.
   `values(g_block, carry_block) -> (m32, v32, w32)`; `finish(m32, v32, w32, master, scale_fn)`
   -> the stored (m, v, w, master) of the block."""
-  _, take_g, _, _ = _row_slicer(g, blocks)
+  g8, take_g, _, _ = _row_slicer(g, blocks)
   c8, take_c, rows, sliced = _row_slicer(carry, blocks)
-  block = lambda j: (take_g(j), take_c(j))
+  block = lambda j, c=c8: (take_g(g8, j), take_c(c, j))
 
   def amax_pass(fn, init):
     return lax.fori_loop(0, blocks, lambda j, acc: jax.tree.map(jnp.maximum, acc, fn(*block(j))), init)
@@ -261,9 +260,14 @@ def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
     weight_amax = lambda gb, cb: formats.amax(decode(finish(*values(gb, cb), cb[3], scale)[3]))
     amaxes["w"] = amax_pass(weight_amax, zero)
 
-  def write(j, c8):
-    new = _fenced(lambda gb, cb: _bytes(finish(*values(gb, cb), cb[3], scale)), j, *block(j))
-    return jax.tree.map(lambda a, x: lax.dynamic_update_slice_in_dim(a, x, j * rows, 0) if sliced(a) else x, c8, new)
+  def write(j, carry8):
+    # Block j's rows are read from the carry (not yet written), not from the loop's input: a
+    # loop that reads its input while updating a carry started from it makes XLA copy both
+    # whole. The old scales (whole arrays, already replaced in the carry) from the input.
+    old = jax.tree.map(lambda a, c: c if sliced(a) else a, c8, carry8)
+    new = _fenced(lambda gb, cb: _bytes(finish(*values(gb, cb), cb[3], scale)), j, *block(j, old))
+    return jax.tree.map(lambda a, x: lax.dynamic_update_slice_in_dim(a, x, j * rows, 0) if sliced(a) else x,
+                        carry8, new)
 
   return _unbytes(lax.fori_loop(0, blocks, write, c8), carry)
 
@@ -279,8 +283,8 @@ def _sum_of_squares(name, g, block_rows: int) -> jax.Array:
     body = lambda i, acc: acc + jnp.sum(jnp.square(decode(_unbytes(_take(g8, i), like))))
     return lax.fori_loop(0, g.shape[0], body, jnp.zeros((), F32))
   blocks = _row_blocks(g.shape[0], block_rows)
-  _, take, _, _ = _row_slicer(g, blocks)
-  return lax.fori_loop(0, blocks, lambda j, acc: acc + jnp.sum(jnp.square(decode(take(j)))), jnp.zeros((), F32))
+  g8, take, _, _ = _row_slicer(g, blocks)
+  return lax.fori_loop(0, blocks, lambda j, acc: acc + jnp.sum(jnp.square(decode(take(g8, j)))), jnp.zeros((), F32))
 
 
 def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
@@ -324,7 +328,7 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
 
     def finish(name, m32, v32, new, master, scale):
       """The stored m, v, weight and master; `scale(x, dtype, key)` gives a narrow tensor's scale."""
-      put = lambda x, dtype, key: (formats.ScaledTensor(formats.quantize(x, dtype, scale(x, dtype, key)),
+      put = lambda x, dtype, key: (formats.ScaledTensor.of(formats.quantize(x, dtype, scale(x, dtype, key)),
                                                         scale(x, dtype, key)) if dtype in NARROW else x.astype(dtype))
       if has_master and is_matrix(name):
         master = put(new, level.master, "master")
@@ -383,12 +387,12 @@ def precision(level: Level, dots: dict | None = None) -> Precision:
 
   def view_one(name, p):
     if name in dots and isinstance(p, ScaledTensor):
-      # O3's E4M3 bytes go as uint8: flax's Dense promotes its kernel with the inputs, and
-      # 8-bit floats have no implicit promotion; the byte values survive the cast to the
-      # compute dtype exactly, per layer inside the scan (`dot.stored_e4m3`), where FP16
-      # values would be a whole 2-byte copy (the train step differentiates uint8 leaves to
-      # float0: their gradients arrive at the FP8 dots' ports)
-      return lax.bitcast_convert_type(p.data, jnp.uint8) if p.data.dtype.itemsize == 1 else p.data
+      # O3's E4M3 weights go as their stored bytes (uint8): flax's Dense promotes its kernel
+      # with the inputs, and 8-bit floats have no implicit promotion; the byte values survive
+      # the cast to the compute dtype exactly, per layer inside the scan (`dot.stored_e4m3`),
+      # where FP16 values would be a whole 2-byte copy (the train step differentiates uint8
+      # leaves to float0: their gradients arrive at the FP8 dots' ports)
+      return p.data
     return decode(p, compute) if is_matrix(name) else p
 
   def view_state(stored):

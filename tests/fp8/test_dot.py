@@ -203,7 +203,7 @@ def test_o3_gemm_sees_the_stored_fp8_weights_bit_for_bit(bf16_compute):
   # The train step hands the stored bytes themselves (uint8, cast to the model's dtype by
   # Dense) with their scale: the GEMM gets the stored bytes and the stored scale, nothing
   # requantized.
-  values = jax.lax.bitcast_convert_type(stored.data[layer], jnp.uint8).astype(x.dtype)
+  values = stored.data[layer].astype(x.dtype)  # the stored bytes, uint8
   y, res = dot._fwd(x, values, meta, (), stored.scale[layer], dims, dot.Recipe(history=4, kernel="stored"))
   np.testing.assert_array_equal(np.asarray(res[1]).view(np.uint8), np.asarray(stored.data[layer]).view(np.uint8))
   assert float(res[3]) == float(stored.scale[layer].reshape(()))

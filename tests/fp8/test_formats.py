@@ -52,6 +52,21 @@ def test_per_layer_scales_for_stacked_parameters():
   t = formats.to_scaled(x, E4M3, stacked=True)
   assert t.scale.shape == (2, 1, 1)
   np.testing.assert_allclose(np.asarray(t.scale).ravel(), [0.5 / 448, 8.0 / 448])
-  np.testing.assert_array_equal(np.asarray(t.data).astype(np.float32), np.stack([np.full((3, 4), 448.0),
+  np.testing.assert_array_equal(np.asarray(t.values).astype(np.float32), np.stack([np.full((3, 4), 448.0),
                                                                                 np.full((3, 4), -448.0)]))
   np.testing.assert_allclose(t.dequantize(), x, rtol=1e-6)
+
+
+def test_fp8_is_kept_as_its_bytes_and_fp16_as_is():
+  """A ScaledTensor holds E4M3 as its bytes (ml_dtypes' encoding of the same values), FP16
+  as it is; a checkpoint restored without the state's structure ({"data", "scale"}) reads
+  bytes as E4M3."""
+  x = np.array([[0.5, -3.0], [448.0, 1e-3]], np.float32)
+  t = formats.to_scaled(jnp.asarray(x), E4M3)
+  assert t.dtype == E4M3 and t.data.dtype == np.uint8 and t.values.dtype == E4M3
+  want = np.clip(x / np.float32(t.scale), -448, 448).astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+  np.testing.assert_array_equal(np.asarray(t.data), want)
+  restored = formats.plain({"w": {"data": np.asarray(t.data), "scale": np.asarray(t.scale)}})["w"]
+  np.testing.assert_array_equal(np.asarray(restored), np.asarray(t.dequantize()))
+  h = formats.to_scaled(jnp.asarray(x), jnp.float16)
+  assert h.dtype == h.data.dtype == jnp.float16

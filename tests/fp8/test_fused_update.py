@@ -111,7 +111,7 @@ def test_fused_o3_first_step_moves_the_master_by_lr_sign_g_and_rounds_the_fp8_we
   got_master = np.asarray(_leaf(state[1].master, KERNEL).dequantize())
   assert np.all(np.abs(got_master - master) <= 2 ** -10 * (np.abs(w0) + lr))
   got = _leaf(new, KERNEL)
-  assert got.data.dtype == formats.E4M3 and got.scale.shape == (3, 1, 1)  # a scale per layer
+  assert got.dtype == formats.E4M3 and got.scale.shape == (3, 1, 1)  # a scale per layer
   # the FP8 weight is the FP16 master rounded once, per layer, by numpy + ml_dtypes
   m = got_master.astype(np.float32)
   scale = np.abs(m).max(axis=(1, 2), keepdims=True) / float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)
