@@ -21,6 +21,13 @@ reaches the optimizer; its own temporaries, extrapolated to batch 0) and the opt
 update + weight write alone (on that gradient tree, state donated), by the path the step
 uses and by optax's update + apply on the same state (which the step uses only at fp32).
 
+Every measured compile uses XLA's memory-optimized CPU scheduler (`MEMORY_SCHEDULER`, a
+compiler option of this compile only). XLA's default CPU scheduler orders for concurrency: it
+issues independent work early, e.g. the zero buffers the backward pass's scans fill with the
+FP8 weight gradients, which then sit through the forward pass (1 B/param at O2). What a step
+needs is what a memory-aware schedule of it needs; a GPU compile schedules with a memory limit.
+The default scheduler's totals are printed too (`default sched`).
+
 Last line: `bytes_per_param none=.. O1=.. O2=.. O3=.. measured_none=.. measured_O1=.. measured_O2=.. measured_O3=..`
 (counted: weights + gradients + master + m + v, scale overhead excluded and printed separately).
 """
@@ -44,6 +51,7 @@ from jaxlab.train.state import Task, init_state
 from jaxlab.trainers import lm
 
 VOCAB = 50257
+MEMORY_SCHEDULER = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
 LEVELS = ("fp32", "none", "O1", "O2", "O3")
 RANKS = 8
 
@@ -81,7 +89,7 @@ def measured_sharded(level: str, layout: str, n: int, ranks: int = RANKS) -> dic
   (arguments less the batch's shard) and temporaries, in bytes per (global) parameter of the `n`."""
   _, stage = _stage(level, ranks, ranks, layout)
   mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:ranks])
-  mem = loop.compile_step(stage.task, stage.options, mesh, stage.batch).compiled.memory_analysis()
+  mem = loop.compile_step(stage.task, stage.options, mesh, stage.batch, MEMORY_SCHEDULER).compiled.memory_analysis()
   batch = sum(b.size * np.dtype(b.dtype).itemsize for b in jax.tree.leaves(stage.batch)) / ranks
   return dict(state=(mem.argument_size_in_bytes - batch) / n, temp=mem.temp_size_in_bytes / n)
 
@@ -98,25 +106,30 @@ def _stage(level: str, batch: int, ranks: int = 1, layout: str = "dp"):
   return cfg, stage
 
 
-def measured_step(level: str, batch: int, with_optimizer: bool = True) -> dict:
+def measured_step(level: str, batch: int, with_optimizer: bool = True, split: bool = True,
+                  options: dict | None = MEMORY_SCHEDULER) -> dict:
   """memory_analysis of the LM trainer's compiled train step at the 1.3B shape, one device, and
-  of its two halves: the gradient computation and (`with_optimizer`; it does not depend on
-  the batch) the optimizer update + weight write."""
+  (`split`) of its two halves: the gradient computation and (`with_optimizer`; it does not
+  depend on the batch) the optimizer update + weight write. `options`: XLA's, for every compile."""
   cfg, stage = _stage(level, batch)
   mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:1])
-  compiled = loop.compile_step(stage.task, stage.options, mesh, stage.batch)
+  compiled = loop.compile_step(stage.task, stage.options, mesh, stage.batch, options)
   mem = compiled.compiled.memory_analysis()
   batch_bytes = sum(b.size * np.dtype(b.dtype).itemsize for b in jax.tree.leaves(stage.batch))
   task, state = stage.task, compiled.setup.abstract_state
+  whole = dict(state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes,
+               kept=mem.output_size_in_bytes - mem.alias_size_in_bytes, state_tree=state, task=task)
+  if not split:
+    return whole
 
   def gradients(state, batch, rng):  # as the train step does it (train/state.py)
     return train_state.local_gradients(task, *train_state.model_inputs(task, state), batch, rng, 1)[3]
 
   def optimizer_temp(t: Task, grads) -> int:  # the update + weight write alone, state donated
     fn = lambda state, grads: train_state.optimizer_update(t, grads, state.opt_state, state.params)[:2]
-    return jax.jit(fn, donate_argnums=(0,)).lower(state, grads).compile().memory_analysis().temp_size_in_bytes
+    return jax.jit(fn, donate_argnums=(0,)).lower(state, grads).compile(options).memory_analysis().temp_size_in_bytes
 
-  grad_mem = jax.jit(gradients).lower(state, stage.batch, jax.random.key(0)).compile().memory_analysis()
+  grad_mem = jax.jit(gradients).lower(state, stage.batch, jax.random.key(0)).compile(options).memory_analysis()
   opt_temp = other_temp = None
   if with_optimizer:
     grads = jax.eval_shape(gradients, state, stage.batch, jax.random.key(0))
@@ -124,23 +137,24 @@ def measured_step(level: str, batch: int, with_optimizer: bool = True) -> dict:
     # the other path on the same state: optax's update + apply
     if task.optimizer_step is not None:
       other_temp = optimizer_temp(task.replace(optimizer_step=None), grads)
-  return dict(state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes,
-              kept=mem.output_size_in_bytes - mem.alias_size_in_bytes, state_tree=state, task=task,
-              grad_out=grad_mem.output_size_in_bytes, grad_temp=grad_mem.temp_size_in_bytes, opt_temp=opt_temp,
+  return dict(whole, grad_out=grad_mem.output_size_in_bytes, grad_temp=grad_mem.temp_size_in_bytes, opt_temp=opt_temp,
               other_temp=other_temp)
 
 
 def measured(level: str) -> dict:
   """Bytes per parameter: the step's state, temporaries at batch 1 and extrapolated to 0, and
-  the split (gradient tree, backward temporaries at batch 0, optimizer temporaries)."""
+  the split (gradient tree, backward temporaries at batch 0, optimizer temporaries); and the
+  total under XLA's default CPU scheduler (`default`)."""
   one, two = measured_step(level, 1), measured_step(level, 2, with_optimizer=False)
   n = memory.account(one["state_tree"], one["task"].precision)["params"]  # matrices count data, not scales
   temp0 = 2 * one["temp"] - two["temp"]
+  d1, d2 = (measured_step(level, b, split=False, options=None) for b in (1, 2))
   return dict(state=one["state"] / n, temp1=one["temp"] / n, temp0=temp0 / n, kept=one["kept"] / n,
               per_example=(two["temp"] - one["temp"]) / 2**20, total=(one["state"] + temp0) / n, params=n,
               grads=one["grad_out"] / n, backward0=(2 * one["grad_temp"] - two["grad_temp"]) / n,
               optimizer=one["opt_temp"] / n,
-              other=float("nan") if one["other_temp"] is None else one["other_temp"] / n)
+              other=float("nan") if one["other_temp"] is None else one["other_temp"] / n,
+              default=(d1["state"] + 2 * d1["temp"] - d2["temp"]) / n)
 
 
 def main():
@@ -182,22 +196,25 @@ def main():
           f"({total_dev * n / 2**30:.2f} GiB per device; master+m+v {o3['master'] + o3['m'] + o3['v']:.3f} -> {opt:.3f})")
 
   print(f"\nmeasured: the LM trainer's compiled train step at the 1.3B shape ({m.num_layers} layers), seq "
-        f"{MEASURE_SEQ}, one CPU device; compiled.memory_analysis() in bytes per parameter")
+        f"{MEASURE_SEQ}, one CPU device, XLA's memory-optimized CPU scheduler; compiled.memory_analysis() in "
+        f"bytes per parameter")
   print(f"{'level':6s} {'state':>7s} {'temp b=1':>9s} {'temp b=0':>9s} {'MiB/ex':>7s} {'kept':>6s} {'measured':>9s}"
-        f" {'counted':>8s} {'ratio':>6s} {'grads':>6s} {'bwd tmp':>8s} {'opt tmp':>8s} {'other':>6s}")
+        f" {'counted':>8s} {'ratio':>6s} {'grads':>6s} {'bwd tmp':>8s} {'opt tmp':>8s} {'other':>6s}"
+        f" {'default sched':>13s}")
   meas = {}
   for level in LEVELS:
     r = meas[level] = measured(level)
     print(f"{level:6s} {r['state']:7.3f} {r['temp1']:9.3f} {r['temp0']:9.3f} {r['per_example']:7.1f} {r['kept']:6.3f} "
           f"{r['total']:9.3f} {results[level]['total']:8.3f} {r['total'] / results[level]['total']:6.2f} "
-          f"{r['grads']:6.3f} {r['backward0']:8.3f} {r['optimizer']:8.3f} {r['other']:6.3f}")
+          f"{r['grads']:6.3f} {r['backward0']:8.3f} {r['optimizer']:8.3f} {r['other']:6.3f} {r['default']:13.3f}")
   print("state = arguments less the batch (weights, master, moments, scales); temp b=0 = temporaries extrapolated "
         "to batch 0 (gradients and optimizer intermediates); MiB/ex = activations per example; kept = outputs "
         "not aliased to donated inputs; measured = state + temp b=0; counted = the table above; grads = the "
         "gradient tree the backward pass hands the optimizer; bwd tmp = the gradient computation's own "
         "temporaries at batch 0; opt tmp = the optimizer update + weight write's temporaries, as the step runs "
-        "them (in place, fp8.fp8_optim.fused_update, at none and O1-O3; optax's update then Precision.apply "
-        "for fp32); other = the same with optax's update then Precision.apply at none and O1-O3")
+        "them (in place, fp8.optim.fused_update, at none and O1-O3; optax's update then Precision.apply "
+        "for fp32); other = the same with optax's update then Precision.apply at none and O1-O3; default sched = "
+        "measured under XLA's default (concurrency-optimized) CPU scheduler")
   print(f"\nmeasured over {RANKS} data ranks: the O3 step compiled for {RANKS} CPU devices, one sequence of "
         f"{MEASURE_SEQ} tokens per rank; per device, in bytes per (global) parameter")
   for layout in ("zero", "fsdp"):

@@ -233,11 +233,13 @@ def lower_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict) 
   return Lowered(setup, lowered, batch)
 
 
-def compile_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict) -> Compiled:
-  """`lower_step`, then XLA's compile for the mesh."""
+def compile_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict,
+                 compiler_options: dict | None = None) -> Compiled:
+  """`lower_step`, then XLA's compile for the mesh (with XLA `compiler_options`, e.g.
+  {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"})."""
   low = lower_step(task, opts, mesh, batch)
   with mesh_context(opts, mesh):
-    compiled = low.lowered.compile()
+    compiled = low.lowered.compile(compiler_options)
   return Compiled(low.setup, compiled, low.batch, low.lowered)
 
 
