@@ -7,6 +7,8 @@ seed in the same workdir; every fine-tune here, the BF16 baseline and O1 include
 from them by this script, so the whole table comes from one version of the code.
 
   nice -n 5 python bench/fp8_dpo_ablation.py [--seeds 0,1,2 --workdir /tmp/fp8_parity_trainers]
+  nice -n 5 python bench/fp8_dpo_ablation.py --variants none,O1,nogemm --set model.d_model=256 \
+      --set model.num_heads=4 --workdir /tmp/dpo_d256    # the towers 4x as wide (own pretraining)
 
 Variants (none is the BF16 baseline; the others change O1 in one place; the ones below the line replace the FP8 GEMM by an
 F32 one on operands rounded to E4M3 with a straight-through gradient, so nothing in the
@@ -112,6 +114,8 @@ def main():
   p.add_argument("--pretrain-steps", type=int, default=200)
   p.add_argument("--align-steps", type=int, default=100)
   p.add_argument("--tail", type=int, default=20)
+  p.add_argument("--set", dest="overrides", action="append", default=[],
+                 help="a config override for every stage, pretraining included (e.g. model.d_model=256)")
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   if args.one:

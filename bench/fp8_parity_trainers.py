@@ -52,7 +52,8 @@ def classify_loss(level: str, seed: int, args) -> float:
 def _align_cfg(level: str, seed: int, args, base: str | None, extra=()):
   overrides = [f"seed={seed}", f"fp8.level={level}", f"dpo.train.steps={args.align_steps}", "dpo.train.log_every=1",
                f"pretrain.train.steps={args.pretrain_steps}", f"aesthetic.train.steps={args.pretrain_steps}",
-               f"data.data_dir={os.path.join(args.workdir, f'testbed_s{seed}')}", *extra]
+               f"data.data_dir={os.path.join(args.workdir, f'testbed_s{seed}')}", *getattr(args, "overrides", ()),
+               *extra]
   if base:
     overrides += [f"pretrain.workdir={os.path.join(base, 'pretrain')}",
                   f"aesthetic.workdir={os.path.join(base, 'aesthetic')}"]

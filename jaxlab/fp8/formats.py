@@ -6,9 +6,9 @@ largest finite value. Clipping comes before the cast because casting an out-of-r
 to float8_e4m3fn gives NaN, not saturation; +-inf saturate to +-fmax, NaN stays NaN (so the
 loop's non-finite guard still sees it).
 
-`ScaledTensor` is a pytree (data, scale) for tensors kept in a narrow format between steps
-(FP8 weight gradients, Adam moments, O3 weights and master weights). Its scale is per
-tensor; for parameters stacked over layers (`.../layers/...`) "per tensor" means per layer,
+`ScaledTensor` is a pytree (data, scale; its format static) for tensors kept in a narrow
+format between steps (FP8 weight gradients, Adam moments, O3 weights and master weights);
+an 8-bit format's data are its bytes (uint8, see the class). Its scale is per tensor; for parameters stacked over layers (`.../layers/...`) "per tensor" means per layer,
 so the scale has shape (L, 1, ...).
 """
 from __future__ import annotations

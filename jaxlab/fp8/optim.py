@@ -171,7 +171,9 @@ _UINT = {1: jnp.uint8, 2: jnp.uint16}
 def _bytes(tree):
   """Narrow floats (FP8, BF16) bitcast to unsigned integers of their width: XLA on CPU widens
   data movement (a dynamic slice or update) of types it cannot compute in and hoists that
-  whole-tensor copy out of the loop; bits are moved as they are. (FP16 it moves as is.)"""
+  whole-tensor copy out of the loop; bits are moved as they are. (FP16 it moves as is. The
+  state's FP8 tensors are bytes already, `ScaledTensor`: a bitcast of a whole array is a
+  whole copy on CPU.)"""
   narrow = lambda a: jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize in _UINT and a.dtype != F16
   return jax.tree.map(lambda a: lax.bitcast_convert_type(a, _UINT[a.dtype.itemsize]) if narrow(a) else a, tree)
 
