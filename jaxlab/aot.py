@@ -15,6 +15,10 @@ the batch (the compiled program's input shardings), and temporaries (activations
 the backward pass and XLA's workspace, from `compiled.memory_analysis()`). Each stage
 also reports how many dots of its lowered step take FP8 operands in the form XLA's GPU GEMM
 rewriter turns into FP8 GEMMs (`jaxlab.fp8.hlo`); `--dump-hlo DIR` writes that HLO text.
+`--xla-option KEY=VALUE` (repeatable) passes an XLA option to the compiles, e.g.
+`xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`: XLA's default CPU scheduler
+orders for concurrency and can hold more temporaries than a memory-aware schedule needs
+(`bench/fp8_memory.py` measures under the memory-optimized one).
 """
 from __future__ import annotations
 
@@ -69,12 +73,13 @@ def _figures(stage, out, mesh) -> dict[str, Any]:
       ))
 
 
-def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None = None) -> list[dict[str, Any]]:
+def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None = None,
+          compiler_options: dict | None = None) -> list[dict[str, Any]]:
   """Compile every stage's train step the config describes; one dict of figures per stage
   (what `report` prints), with how many of its dots are FP8 GEMMs (`jaxlab.fp8.hlo`).
   With `dump_hlo` (a folder), each stage's lowered, pre-optimisation HLO text is written to
-  `dump_hlo/<stage>.hlo.txt`. Raises ConfigError naming the key, or StageError naming the
-  stage and the parameter a partition rule does not fit."""
+  `dump_hlo/<stage>.hlo.txt`; `compiler_options` go to XLA. Raises ConfigError naming the
+  key, or StageError naming the stage and the parameter a partition rule does not fit."""
   from jaxlab import config as config_lib, sharding, trainers
   from jaxlab.fp8 import hlo
   from jaxlab.train import loop
@@ -85,7 +90,7 @@ def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None 
   for stage in module.stages(cfg):
     mesh = sharding.make_mesh(stage.options.mesh)
     try:
-      out = loop.compile_step(stage.task, stage.options, mesh, stage.batch)
+      out = loop.compile_step(stage.task, stage.options, mesh, stage.batch, compiler_options)
     except sharding.ShardingError as e:
       raise StageError(f"stage {stage.name}: {e}") from None
     except config_lib.ConfigError as e:
@@ -147,6 +152,18 @@ def _set_device_count(devices: int) -> None:
   os.environ["XLA_FLAGS"] = distributed.with_device_count(os.environ.get("XLA_FLAGS", ""), devices)
 
 
+def xla_options(items: Sequence[str]) -> dict[str, Any]:
+  """KEY=VALUE strings -> XLA compiler options: true/false as booleans, integers as ints."""
+  out = {}
+  for item in items:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"--xla-option {item!r}: expected KEY=VALUE")
+    low = value.lower()
+    out[key] = low == "true" if low in ("true", "false") else int(value) if value.lstrip("-").isdigit() else value
+  return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Compile and report every stage; exit status 2 on a config or sharding error."""
   parser = argparse.ArgumentParser(prog="python -m jaxlab.aot", description=__doc__.split("\n\n")[0])
@@ -155,8 +172,16 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--devices", type=int, default=0, help="simulate this many CPU devices")
   parser.add_argument("--dump-hlo", default=None, metavar="DIR",
                       help="write each stage's lowered (pre-optimisation) HLO text to DIR/<stage>.hlo.txt")
+  parser.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="an XLA compiler option for the compiles, e.g. "
+                           "xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED (repeatable)")
   parser.add_argument("overrides", nargs="*", help="key=value config overrides")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    options = xla_options(args.xla_option)
+  except ValueError as e:
+    print(str(e), file=sys.stderr)
+    return 2
   if args.devices:
     _set_device_count(args.devices)
 
@@ -170,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   overrides = list(args.overrides) + ([f"mesh={args.mesh}"] if args.mesh else [])
   try:
-    results = check(args.config, overrides, dump_hlo=args.dump_hlo)
+    results = check(args.config, overrides, dump_hlo=args.dump_hlo, compiler_options=options or None)
   except StageError as e:
     print(f"sharding error in {e}", file=sys.stderr)
     return 2

@@ -8,8 +8,9 @@ loop's non-finite guard still sees it).
 
 `ScaledTensor` is a pytree (data, scale; its format static) for tensors kept in a narrow
 format between steps (FP8 weight gradients, Adam moments, O3 weights and master weights);
-an 8-bit format's data are its bytes (uint8, see the class). Its scale is per tensor; for parameters stacked over layers (`.../layers/...`) "per tensor" means per layer,
-so the scale has shape (L, 1, ...).
+an 8-bit format's data are its bytes (uint8, see the class). Its scale is per tensor; for
+parameters stacked over layers (`.../layers/...`) "per tensor" means per layer, so the
+scale has shape (L, 1, ...).
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ def amax(x: jax.Array, axes=None) -> jax.Array:
 
 def to_bits(q: jax.Array) -> jax.Array:
   """An 8-bit float array as its bytes (uint8); any other array as it is."""
-  return lax.bitcast_convert_type(q, jnp.uint8) if q.dtype.itemsize == 1 and q.dtype != jnp.uint8 else q
+  eight_bit_float = jnp.issubdtype(q.dtype, jnp.floating) and q.dtype.itemsize == 1
+  return lax.bitcast_convert_type(q, jnp.uint8) if eight_bit_float else q
 
 
 @flax.struct.dataclass

@@ -91,3 +91,14 @@ def test_dump_hlo_writes_each_stage_and_counts_fp8_dots(tmp_path, capsys):
   assert text.startswith("HloModule") and "f8e4m3fn" in text and "f8e5m2" in text
   assert "dots of the lowered step: 18 of " in out and ", 0 blocked" in out
   assert f"lowered HLO written to {tmp_path / 'hlo' / 'lm.hlo.txt'}" in out
+
+
+def test_xla_options_reach_the_compiler(capsys):
+  assert aot.xla_options(["a=true", "b=FALSE", "c=-3", "d=CPU_X"]) == {"a": True, "b": False, "c": -3, "d": "CPU_X"}
+  assert aot.main(["--xla-option", "novalue", *args()]) == 2
+  assert "expected KEY=VALUE" in capsys.readouterr().err
+  # XLA itself checks the value: the option is passed, not dropped
+  with pytest.raises(Exception, match="xla_cpu_scheduler_type, 'BOGUS' is not a valid enum value"):
+    aot.main(["--xla-option", "xla_cpu_scheduler_type=BOGUS", *args()])
+  assert aot.main(["--xla-option", "xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED", *args()]) == 0
+  assert "estimated peak" in capsys.readouterr().out
