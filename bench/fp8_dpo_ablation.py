@@ -20,6 +20,10 @@ backward pass is quantized):
   e4m3bwd     output gradients in E4M3 instead of E5M2
   current     current instead of delayed scaling
   block32     block scaling, 1x32 / 32x32 tiles
+  ends16      the first and last GEMMs of each tower (the ViT's patch embedding, the image and
+              text projections) in BF16, every other GEMM FP8 (`fp8.high_precision`, the
+              alignment trainer's default; Transformer Engine and DeepSeek-V3 keep a model's
+              ends in higher precision). Every other variant has all GEMMs in FP8
   ---
   xwq         forward operands x and w rounded to E4M3 (per-tensor current scales)
   xq / wq     only x / only w rounded
@@ -47,7 +51,8 @@ from jaxlab import fp8
 from jaxlab.fp8 import dot as fp8_dot, formats, optim as fp8_optim
 from jaxlab.trainers import align
 
-VARIANTS = ("none", "O1", "nogemm", "bf16grad", "e4m3bwd", "current", "block32", "xwq", "xq", "wq")
+VARIANTS = ("none", "O1", "nogemm", "bf16grad", "e4m3bwd", "current", "block32", "ends16", "xwq", "xq", "wq")
+ENDS = ("patch", "image_proj", "text_proj")  # the module names of the towers' first and last GEMMs
 
 
 def _no_port():
@@ -68,7 +73,14 @@ def _rounded_forward(which: str):
 
 
 def apply_variant(variant: str) -> list[str]:
-  """Change this process's jaxlab.fp8 for `variant`; the config overrides it needs."""
+  """Change this process's jaxlab.fp8 for `variant`; the config overrides it needs. Every
+  variant but ends16 starts from O1 with every GEMM in FP8 (`fp8.high_precision=()`)."""
+  if variant == "ends16":
+    return [f"fp8.high_precision={ENDS!r}"]
+  return ["fp8.high_precision=()", *_variant(variant)]
+
+
+def _variant(variant: str) -> list[str]:
   if variant == "nogemm":
     _no_port()
     fp8.dot_general_for = lambda f: None

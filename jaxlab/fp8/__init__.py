@@ -41,8 +41,11 @@ PARTITION_RULES = ((r"(kernel|embedding)/scale$", ()),)
 
 
 def default_config() -> dict:
-  """The `fp8` config group: level, scaling recipe and gradient communication."""
-  return dict(level="fp32", scaling="delayed", history=16, margin=0, power_of_two=False, block=128, comm=False)
+  """The `fp8` config group: level, scaling recipe and gradient communication.
+  `high_precision`: names of the modules whose GEMMs stay in the compute dtype at O1-O3
+  (`Recipe.high_precision`)."""
+  return dict(level="fp32", scaling="delayed", history=16, margin=0, power_of_two=False, block=128, comm=False,
+              high_precision=())
 
 
 def configure(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -53,6 +56,8 @@ def configure(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   req(f.scaling in dot.SCALINGS, "fp8.scaling", f"{f.scaling!r} is not one of {dot.SCALINGS}")
   req(f.history >= 1, "fp8.history", "must be at least 1")
   req(f.block >= 1, "fp8.block", "must be positive")
+  req(isinstance(f.high_precision, (tuple, list)) and all(isinstance(n, str) for n in f.high_precision),
+      "fp8.high_precision", f"{f.high_precision!r} is not a tuple of module names")
   if f.comm:
     req(f.level in ("O1", "O2", "O3"), "fp8.comm", f"FP8 gradient communication needs level O1/O2/O3, not {f.level!r}")
     req("data" in dict(cfg.mesh), "fp8.comm", "the mesh needs a 'data' axis")
@@ -68,7 +73,8 @@ def recipe(f) -> Recipe:
   (`Recipe.kernel="stored"`) and sees the stored FP8 values unchanged."""
   kernel = "stored" if f.level == "O3" and f.scaling != "block" else ""
   return Recipe(scaling=f.scaling, history=f.history, margin=f.margin, power_of_two=f.power_of_two, block=f.block,
-                kernel=kernel, fp8_wgrad=f.level in ("O1", "O2", "O3") and f.scaling != "block")
+                kernel=kernel, fp8_wgrad=f.level in ("O1", "O2", "O3") and f.scaling != "block",
+                high_precision=tuple(f.high_precision))
 
 
 def dot_general_for(f):

@@ -80,6 +80,10 @@ class Recipe:
   # passes it in and merges its cotangents (Task.grad_ports); a loop that passes init's
   # variables back without merging would see zero kernel gradients.
   fp8_wgrad: bool = False
+  # Names of modules whose GEMMs stay in the compute dtype (matched against the components of
+  # the dot's module path, e.g. a model's first and last Dense layers, which Transformer
+  # Engine and DeepSeek-V3 keep in higher precision): no scales, no port, a plain dot.
+  high_precision: tuple[str, ...] = ()
 
   def __post_init__(self):
     if self.scaling not in SCALINGS:
@@ -88,6 +92,8 @@ class Recipe:
       raise ValueError(f"Recipe.kernel={self.kernel!r} is not '' or 'stored'")
     if self.fp8_wgrad and self.scaling == "block":
       raise ValueError("Recipe.fp8_wgrad needs per-tensor scaling (delayed or current), not block")
+    if not all(isinstance(name, str) for name in self.high_precision):
+      raise ValueError(f"Recipe.high_precision={self.high_precision!r} must be module names (strings)")
 
   def for_kernel(self) -> "Recipe":
     """The recipe the kernel operand is scaled with."""
@@ -254,8 +260,10 @@ class Fp8DotGeneral(nn.Module):
 
   @nn.compact
   def __call__(self, x, w, dimension_numbers, precision=None, preferred_element_type=None):
-    del precision, preferred_element_type  # FP8 sets both
     r = self.recipe
+    if set(r.high_precision) & set(self.scope.path):
+      return lax.dot_general(x, w, dimension_numbers, precision=precision, preferred_element_type=preferred_element_type)
+    del precision, preferred_element_type  # FP8 sets both
     if r.scaling == "block":
       return block_dense(x, w, r.block, dimension_numbers)
     meta = port = ()

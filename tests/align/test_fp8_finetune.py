@@ -15,9 +15,18 @@ from jaxlab.trainers import align
 CONFIG = "configs/align/testbed.py:tiny"
 
 
-def _finetune(level: str):
+ALL_FP8 = "fp8.high_precision=()"  # every GEMM in FP8, the towers' ends too (default: BF16)
+
+
+def _projections(low) -> int:
+  meta = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(low.setup.abstract_state.model_state)]
+  return sum(p.endswith("input_amax_history") for p in meta)  # one scale state per FP8 projection
+
+
+def _finetune(level: str, *overrides):
   # the small trainable text tower, so that both towers have FP8 projections
-  cfg = config_lib.load(CONFIG, [f"fp8.level={level}", 'mesh=(("data", 1), ("model", 1))', "model.text_tower=words"])
+  cfg = config_lib.load(CONFIG, [f"fp8.level={level}", 'mesh=(("data", 1), ("model", 1))', "model.text_tower=words",
+                                 *overrides])
   stage = next(s for s in align.stages(cfg) if s.name == "finetune")
   low = loop.lower_step(stage.task, stage.options, sharding.make_mesh(stage.options.mesh, jax.devices()[:1]),
                         stage.batch)
@@ -25,15 +34,19 @@ def _finetune(level: str):
 
 
 def test_dpo_finetuning_runs_its_gemms_in_fp8_at_o2():
-  stage, low, report = _finetune("O2")
-  meta = [path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(low.setup.abstract_state.model_state)]
-  projections = sum(p.endswith("input_amax_history") for p in meta)  # one scale state per FP8 projection
-  assert projections >= 8, meta  # patch embedding, both towers' attention and MLP, both projections
+  stage, low, report = _finetune("O2", ALL_FP8)
+  projections = _projections(low)
+  assert projections >= 8  # patch embedding, both towers' attention and MLP, both projections
   assert not report.blocked, report.summary()
   # Forward, dgrad and wgrad each, but the patch embedding's input is the image: no dgrad.
   assert len(report.fp8) == 3 * projections - 1, report.summary()
   _, _, flax_report = _finetune("flax")
   assert len(flax_report.fp8) == len(report.fp8), (flax_report.summary(), report.summary())
+  # The trainer's default keeps the towers' first and last GEMMs (patch embedding, the two
+  # projections) in BF16: three fewer FP8 projections, three dots each but the patch's two.
+  _, low, default = _finetune("O2")
+  assert _projections(low) == projections - 3 and not default.blocked, default.summary()
+  assert len(default.fp8) == len(report.fp8) - 8, default.summary()
   # The other stages are untouched by fp8.level.
   pre = next(s for s in align.stages(config_lib.load(CONFIG, ["fp8.level=O2"])) if s.name == "pretrain")
   assert pre.task.model.dot_general_cls is None
@@ -42,7 +55,7 @@ def test_dpo_finetuning_runs_its_gemms_in_fp8_at_o2():
 def test_o3_dpo_step_lowers_with_stored_kernels_in_a_model_whose_dense_layers_promote():
   """The two-tower's projections are Dense layers without a dtype, which promote their
   kernel with their inputs: O3's E4M3 values must reach them in a type that promotes."""
-  stage, low, report = _finetune("O3")
+  stage, low, report = _finetune("O3", ALL_FP8)
   assert not report.blocked and len(report.fp8) > 0, report.summary()
 
 

@@ -221,3 +221,27 @@ def test_o3_config_scales_kernels_as_stored_and_other_levels_do_not():
                                ("O3", "block", "")):
     f.level, f.scaling = level, scaling
     assert fp8.recipe(f).kernel == want, (level, scaling)
+
+
+def test_high_precision_modules_keep_plain_gemms():
+  """`Recipe.high_precision` names modules whose GEMMs stay plain: no scales, no port, the
+  exact product; the others' are FP8 (visibly rounded)."""
+  cls = dot.dot_general_cls(dot.Recipe(fp8_wgrad=True, high_precision=("last",)))
+
+  class Two(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.Dense(16, use_bias=False, dot_general_cls=cls, name="first")(x)
+      return nn.Dense(8, use_bias=False, dot_general_cls=cls, name="last")(h)
+
+  x = jax.random.normal(jax.random.key(0), (4, 32))
+  variables = Two().init(jax.random.key(1), x)
+  assert set(variables[dot.GRADS]) == {"first"} and set(variables[dot.COLLECTION]) == {"first"}
+  _, inter = Two().apply(variables, x, capture_intermediates=True, mutable=["intermediates"])
+  h = np.asarray(inter["intermediates"]["first"]["__call__"][0])
+  y = np.asarray(inter["intermediates"]["last"]["__call__"][0])
+  w1, w2 = (np.asarray(variables["params"][n]["kernel"]) for n in ("first", "last"))
+  np.testing.assert_allclose(y, h @ w2, rtol=1e-5, atol=1e-6)            # plain FP32 GEMM
+  assert np.max(np.abs(h - np.asarray(x) @ w1)) > 1e-3 * np.max(np.abs(h))  # E4M3 operands
+  with pytest.raises(ValueError, match="module names"):
+    dot.Recipe(high_precision=(3,))
