@@ -8,7 +8,9 @@ several seeds, through the trainers' functional APIs with the same config and se
 classify: the final held-out (test split) loss. align: only the fine-tuning stage changes
 level; per seed one BF16 run trains the pretraining and aesthetic stages, and every level
 fine-tunes from them (pretrain.workdir / aesthetic.workdir), so the levels differ in the
-DPO stage alone. Its loss is the training loss (ranked DPO + contrastive) averaged over the
+DPO stage alone, with the trainer's FP8 config (its default `fp8.high_precision` keeps the
+towers' first and last GEMMs in BF16; `bench/fp8_dpo_ablation.py` has every GEMM in FP8).
+Its loss is the training loss (ranked DPO + contrastive) averaged over the
 last `--tail` logged steps (the stage has no held-out loss; the data order is the same at
 every level), measured through each level's own (FP8) forward; align_plain is the same
 fine-tuned models' loss over one epoch of the preference records through one plain FP32

@@ -4,6 +4,7 @@ iterator (grain's orbax handler: one JSON state per process, so multi-host runs 
 every process's slice of the data)."""
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any
 
@@ -43,12 +44,36 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any, data_iter: 
   step = mngr.latest_step()
   if step is None:
     return None
+  _check_dtypes(str(mngr.directory), step, abstract_state)
   items = {"state": ocp.args.StandardRestore(abstract_state)}
   if data_iter is not None:
     import grain
     items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
   return step, restored["state"]
+
+
+def _saved_state(directory: str, step: int) -> Any:
+  """The metadata tree (shape, dtype per array) of the train state saved at `step`."""
+  mngr = ocp.CheckpointManager(directory, item_handlers={"state": ocp.StandardCheckpointHandler()})
+  return mngr.item_metadata(step)["state"]
+
+
+def _check_dtypes(directory: str, step: int, abstract_state: Any) -> None:
+  """Raise if the checkpoint's arrays are not of the dtypes the state expects: orbax would
+  cast each to the target dtype, numerically, so e.g. FP8 values restored into the bytes a
+  `ScaledTensor` now keeps would come back as other numbers, silently."""
+  count = lambda leaves: collections.Counter(str(x.dtype) for x in leaves)
+  saved, wanted = count(jax.tree.leaves(_saved_state(directory, step))), count(jax.tree.leaves(abstract_state))
+  if saved == wanted:
+    return
+  hint = ""
+  if any(d.startswith("float8") for d in saved - wanted) and "uint8" in wanted - saved:
+    hint = (" It holds FP8 arrays as float8: it was written before jaxlab kept 8-bit formats as their bytes"
+            " (fp8.formats.ScaledTensor, 2026-12-07); resume it with that earlier version.")
+  raise ValueError(f"checkpoint {directory} step {step}: arrays of dtypes {dict(saved - wanted)} where this run's state "
+                   f"has {dict(wanted - saved)} (a different config or jaxlab version?); restoring would cast them."
+                   + hint)
 
 
 def restore_params(workdir: str, step: int | None = None) -> tuple[int, Any]:
