@@ -111,7 +111,7 @@ def default_config() -> ml_collections.ConfigDict:
   # FP8-LM levels for the DPO fine-tuning stage (fp8.level=O2, ...). The towers' first and last
   # GEMMs (the patch embedding, the two projections into the shared space) stay BF16, as
   # Transformer Engine and DeepSeek-V3 keep a model's ends: with them in FP8 the DPO model is
-  # 1.1% worse than BF16's, with them in BF16 0.19% (bench/results/fp8_dpo_ablation.txt)
+  # 1.1% worse than BF16's, with them in BF16 0.19% (bench/results/fp8_dpo_width.txt, 5 seeds)
   c.fp8 = dict(fp8.default_config(), high_precision=("patch", "image_proj", "text_proj"))
   return c
 
