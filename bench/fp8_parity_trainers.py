@@ -15,7 +15,8 @@ last `--tail` logged steps (the stage has no held-out loss; the data order is th
 every level), measured through each level's own (FP8) forward; align_plain is the same
 fine-tuned models' loss over one epoch of the preference records through one plain FP32
 forward (the trainer's report.json `finetune_loss_plain`), which separates a worse model
-from quantization noise in the measurement. Prints each level's mean over seeds with its gap to BF16 and the per-seed
+from quantization noise in the measurement; align_heldout compares the same models on the
+test split's held-out contents (report.json). Prints each level's mean over seeds with its gap to BF16 and the per-seed
 gaps, and ends with `max_rel_gap_classify=.. max_rel_gap_align=.. max_rel_gap_align_plain=.. seeds=..`; goal: every
 FP8 level within 0.5% on the mean. Runs are cached in the workdir (a rerun continues).
 """
@@ -82,6 +83,26 @@ def align_plain_loss(level: str, seed: int, args) -> float:
   return float(json.load(open(os.path.join(workdir, "report.json")))["finetune_loss_plain"])
 
 
+HELDOUT = ("heldout_top_true_aesthetic", "r@5")  # report.json test/fine-tuned: held-out contents
+
+
+def align_heldout(seeds: list[int], args) -> None:
+  """The DPO models on the test split (report.json's fine-tuned system): each level's
+  paired difference to BF16 per seed, mean +- standard error, for the true aesthetic of the
+  top results on held-out contents and recall@5."""
+  def metric(level, seed, key):
+    workdir = os.path.join(args.workdir, f"align_none_s{seed}" if level == "none" else f"align_{level}_s{seed}")
+    return json.load(open(os.path.join(workdir, "report.json")))["test"]["fine-tuned"][key]
+  print(f"\nalign_heldout: the fine-tuned models on the test split, paired difference to none over {len(seeds)} seeds "
+        "(mean +- standard error)")
+  for key in HELDOUT:
+    base = np.array([metric("none", s, key) for s in seeds])
+    diffs = {level: np.array([metric(level, s, key) for s in seeds]) - base for level in LEVELS[1:]}
+    se = lambda d: np.std(d, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+    print(f"{key:28s} none {base.mean():.4f}  " + "  ".join(f"{lv} {d.mean():+.4f} +- {se(d):.4f}"
+                                                            for lv, d in diffs.items()))
+
+
 def table(name: str, losses: dict) -> float:
   """Print one trainer's table; the largest |gap| of an FP8 level's mean to BF16's."""
   base = np.mean(losses["none"])
@@ -129,6 +150,8 @@ def main():
           json.dump(done, open(cache, "w"), indent=1)
         results[trainer][level].append(done[key])
   worst = {t: table(t, r) for t, r in results.items()}
+  if "align" in only:
+    align_heldout(seeds, args)
   print(" ".join(f"max_rel_gap_{t}={w:.4f}" for t, w in worst.items()) + f" seeds={len(seeds)}")
 
 

@@ -331,7 +331,7 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
     def finish(name, m32, v32, new, master, scale):
       """The stored m, v, weight and master; `scale(x, dtype, key)` gives a narrow tensor's scale."""
       put = lambda x, dtype, key: (formats.ScaledTensor.of(formats.quantize(x, dtype, scale(x, dtype, key)),
-                                                        scale(x, dtype, key)) if dtype in NARROW else x.astype(dtype))
+                                                           scale(x, dtype, key)) if dtype in NARROW else x.astype(dtype))
       if has_master and is_matrix(name):
         master = put(new, level.master, "master")
         new = decode(master)  # the weight is the new master copy cast down (MS-AMP's O3), one rounding
