@@ -10,11 +10,11 @@ from them by this script, so the whole table comes from one version of the code.
   nice -n 5 python bench/fp8_dpo_ablation.py --variants none,O1,nogemm --set model.d_model=256 \
       --set model.num_heads=4 --workdir /tmp/dpo_d256    # the towers 4x as wide (own pretraining)
 
-Variants (none is the BF16 baseline; the others change O1 in one place; the ones below the line replace the FP8 GEMM by an
-F32 one on operands rounded to E4M3 with a straight-through gradient, so nothing in the
-backward pass is quantized):
+Variants (none is the BF16 baseline; the others change O1 in one place; the ones below the
+line replace the FP8 GEMM by an F32 one on operands rounded to E4M3 with a straight-through
+gradient, so nothing in the backward pass is quantized):
   none        BF16 mixed precision, the baseline of every gap
-  O1          as the trainer runs it
+  O1          every GEMM in FP8 (the trainer before `fp8.high_precision`)
   nogemm      BF16 GEMMs; O1's FP16 weights, E4M3 weight gradients and optimizer kept
   bf16grad    FP8 GEMMs, but the weight gradient stays BF16 (no E4M3 port, no encoding)
   e4m3bwd     output gradients in E4M3 instead of E5M2
@@ -27,8 +27,8 @@ backward pass is quantized):
   ---
   xwq         forward operands x and w rounded to E4M3 (per-tensor current scales)
   xq / wq     only x / only w rounded
-The variants are made by replacing module attributes of jaxlab.fp8 in this process (an
-ablation, not a supported configuration). Last line: `dpo_gap O1=.. nogemm=.. ... seeds=..`.
+Most variants are made by replacing module attributes of jaxlab.fp8 in this process (an
+ablation, not a supported configuration); current, block32 and ends16 are config overrides. Last line: `dpo_gap O1=.. nogemm=.. ... seeds=..`.
 """
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ from jaxlab.fp8 import dot as fp8_dot, formats, optim as fp8_optim
 from jaxlab.trainers import align
 
 VARIANTS = ("none", "O1", "nogemm", "bf16grad", "e4m3bwd", "current", "block32", "ends16", "xwq", "xq", "wq")
-ENDS = ("patch", "image_proj", "text_proj")  # the module names of the towers' first and last GEMMs
+ENDS = tuple(align.default_config().fp8.high_precision)  # the towers' first and last GEMMs (the trainer's default)
 
 
 def _no_port():
