@@ -8,13 +8,18 @@ every compiled step is what it claims.
 1. GEMMs at M x K x N = 16384 x 2048 x 8192 (FP8-LM 1.3B's MLP at 8 x 2048 tokens): the
    forward y = x.W, the input gradient (dgrad) and the weight gradient (wgrad), each timed as
    its own jitted function including the quantization of its operands, for a BF16 dot,
-   jaxlab's `fp8.dot.fp8_dot_general` (current scaling) and flax's `fp8_scaled_dot_general`.
+   jaxlab's `fp8.dot.fp8_dot_general` (`jaxlab`: delayed scaling, as the levels run it;
+   `jaxlab_cur`: current scaling) and flax's `fp8_scaled_dot_general` (delayed).
 2. A GPT train step at FP8-LM's 1.3B shape (24 layers, d_model 2048, 16 heads, MLP 8192,
    sequence 2048, batch 8), BF16 compute, remat, an *untied* head that takes the FP8 dot
    too (so the head's GEMMs are FP8 at O1-O3 and flax), vocabulary 50304 (GPT-2's 50257
    padded to a multiple of 64, so every GEMM dimension suits FP8 cuBLASLt). The step is
    the platform's: `fp8.apply` on a Task, lowered and compiled by `jaxlab.train.loop`.
    Median step time, tokens/s, peak memory from `compiled.memory_analysis()`, the loss.
+
+Each level compiles in a child process with a time limit (`--level-timeout`) and XLA's pass
+log on: the script prints where the step's compile spent its time (the slowest HLO passes) and,
+for a level killed by the limit, the pass it was in.
 
 Checks (exit status 1, naming the level): in the lowered (pre-optimisation) HLO, every dot
 that FP8 data reaches is in the form XLA's GEMM rewriter makes an FP8 GEMM of, and a level
@@ -114,12 +119,16 @@ DIMS = (((1,), (0,)), ((), ()))
 
 
 def gemm_impls():
-  """name -> f(x, w) for x[M, K] . w[K, N] in BF16."""
+  """name -> f(x, w) for x[M, K] . w[K, N] in BF16. jaxlab with delayed scaling (as O1-O3 run
+  it by default; histories with data, the steady state) and with current scaling; flax's
+  delayed scaling (it quantizes with the scales it is given)."""
   hist = jnp.zeros((16,), jnp.float32)
+  seen = hist.at[0].set(1.0)  # a history with data: delayed scaling past its first step
   one = jnp.ones((1,), jnp.float32)
   return {
       "bf16": lambda x, w: jax.lax.dot_general(x, w, DIMS),
-      "jaxlab": lambda x, w: dot.fp8_dot_general(x, w, (), DIMS, dot.Recipe("current")),
+      "jaxlab": lambda x, w: dot.fp8_dot_general(x, w, (seen, seen, seen), DIMS, dot.Recipe("delayed")),
+      "jaxlab_cur": lambda x, w: dot.fp8_dot_general(x, w, (), DIMS, dot.Recipe("current")),
       "flax": lambda x, w: fp8_ops.fp8_scaled_dot_general(
           x, w, DIMS, preferred_element_type=jnp.bfloat16, lhs_scale=one, rhs_scale=one, grad_scale=one,
           lhs_amax_history=hist, rhs_amax_history=hist, grad_amax_history=hist, quantize_compute_type=jnp.bfloat16),
@@ -134,7 +143,7 @@ def bench_gemms(args, gpu: bool) -> dict:
   g = (jax.random.normal(kg, (m, n)) * 1e-3).astype(jnp.bfloat16)
   out = {}
   print(f"\nGEMMs x[{m},{k}] . w[{k},{n}] in BF16 (ms, median of {args.steps}; each includes quantizing its operands)")
-  print(f"{'':8s} {'forward':>9s} {'dgrad':>9s} {'wgrad':>9s}   FP8 custom calls (fwd/dgrad/wgrad)")
+  print(f"{'':10s} {'forward':>9s} {'dgrad':>9s} {'wgrad':>9s}   FP8 custom calls (fwd/dgrad/wgrad)")
   for name, f in gemm_impls().items():
     fns = dict(forward=jax.jit(f),
                dgrad=jax.jit(lambda x, w, g, f=f: jax.vjp(lambda a: f(a, w), x)[1](g)[0]),
@@ -148,16 +157,16 @@ def bench_gemms(args, gpu: bool) -> dict:
         calls.append(text.count(F8_GEMM))
         if gpu and name != "bf16" and calls[-1] != 1:
           print(f"  {name} {part}: custom calls {custom_calls(text)}", flush=True)
-          if name == "jaxlab":
+          if name.startswith("jaxlab"):
             write_hlo(args, f"gemm_{name}_{part}", text)
         row[part] = math.nan if args.dry_run else timed(compiled, *fargs, warmup=args.warmup, steps=args.steps)
     except Exception:  # noqa: BLE001 -- reported as a failed check, the run goes on
       traceback.print_exc()
       fail(f"GEMM bench: {name} raised (traceback above)")
     out[name] = row
-    print(f"{name:8s} " + " ".join(f"{row[p] * 1e3:9.3f}" for p in ("forward", "dgrad", "wgrad"))
+    print(f"{name:10s} " + " ".join(f"{row[p] * 1e3:9.3f}" for p in ("forward", "dgrad", "wgrad"))
           + f"   {'/'.join(map(str, calls))}", flush=True)
-    if gpu and name in ("jaxlab", "flax") and calls != [1, 1, 1]:
+    if gpu and name != "bf16" and calls != [1, 1, 1]:
       fail(f"GEMM bench: {name}'s forward/dgrad/wgrad compiled to {calls} FP8 custom calls, not one each")
   return out
 
@@ -241,9 +250,76 @@ def bench_step(level: str, args, gpu: bool) -> dict:
   return r
 
 
+# XLA logs every HLO pass it runs, with its time, at this verbosity: the child's log says where
+# a compile spends its time, and in which pass it was when a level was killed.
+PASS_LOG = dict(TF_CPP_MIN_LOG_LEVEL="0", TF_CPP_VMODULE="hlo_pass_pipeline=1")
+_LOG_LINE = re.compile(r"^[IWEF]\d{4} (\d\d):(\d\d):(\d\d(?:\.\d+)?)\s+(\d+) hlo_pass_pipeline\.cc:\d+\] (.*)$")
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def compile_profile(log: str, module: str = "jit_step") -> dict:
+  """The HLO passes XLA ran on `module`, from a log written under PASS_LOG: `passes` {name:
+  seconds, summed over its runs}, `running` (pipeline, pass, start second of the day) of a pass
+  that started and never logged its time (the process was killed in it), `started` whether
+  any pass ran on the module, `last` the second of the day of its last logged line."""
+  current: dict[str, tuple] = {}  # thread -> (module, pipeline) it is compiling
+  pipelines: set[str] = set()  # a nested pipeline logs its time as a pass: not counted twice
+  passes: dict[str, float] = {}
+  open_pass: dict[str, tuple] = {}  # thread -> (pipeline, pass, start) not yet timed
+  started, last = False, None
+  for line in log.splitlines():
+    m = _LOG_LINE.match(line)
+    if not m:
+      continue
+    seconds = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+    thread, msg = m[4], m[5].strip()
+    head = re.match(r"Running HLO pass pipeline on module (\S+): (.*)", msg)
+    if head:
+      current[thread] = (head[1], head[2])
+      pipelines.add(head[2])
+      continue
+    if current.get(thread, ("",))[0] != module:
+      continue
+    started, last = True, seconds
+    done = re.match(r"HLO pass: (\S+) time: ([\d.]+) (us|ms|s|min|h)\b", msg)
+    if done:
+      passes[done[1]] = passes.get(done[1], 0.0) + float(done[2]) * _UNITS[done[3]]
+      open_pass.pop(thread, None)
+    elif msg.startswith("HLO pass "):
+      open_pass[thread] = (current[thread][1], msg[len("HLO pass "):].strip(), seconds)
+  running = max(open_pass.values(), key=lambda p: p[2]) if open_pass else None
+  return dict(passes={k: v for k, v in passes.items() if k not in pipelines}, running=running, started=started,
+              last=last)
+
+
+def describe_profile(profile: dict, killed_at: float | None = None, top: int = 4) -> str:
+  """One line: total seconds in passes, the slowest, and (killed) the pass it was killed in."""
+  if not profile["started"]:
+    return "XLA had not started compiling the step"
+  total = sum(profile["passes"].values())
+  slow = sorted(profile["passes"].items(), key=lambda kv: -kv[1])[:top]
+  text = f"{total:.1f} s in XLA's HLO passes; slowest " + ", ".join(f"{k} {v:.1f} s" for k, v in slow)
+  if profile["running"]:
+    pipeline, name, start = profile["running"]
+    since = f" for {(killed_at - start) % 86400:.0f} s" if killed_at is not None else ""
+    text += f"; killed in pass {name} (pipeline {pipeline}){since}"
+  elif killed_at is not None:
+    text += f"; killed {(killed_at - profile['last']) % 86400:.0f} s after its last pass (code generation, or later work)"
+  return text
+
+
+def _second_of_day() -> float:
+  """Now, as the log's timestamps count it (local time of day)."""
+  t = time.time()
+  lt = time.localtime(t)
+  return lt.tm_hour * 3600 + lt.tm_min * 60 + lt.tm_sec + t % 1
+
+
 def run_level(level: str, args) -> dict | None:
   """bench_step in a child process with a time limit, so a level whose compile hangs is
-  reported and the others still run. None (and a failed check) when it raised or timed out."""
+  reported and the others still run. None (and a failed check) when it raised or timed out.
+  The child logs XLA's passes (PASS_LOG); their profile is printed, and names the pass a
+  killed compile was in."""
   shape = ["--layers", args.layers, "--d-model", args.d_model, "--heads", args.heads, "--mlp", args.mlp,
            "--seq", args.seq, "--batch", args.batch, "--vocab", args.vocab, "--warmup", args.warmup,
            "--steps", args.steps, "--hlo-dir", args.hlo_dir]
@@ -252,10 +328,22 @@ def run_level(level: str, args) -> dict | None:
     cmd = [sys.executable, os.path.abspath(__file__), *map(str, shape), "--only-level", level, "--result-file", out]
     if args.dry_run:
       cmd.append("--dry-run")
-    try:
-      done = subprocess.run(cmd, timeout=args.level_timeout)
-    except subprocess.TimeoutExpired:
-      fail(f"level {level}: compile + {args.warmup + args.steps + 1} steps did not finish in {args.level_timeout:.0f} s")
+    log_path = os.path.join(tmp, "stderr.log")
+    with open(log_path, "w") as log:
+      try:
+        done = subprocess.run(cmd, timeout=args.level_timeout, stderr=log, env={**os.environ, **PASS_LOG})
+        killed_at = None
+      except subprocess.TimeoutExpired:
+        done, killed_at = None, _second_of_day()
+    with open(log_path) as log:
+      text = log.read()
+    # the child's own messages (tracebacks, warnings) without XLA's info lines
+    sys.stderr.write("".join(l for l in text.splitlines(keepends=True) if not re.match(r"^I\d{4} ", l)))
+    profile = describe_profile(compile_profile(text), killed_at)
+    print(f"  {level}: {profile}", flush=True)
+    if done is None:
+      fail(f"level {level}: compile + {args.warmup + args.steps + 1} steps did not finish in {args.level_timeout:.0f} s "
+           f"({profile})")
       return None
     if done.returncode != 0 or not os.path.exists(out):
       fail(f"level {level}: the step raised (exit status {done.returncode}, traceback above)")
