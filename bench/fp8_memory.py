@@ -28,21 +28,30 @@ FP8 weight gradients, which then sit through the forward pass (1 B/param at O2).
 needs is what a memory-aware schedule of it needs; a GPU compile schedules with a memory limit.
 The default scheduler's totals are printed too (`default sched`).
 
+On a GPU (`--target h100` or `h200`, needs `pip install 'jaxlab[gpu-aot]'`, no GPU): the same
+steps compiled by XLA for that GPU from this host (`jaxlab.targets`, an ahead-of-time compile;
+nothing runs), every GEMM to cuBLAS as autotuning picks for FP8 GEMMs (`targets.CUBLAS`); the
+last column is then XLA's defaults without autotuning (Triton GEMMs), and the 8-rank figures
+are 8 such GPUs. The block-scaling GEMM is measured on CPU only.
+
 Last line: `bytes_per_param none=.. O1=.. O2=.. O3=.. measured_none=.. measured_O1=.. measured_O2=.. measured_O3=..`
 (counted: weights + gradients + master + m + v, scale overhead excluded and printed separately).
 """
 from __future__ import annotations
 
 import os
+from typing import Callable, NamedTuple
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import argparse
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlab import config as config_lib, fp8, sharding
+from jaxlab import config as config_lib, fp8, sharding, targets
 from jaxlab.fp8 import memory
 from jaxlab.models import gpt
 from jaxlab.train import loop, optim
@@ -83,13 +92,34 @@ def sharded_bytes(state, mesh, rules) -> dict:
   return out
 
 
-def measured_sharded(level: str, layout: str, n: int, ranks: int = RANKS) -> dict:
-  """The LM trainer's step at the 1.3B shape compiled for `ranks` CPU devices on the data
-  axis (one sequence of MEASURE_SEQ tokens per rank) under `layout`: per-device state
-  (arguments less the batch's shard) and temporaries, in bytes per (global) parameter of the `n`."""
+class Platform(NamedTuple):
+  """Where the steps are compiled: `devices(n)`, the XLA options of the measured compiles and
+  those of the last column (`other_name`)."""
+  devices: Callable[[int], list]
+  options: dict | None
+  other: dict | None
+  other_name: str
+  name: str
+
+
+def platform(target: str | None) -> Platform:
+  """This host's CPU (memory-optimized scheduler; the other column: XLA's default scheduler)
+  or a GPU target compiled for from here (cuBLAS GEMMs; the other column: XLA's defaults)."""
+  if not target:
+    return Platform(lambda n: jax.devices()[:n], MEMORY_SCHEDULER, None, "default sched", "CPU device")
+  return Platform(lambda n: targets.devices(target, n), targets.CUBLAS, {}, "Triton GEMMs", f"{target.upper()} GPU")
+
+
+CPU = platform(None)
+
+
+def measured_sharded(level: str, layout: str, n: int, ranks: int = RANKS, where: Platform = CPU) -> dict:
+  """The LM trainer's step at the 1.3B shape compiled for `ranks` devices on the data axis
+  (one sequence of MEASURE_SEQ tokens per rank) under `layout`: per-device state (arguments
+  less the batch's shard) and temporaries, in bytes per (global) parameter of the `n`."""
   _, stage = _stage(level, ranks, ranks, layout)
-  mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:ranks])
-  mem = loop.compile_step(stage.task, stage.options, mesh, stage.batch, MEMORY_SCHEDULER).compiled.memory_analysis()
+  mesh = sharding.make_mesh(stage.options.mesh, where.devices(ranks))
+  mem = loop.compile_step(stage.task, stage.options, mesh, stage.batch, where.options).compiled.memory_analysis()
   batch = sum(b.size * np.dtype(b.dtype).itemsize for b in jax.tree.leaves(stage.batch)) / ranks
   return dict(state=(mem.argument_size_in_bytes - batch) / n, temp=mem.temp_size_in_bytes / n)
 
@@ -107,12 +137,13 @@ def _stage(level: str, batch: int, ranks: int = 1, layout: str = "dp"):
 
 
 def measured_step(level: str, batch: int, with_optimizer: bool = True, split: bool = True,
-                  options: dict | None = MEMORY_SCHEDULER) -> dict:
-  """memory_analysis of the LM trainer's compiled train step at the 1.3B shape, one device, and
-  (`split`) of its two halves: the gradient computation and (`with_optimizer`; it does not
-  depend on the batch) the optimizer update + weight write. `options`: XLA's, for every compile."""
+                  options: dict | None = MEMORY_SCHEDULER, devices: list | None = None) -> dict:
+  """memory_analysis of the LM trainer's compiled train step at the 1.3B shape, one device
+  (the first of `devices`, default this host's), and (`split`) of its two halves: the gradient
+  computation and (`with_optimizer`; it does not depend on the batch) the optimizer update +
+  weight write. `options`: XLA's, for every compile."""
   cfg, stage = _stage(level, batch)
-  mesh = sharding.make_mesh(stage.options.mesh, jax.devices()[:1])
+  mesh = sharding.make_mesh(stage.options.mesh, (devices or jax.devices())[:1])
   compiled = loop.compile_step(stage.task, stage.options, mesh, stage.batch, options)
   mem = compiled.compiled.memory_analysis()
   batch_bytes = sum(b.size * np.dtype(b.dtype).itemsize for b in jax.tree.leaves(stage.batch))
@@ -141,23 +172,33 @@ def measured_step(level: str, batch: int, with_optimizer: bool = True, split: bo
               other_temp=other_temp)
 
 
-def measured(level: str) -> dict:
+def measured(level: str, where: Platform = CPU) -> dict:
   """Bytes per parameter: the step's state, temporaries at batch 1 and extrapolated to 0, and
-  the split (gradient tree, backward temporaries at batch 0, optimizer temporaries); and the
-  total under XLA's default CPU scheduler (`default`)."""
-  one, two = measured_step(level, 1), measured_step(level, 2, with_optimizer=False)
+  (on CPU) the split (gradient tree, backward temporaries at batch 0, optimizer temporaries);
+  and the total under the other column's options (`default`)."""
+  dev = where.devices(1)
+  split = where is CPU  # the halves are compiled on this host's device only
+  one = measured_step(level, 1, split=split, options=where.options, devices=dev)
+  two = measured_step(level, 2, with_optimizer=False, split=split, options=where.options, devices=dev)
   n = memory.account(one["state_tree"], one["task"].precision)["params"]  # matrices count data, not scales
   temp0 = 2 * one["temp"] - two["temp"]
-  d1, d2 = (measured_step(level, b, split=False, options=None) for b in (1, 2))
+  d1, d2 = (measured_step(level, b, split=False, options=where.other, devices=dev) for b in (1, 2))
+  nan = float("nan")
+  per_param = lambda key: nan if one.get(key) is None else one[key] / n
   return dict(state=one["state"] / n, temp1=one["temp"] / n, temp0=temp0 / n, kept=one["kept"] / n,
               per_example=(two["temp"] - one["temp"]) / 2**20, total=(one["state"] + temp0) / n, params=n,
-              grads=one["grad_out"] / n, backward0=(2 * one["grad_temp"] - two["grad_temp"]) / n,
-              optimizer=one["opt_temp"] / n,
-              other=float("nan") if one["other_temp"] is None else one["other_temp"] / n,
+              grads=per_param("grad_out"),
+              backward0=(2 * one["grad_temp"] - two["grad_temp"]) / n if split else nan,
+              optimizer=per_param("opt_temp"), other=per_param("other_temp"),
               default=(d1["state"] + 2 * d1["temp"] - d2["temp"]) / n)
 
 
 def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--target", choices=sorted(targets.TARGETS), default=None,
+                 help="measure the steps as XLA compiles them for this GPU (from this host; needs jaxlab[gpu-aot])")
+  args = p.parse_args()
+  where = platform(args.target)
   cfg0 = config_lib.load("configs/fp8/gpt.py:none,1.3b")
   m = cfg0.model
   print(f"GPT 1.3B shape (FP8-LM): {m.num_layers} layers, d_model {m.d_model}, mlp {4 * m.d_model}, "
@@ -195,15 +236,16 @@ def main():
           f"{split['master']:.3f} + m {split['mu']:.3f} + v {split['nu']:.3f} = {total_dev:.3f} bytes/param "
           f"({total_dev * n / 2**30:.2f} GiB per device; master+m+v {o3['master'] + o3['m'] + o3['v']:.3f} -> {opt:.3f})")
 
+  how = ("XLA's memory-optimized CPU scheduler" if where is CPU else
+         "compiled for it from this host (jaxlab.targets), GEMMs to cuBLAS (targets.CUBLAS)")
   print(f"\nmeasured: the LM trainer's compiled train step at the 1.3B shape ({m.num_layers} layers), seq "
-        f"{MEASURE_SEQ}, one CPU device, XLA's memory-optimized CPU scheduler; compiled.memory_analysis() in "
-        f"bytes per parameter")
+        f"{MEASURE_SEQ}, one {where.name}, {how}; compiled.memory_analysis() in bytes per parameter")
   print(f"{'level':6s} {'state':>7s} {'temp b=1':>9s} {'temp b=0':>9s} {'MiB/ex':>7s} {'kept':>6s} {'measured':>9s}"
         f" {'counted':>8s} {'ratio':>6s} {'grads':>6s} {'bwd tmp':>8s} {'opt tmp':>8s} {'other':>6s}"
-        f" {'default sched':>13s}")
+        f" {where.other_name:>13s}")
   meas = {}
   for level in LEVELS:
-    r = meas[level] = measured(level)
+    r = meas[level] = measured(level, where)
     print(f"{level:6s} {r['state']:7.3f} {r['temp1']:9.3f} {r['temp0']:9.3f} {r['per_example']:7.1f} {r['kept']:6.3f} "
           f"{r['total']:9.3f} {results[level]['total']:8.3f} {r['total'] / results[level]['total']:6.2f} "
           f"{r['grads']:6.3f} {r['backward0']:8.3f} {r['optimizer']:8.3f} {r['other']:6.3f} {r['default']:13.3f}")
@@ -213,15 +255,18 @@ def main():
         "gradient tree the backward pass hands the optimizer; bwd tmp = the gradient computation's own "
         "temporaries at batch 0; opt tmp = the optimizer update + weight write's temporaries, as the step runs "
         "them (in place, fp8.optim.fused_update, at none and O1-O3; optax's update then Precision.apply "
-        "for fp32); other = the same with optax's update then Precision.apply at none and O1-O3; default sched = "
-        "measured under XLA's default (concurrency-optimized) CPU scheduler")
-  print(f"\nmeasured over {RANKS} data ranks: the O3 step compiled for {RANKS} CPU devices, one sequence of "
+        "for fp32); other = the same with optax's update then Precision.apply at none and O1-O3; "
+        + ("default sched = measured under XLA's default (concurrency-optimized) CPU scheduler" if where is CPU else
+           "grads, bwd tmp, opt tmp, other: CPU only (nan); Triton GEMMs = measured with XLA's default GEMM "
+           "choice without autotuning"))
+  print(f"\nmeasured over {RANKS} data ranks: the O3 step compiled for {RANKS} {where.name}s, one sequence of "
         f"{MEASURE_SEQ} tokens per rank; per device, in bytes per (global) parameter")
   for layout in ("zero", "fsdp"):
-    r = measured_sharded("O3", layout, n)
+    r = measured_sharded("O3", layout, n, where=where)
     print(f"O3 {layout:5s} state {r['state']:.3f}  temp {r['temp']:.3f}  total {r['state'] + r['temp']:.3f}  "
           f"({(r['state'] + r['temp']) * n / 2**30:.2f} GiB per device)")
-  block_gemm_memory()
+  if where is CPU:
+    block_gemm_memory()
   print("bytes_per_param " + " ".join(f"{l}={results[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3"))
         + " " + " ".join(f"measured_{l}={meas[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3")))
 

@@ -49,6 +49,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental.layout import Layout, with_layout_constraint
 
 from jaxlab.fp8 import formats
 from jaxlab.fp8.formats import E4M3, E5M2
@@ -138,6 +139,13 @@ def _kernel(w, w_scale, recipe, hw):
   `w` holds stored values: E4M3 bytes (`recipe.kernel="stored"`, O3; as numbers, see
   `stored_e4m3`), which go to the GEMM as they are, or FP16 values, which stand for
   w * w_scale (decoded here, inside the layer)."""
+  # The kernel as stored, row-major. The forward GEMM wants it K-minor (cuBLASLt's FP8 GEMMs
+  # take both operands contracting-dimension-minor); left free, XLA's GPU layout assignment
+  # carries that wish back through the quantization to the layers' stacked kernels and
+  # relayouts each whole stack before the layer scan: a second copy of every scanned kernel,
+  # alive through the step (+1.2 B/param at O2 on an H100 compile, bench/fp8_memory.py
+  # --target h100). Pinned here, the quantizing fusion transposes one layer's kernel instead.
+  w = with_layout_constraint(w, Layout(tuple(range(w.ndim))))
   if not isinstance(w_scale, tuple):
     s = jnp.reshape(w_scale, ())
     if recipe.kernel == "stored":

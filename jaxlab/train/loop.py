@@ -175,6 +175,11 @@ class StepSetup(NamedTuple):
   eval_step: Any        # jitted (state, batch) -> sums
 
 
+# A PRNG key's shape, traced, not made: lowering runs no computation, so a step can be lowered
+# and compiled for devices this host does not have (e.g. a GPU topology, `jax.experimental.topologies`).
+KEY_SHAPE = jax.eval_shape(lambda: jax.random.key(0))
+
+
 @contextlib.contextmanager
 def mesh_context(opts: Options, mesh: jax.sharding.Mesh):
   """The mesh and activation rules every trace of the steps happens under."""
@@ -188,7 +193,7 @@ def build(task: Task, opts: Options, mesh: jax.sharding.Mesh) -> StepSetup:
   check_mesh(opts, mesh)
   rules = list(opts.extra_rules) + list(task.partition_rules) + sharding.layout_rules(opts.layout)
   init_fn = functools.partial(init_state, task)
-  abstract = jax.eval_shape(init_fn, jax.random.key(opts.seed))
+  abstract = jax.eval_shape(init_fn, KEY_SHAPE)
   state_sh = sharding.tree_shardings(abstract, mesh, rules)
   data_sh = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
@@ -228,7 +233,7 @@ def lower_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict) 
   with mesh_context(opts, mesh):
     setup = build(task, opts, mesh)
     batch = jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape, b.dtype, sharding=setup.data_sharding), batch)
-    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=setup.replicated)
+    rng = jax.ShapeDtypeStruct((), KEY_SHAPE.dtype, sharding=setup.replicated)
     lowered = setup.train_step.lower(setup.abstract_state, batch, rng)
   return Lowered(setup, lowered, batch)
 

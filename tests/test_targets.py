@@ -1,0 +1,88 @@
+"""Train steps compiled for an H100 from this host (jaxlab.targets, XLA's ahead-of-time GPU
+compile): the LM trainer's real step, through `lm.stages` and `fp8.apply`.
+
+- Every FP8 level's GEMMs are FP8 cuBLASLt GEMMs in the GPU program: as many as flax's
+  fp8_ops makes of the same model, and as many as `jaxlab.fp8.hlo` finds in FP8 form in the
+  lowered step (the CPU-side check agrees with XLA's GPU GEMM rewriter).
+- The FP8 levels' memory on the GPU is FP8-LM's: state plus temporaries at batch 0 within 10%
+  of its 16 / 11 / 6 / 7 bytes per parameter at the 1.3B shape.
+
+Marked gpu_aot (`make gpu-aot`: a venv with JAX's CUDA plugin; no GPU needed); skipped where
+the plugin is absent, where the test below checks the error that says what to install.
+"""
+import jax
+import pytest
+
+from jaxlab import config as config_lib, sharding, targets
+from jaxlab.fp8 import hlo, memory
+from jaxlab.train import loop
+from jaxlab.trainers import lm
+
+
+def _plugin() -> bool:
+  try:
+    targets.devices("h100")
+  except targets.TargetError:
+    return False
+  return True
+
+
+HAS_PLUGIN = _plugin()
+needs_plugin = pytest.mark.skipif(not HAS_PLUGIN, reason="JAX's CUDA plugin is absent (pip install 'jaxlab[gpu-aot]')")
+
+
+def _compiled(level: str, size: str, batch: int, seq: int, vocab: int, options=targets.CUBLAS):
+  cfg = config_lib.load(f"configs/fp8/gpt.py:{level},{size}", [
+      f"train.seq_len={seq}", f"train.batch_size={batch}", "tokenizer.path=", f"tokenizer.vocab_size={vocab}",
+      'mesh=(("data", 1), ("model", 1))'])
+  (stage,) = lm.stages(cfg)
+  mesh = sharding.make_mesh(stage.options.mesh, targets.devices("h100"))
+  return stage, loop.compile_step(stage.task, stage.options, mesh, stage.batch, options)
+
+
+def test_an_unknown_target_is_named():
+  with pytest.raises(ValueError, match="unknown GPU target 'a100'.*h100"):
+    targets.devices("a100")
+
+
+@pytest.mark.skipif(HAS_PLUGIN, reason="the CUDA plugin is installed")
+def test_without_the_plugin_the_error_says_what_to_install():
+  with pytest.raises(targets.TargetError, match=r"pip install 'jaxlab\[gpu-aot\]'"):
+    targets.devices("h100")
+
+
+@pytest.mark.gpu_aot
+@needs_plugin
+def test_fp8_levels_compile_to_as_many_fp8_cublas_gemms_as_flax_on_h100():
+  counts, lowered = {}, {}
+  for level in ("none", "flax", "O1", "O2", "O3"):
+    _, out = _compiled(level, "tiny", batch=2, seq=128, vocab=1024)
+    counts[level] = targets.custom_calls(out.compiled.as_text()).get(targets.FP8_GEMM, 0)
+    lowered[level] = len(hlo.fp8_dots(out.lowered.as_text(dialect="hlo")).fp8)
+  # The block's 6 projections (query, key, value, attention out, MLP in, MLP out) x 3 GEMMs,
+  # in the layer scan's body (once in the program, whatever the depth); the tied head (an
+  # embedding attend) stays BF16 at every level, flax's included
+  assert counts["none"] == 0, counts
+  assert counts["flax"] == 18, counts
+  for level in ("O1", "O2", "O3"):
+    assert counts[level] == counts["flax"], (level, counts)
+    assert lowered[level] == counts[level], (level, lowered, counts)
+
+
+FP8_LM = {"none": 16, "O1": 11, "O2": 6, "O3": 7}  # FP8-LM Table: w + g + master + m + v, bytes/param
+
+
+@pytest.mark.gpu_aot
+@needs_plugin
+@pytest.mark.parametrize("level", ["none", "O1", "O2", "O3"])
+def test_measured_memory_on_h100_is_within_10_percent_of_fp8_lm(level):
+  # Two batch sizes extrapolate the temporaries to batch 0 (activations grow with the batch;
+  # gradients and optimizer intermediates do not), as bench/fp8_memory.py does.
+  (stage, one), (_, two) = (_compiled(level, "1.3b", batch=b, seq=128, vocab=50257) for b in (1, 2))
+  batch_bytes = lambda out: sum(b.size * b.dtype.itemsize for b in jax.tree.leaves(out.batch))
+  m1, m2 = one.compiled.memory_analysis(), two.compiled.memory_analysis()
+  state = m1.argument_size_in_bytes - batch_bytes(one)
+  temp0 = 2 * m1.temp_size_in_bytes - m2.temp_size_in_bytes
+  n = memory.account(one.setup.abstract_state, stage.task.precision)["params"]
+  measured = (state + temp0) / n
+  assert abs(measured / FP8_LM[level] - 1) <= 0.10, f"{level}: {measured:.2f} bytes/param vs FP8-LM's {FP8_LM[level]}"
