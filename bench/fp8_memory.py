@@ -198,7 +198,7 @@ def main():
   p.add_argument("--target", choices=sorted(targets.TARGETS), default=None,
                  help="measure the steps as XLA compiles them for this GPU (from this host; needs jaxlab[gpu-aot])")
   args = p.parse_args()
-  where = platform(args.target)
+  where = platform(args.target) if args.target else CPU
   cfg0 = config_lib.load("configs/fp8/gpt.py:none,1.3b")
   m = cfg0.model
   print(f"GPT 1.3B shape (FP8-LM): {m.num_layers} layers, d_model {m.d_model}, mlp {4 * m.d_model}, "

@@ -4,6 +4,8 @@ every compiled step is what it claims.
 
   python bench/gpu/fp8_speed.py              # a Hopper-class GPU (H100/H200)
   python bench/gpu/fp8_speed.py --dry-run    # anywhere: tiny shapes, CPU, compile only, seconds
+  python bench/gpu/fp8_speed.py --aot h100   # anywhere, with jaxlab[gpu-aot]: full shapes compiled
+                                             # for an H100 from this host (jaxlab.targets), no timings
 
 1. GEMMs at M x K x N = 16384 x 2048 x 8192 (FP8-LM 1.3B's MLP at 8 x 2048 tokens): the
    forward y = x.W, the input gradient (dgrad) and the weight gradient (wgrad), each timed as
@@ -20,6 +22,10 @@ every compiled step is what it claims.
 Each level compiles in a child process with a time limit (`--level-timeout`) and XLA's pass
 log on: the script prints where the step's compile spent its time (the slowest HLO passes) and,
 for a level killed by the limit, the pass it was in.
+
+`--aot h100|h200` compiles every GEMM and step for that GPU without one (XLA's ahead-of-time
+GPU compile; its GEMMs go to cuBLAS, `targets.CUBLAS`, since it cannot autotune): the FP8
+custom-call checks and the memory columns are the GPU program's, the timings are nan.
 
 Checks (exit status 1, naming the level): in the lowered (pre-optimisation) HLO, every dot
 that FP8 data reaches is in the form XLA's GEMM rewriter makes an FP8 GEMM of, and a level
@@ -51,7 +57,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-if "--dry-run" in sys.argv:
+if "--dry-run" in sys.argv or "--aot" in sys.argv:  # no GPU here: JAX on CPU (an --aot compile needs none)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Each level compiles and runs in its own process (below); this one keeps only the GEMM
 # bench's few buffers, so it must not take three quarters of the GPU up front.
@@ -64,13 +70,14 @@ import numpy as np
 import optax
 from flax.linen import fp8_ops
 
-from jaxlab import fp8, sharding
+from jaxlab import fp8, sharding, targets
 from jaxlab.fp8 import dot, hlo
 from jaxlab.models import gpt
 from jaxlab.train import loop, optim
 from jaxlab.train.state import Task
 
-F8_GEMM = "__cublas$lt$matmul$f8"
+F8_GEMM = targets.FP8_GEMM
+custom_calls = targets.custom_calls  # target -> count in an optimized module: what XLA made of the dots
 LEVELS = ("none", "O2", "flax", "O1", "O3")  # the last line's three first
 FP8_LEVELS = ("O1", "O2", "O3", "flax")
 
@@ -83,15 +90,6 @@ def fail(message: str):
   # should not hide what the other levels would have shown.
   FAILURES.append(message)
   print(f"FAILED: {message}", flush=True)
-
-
-def custom_calls(text: str) -> dict[str, int]:
-  """custom_call_target -> count in an optimized HLO module: says what XLA made of the dots
-  when the FP8 count is not what it should be."""
-  counts: dict[str, int] = {}
-  for target in re.findall(r'custom_call_target="([^"]+)"', text):
-    counts[target] = counts.get(target, 0) + 1
-  return counts
 
 
 def write_hlo(args, name: str, text: str):
@@ -135,12 +133,25 @@ def gemm_impls():
   }
 
 
+def devices(args) -> list:
+  """The devices the GEMMs and steps compile for: a GPU target's (--aot) or this host's."""
+  return targets.devices(args.aot) if args.aot else jax.devices()
+
+
+def compile_only(args) -> bool:
+  return args.dry_run or bool(args.aot)
+
+
 def bench_gemms(args, gpu: bool) -> dict:
   m, k, n = args.gemm
-  kx, kw, kg = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(kx, (m, k), jnp.bfloat16)
-  w = (jax.random.normal(kw, (k, n)) * 0.02).astype(jnp.bfloat16)
-  g = (jax.random.normal(kg, (m, n)) * 1e-3).astype(jnp.bfloat16)
+  if args.aot:  # shapes on the target's device: nothing to run
+    on = jax.sharding.NamedSharding(jax.sharding.Mesh(devices(args)[:1], ("x",)), jax.sharding.PartitionSpec())
+    x, w, g = (jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=on) for shape in ((m, k), (k, n), (m, n)))
+  else:
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (m, k), jnp.bfloat16)
+    w = (jax.random.normal(kw, (k, n)) * 0.02).astype(jnp.bfloat16)
+    g = (jax.random.normal(kg, (m, n)) * 1e-3).astype(jnp.bfloat16)
   out = {}
   print(f"\nGEMMs x[{m},{k}] . w[{k},{n}] in BF16 (ms, median of {args.steps}; each includes quantizing its operands)")
   print(f"{'':10s} {'forward':>9s} {'dgrad':>9s} {'wgrad':>9s}   FP8 custom calls (fwd/dgrad/wgrad)")
@@ -152,14 +163,14 @@ def bench_gemms(args, gpu: bool) -> dict:
     try:
       for part, fn in fns.items():
         fargs = (x, w) if part == "forward" else (x, w, g)
-        compiled = fn.lower(*fargs).compile()
+        compiled = fn.lower(*fargs).compile(targets.CUBLAS if args.aot else None)
         text = compiled.as_text()
         calls.append(text.count(F8_GEMM))
         if gpu and name != "bf16" and calls[-1] != 1:
           print(f"  {name} {part}: custom calls {custom_calls(text)}", flush=True)
           if name.startswith("jaxlab"):
             write_hlo(args, f"gemm_{name}_{part}", text)
-        row[part] = math.nan if args.dry_run else timed(compiled, *fargs, warmup=args.warmup, steps=args.steps)
+        row[part] = math.nan if compile_only(args) else timed(compiled, *fargs, warmup=args.warmup, steps=args.steps)
     except Exception:  # noqa: BLE001 -- reported as a failed check, the run goes on
       traceback.print_exc()
       fail(f"GEMM bench: {name} raised (traceback above)")
@@ -213,13 +224,13 @@ def gpt_task(level: str, args) -> Task:
 def bench_step(level: str, args, gpu: bool) -> dict:
   task = gpt_task(level, args)
   opts = loop.Options(steps=1000, batch_size=args.batch, mesh=ONE_CHIP)
-  mesh = sharding.make_mesh(opts.mesh, jax.devices()[:1])
+  mesh = sharding.make_mesh(opts.mesh, devices(args)[:1])
   spec = {k: jax.ShapeDtypeStruct((args.batch, args.seq), jnp.int32) for k in ("inputs", "targets")}
   t0 = time.perf_counter()
   low = loop.lower_step(task, opts, mesh, spec)
   dots = hlo.fp8_dots(low.lowered.as_text(dialect="hlo"))
   with loop.mesh_context(opts, mesh):
-    compiled = low.lowered.compile()
+    compiled = low.lowered.compile(targets.CUBLAS if args.aot else None)
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + max(mem.output_size_in_bytes - mem.alias_size_in_bytes, 0)
@@ -231,7 +242,7 @@ def bench_step(level: str, args, gpu: bool) -> dict:
     print(f"  {level}: custom calls in the optimized step {custom_calls(text)}", flush=True)
     if level in ("O2", "flax"):
       write_hlo(args, f"step_{level}", text)
-  if args.dry_run:
+  if compile_only(args):
     return r
   setup = low.setup
   with loop.mesh_context(opts, mesh):
@@ -328,6 +339,8 @@ def run_level(level: str, args) -> dict | None:
     cmd = [sys.executable, os.path.abspath(__file__), *map(str, shape), "--only-level", level, "--result-file", out]
     if args.dry_run:
       cmd.append("--dry-run")
+    if args.aot:
+      cmd += ["--aot", args.aot]
     log_path = os.path.join(tmp, "stderr.log")
     with open(log_path, "w") as log:
       try:
@@ -355,6 +368,8 @@ def run_level(level: str, args) -> dict | None:
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--dry-run", action="store_true", help="tiny shapes, CPU, compile only: the checks, no timings")
+  p.add_argument("--aot", choices=sorted(targets.TARGETS), default=None,
+                 help="compile for this GPU from this host (needs jaxlab[gpu-aot]): the checks and memory, no timings")
   p.add_argument("--gemm", type=int, nargs=3, default=(16384, 2048, 8192), metavar=("M", "K", "N"))
   p.add_argument("--layers", type=int, default=24)
   p.add_argument("--d-model", type=int, default=2048)
@@ -378,13 +393,14 @@ def main():
     args.gemm = (256, 128, 192)
     args.layers, args.d_model, args.heads, args.mlp, args.seq, args.batch, args.vocab = 2, 64, 2, 256, 64, 4, 512
 
-  dev = jax.devices()[0]
-  gpu = dev.platform == "gpu"
+  dev = devices(args)[0]
+  gpu = dev.platform in ("gpu", "cuda")
   if args.only_level:
     with open(args.result_file, "wb") as f:
       pickle.dump(bench_step(args.only_level, args, gpu), f)
     return
-  print(f"{dev.device_kind} ({dev.platform}), jax {jax.__version__}" + ("; dry run: compile only" if args.dry_run else ""))
+  print(f"{dev.device_kind} ({dev.platform}), jax {jax.__version__}" + ("; dry run: compile only" if args.dry_run else "")
+        + ("; compiled from this host (ahead of time), GEMMs to cuBLAS: no timings" if args.aot else ""))
   bench_gemms(args, gpu)
 
   print(f"\nGPT step: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, mlp {args.mlp}, seq {args.seq}, "
@@ -408,7 +424,7 @@ def main():
           f"{r['peak'] / 2**30:9.2f} {r['loss']:8.4f} {len(r['dots'].fp8):6d} of {len(r['dots'].dots):<5d} "
           f"{r['calls']:9d} {r['compile']:9.1f} {r['state'] / n_params:9.2f} {r['temp'] / 2**30:8.2f}"
           f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
-    if not args.dry_run and not math.isfinite(r["loss"]):
+    if not compile_only(args) and not math.isfinite(r["loss"]):
       fail(f"level {level}: the loss is {r['loss']}")
 
   nan_level = dict(dots=hlo.fp8_dots(""), calls=-1, step=math.nan)
@@ -433,7 +449,7 @@ def main():
   if not gpu:
     print("\nno GPU: XLA emits FP8 custom calls only on Hopper-class GPUs, so fp8_gemms counts dots in FP8 form "
           "in the lowered HLO; CPU timings say nothing about FP8 speed")
-  elif not args.dry_run:
+  elif not compile_only(args):
     goal = o2_bf16 >= 1.3 and o2_flax >= 1.0
     print(f"\ngoal O2 >= 1.3x BF16 and >= flax: {'met' if goal else 'NOT met'}")
   if FAILURES:
