@@ -19,6 +19,12 @@ rewriter turns into FP8 GEMMs (`jaxlab.fp8.hlo`); `--dump-hlo DIR` writes that H
 `xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`: XLA's default CPU scheduler
 orders for concurrency and can hold more temporaries than a memory-aware schedule needs
 (`bench/fp8_memory.py` measures under the memory-optimized one).
+
+`--target h100` (or `h200`) compiles for that GPU from this host instead (`jaxlab.targets`:
+XLA's ahead-of-time GPU compile, needs `pip install 'jaxlab[gpu-aot]'`, no GPU), `--devices
+N` GPUs of it: memory is then the GPU program's, and each stage also reports how many of its
+GEMMs became FP8 cuBLASLt calls (GEMMs go to cuBLAS, `targets.CUBLAS`, unless
+`--xla-option` says otherwise).
 """
 from __future__ import annotations
 
@@ -43,6 +49,12 @@ def _tree_bytes(tree, shardings) -> int:
   return sum(jax.tree.leaves(jax.tree.map(_bytes, tree, shardings)))
 
 
+def _platform(mesh) -> str:
+  """"cpu", or the GPU's kind when compiled for one (`--target`)."""
+  device = mesh.devices.flat[0]
+  return device.device_kind if device.platform in ("gpu", "cuda") else device.platform
+
+
 def _figures(stage, out, mesh) -> dict[str, Any]:
   import jax
 
@@ -58,7 +70,7 @@ def _figures(stage, out, mesh) -> dict[str, Any]:
                        bytes=_bytes(leaf, sh)))
   mem = compiled.memory_analysis()
   return dict(
-      stage=stage.name, mesh=dict(mesh.shape), devices=mesh.size, platform=jax.default_backend(),
+      stage=stage.name, mesh=dict(mesh.shape), devices=mesh.size, platform=_platform(mesh),
       layout=stage.options.layout, params=params, num_params=sum(math.prod(p["shape"]) for p in params),
       per_device=dict(
           parameters=_tree_bytes(state.params, state_sh.params),
@@ -74,13 +86,15 @@ def _figures(stage, out, mesh) -> dict[str, Any]:
 
 
 def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None = None,
-          compiler_options: dict | None = None) -> list[dict[str, Any]]:
+          compiler_options: dict | None = None, devices: Sequence[Any] | None = None) -> list[dict[str, Any]]:
   """Compile every stage's train step the config describes; one dict of figures per stage
-  (what `report` prints), with how many of its dots are FP8 GEMMs (`jaxlab.fp8.hlo`).
+  (what `report` prints), with how many of its dots are FP8 GEMMs (`jaxlab.fp8.hlo`) and,
+  compiled for a GPU, how many became FP8 cuBLASLt calls (`fp8_gemms`).
   With `dump_hlo` (a folder), each stage's lowered, pre-optimisation HLO text is written to
-  `dump_hlo/<stage>.hlo.txt`; `compiler_options` go to XLA. Raises ConfigError naming the
-  key, or StageError naming the stage and the parameter a partition rule does not fit."""
-  from jaxlab import config as config_lib, sharding, trainers
+  `dump_hlo/<stage>.hlo.txt`; `compiler_options` go to XLA; `devices` (default this host's,
+  e.g. `targets.devices("h100", 8)`) are the mesh's. Raises ConfigError naming the key, or
+  StageError naming the stage and the parameter a partition rule does not fit."""
+  from jaxlab import config as config_lib, sharding, targets, trainers
   from jaxlab.fp8 import hlo
   from jaxlab.train import loop
 
@@ -88,7 +102,7 @@ def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None 
   module = trainers.get(cfg.trainer)
   results = []
   for stage in module.stages(cfg):
-    mesh = sharding.make_mesh(stage.options.mesh)
+    mesh = sharding.make_mesh(stage.options.mesh, devices)
     try:
       out = loop.compile_step(stage.task, stage.options, mesh, stage.batch, compiler_options)
     except sharding.ShardingError as e:
@@ -101,8 +115,10 @@ def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None 
       os.makedirs(dump_hlo, exist_ok=True)
       with open(path, "w") as f:
         f.write(text)
+    gpu = mesh.devices.flat[0].platform in ("gpu", "cuda")
+    fp8_gemms = targets.custom_calls(out.compiled.as_text()).get(targets.FP8_GEMM, 0) if gpu else None
     results.append(dict(_figures(stage, out, mesh), config=config_spec, dots=hlo.fp8_dots(text).summary(),
-                        hlo_path=path))
+                        hlo_path=path, fp8_gemms=fp8_gemms))
   return results
 
 
@@ -139,6 +155,8 @@ def report(result: dict) -> str:
             *([f"  generated code    {_fmt(d['code'])}"] if d["code"] else [])]
   if result.get("dots"):
     lines += ["", f"dots of the lowered step: {result['dots']}"]
+  if result.get("fp8_gemms") is not None:
+    lines.append(f"FP8 cuBLASLt GEMMs in the compiled step: {result['fp8_gemms']}")
   if result.get("hlo_path"):
     lines.append(f"lowered HLO written to {result['hlo_path']}")
   return "\n".join(lines)
@@ -169,7 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m jaxlab.aot", description=__doc__.split("\n\n")[0])
   parser.add_argument("--config", required=True, help="configs/X.py[:ARG]")
   parser.add_argument("--mesh", default=None, help="mesh override, e.g. \"(('data', 4), ('model', 2))\"")
-  parser.add_argument("--devices", type=int, default=0, help="simulate this many CPU devices")
+  parser.add_argument("--devices", type=int, default=0,
+                      help="simulate this many CPU devices (with --target: this many GPUs of it)")
+  parser.add_argument("--target", default=None, help="compile for this GPU from this host (h100, h200; needs "
+                      "jaxlab[gpu-aot])")
   parser.add_argument("--dump-hlo", default=None, metavar="DIR",
                       help="write each stage's lowered (pre-optimisation) HLO text to DIR/<stage>.hlo.txt")
   parser.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
@@ -182,20 +203,31 @@ def main(argv: Sequence[str] | None = None) -> int:
   except ValueError as e:
     print(str(e), file=sys.stderr)
     return 2
-  if args.devices:
+  if args.target:  # nothing runs: JAX itself stays on this host's CPU
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  elif args.devices:
     _set_device_count(args.devices)
 
   import jax
 
-  from jaxlab import config as config_lib
+  from jaxlab import config as config_lib, targets
 
-  if args.devices and jax.device_count() != args.devices:
+  devices = None
+  if args.target:
+    try:
+      devices = targets.devices(args.target, args.devices or 1)
+    except (ValueError, targets.TargetError) as e:
+      print(f"--target {args.target}: {e}", file=sys.stderr)
+      return 2
+    options = {**targets.CUBLAS, **options}
+  elif args.devices and jax.device_count() != args.devices:
     print(f"--devices {args.devices}: this process already runs JAX with {jax.device_count()} devices "
           f"(XLA_FLAGS is read once, when JAX starts)", file=sys.stderr)
     return 2
   overrides = list(args.overrides) + ([f"mesh={args.mesh}"] if args.mesh else [])
   try:
-    results = check(args.config, overrides, dump_hlo=args.dump_hlo, compiler_options=options or None)
+    results = check(args.config, overrides, dump_hlo=args.dump_hlo, compiler_options=options or None,
+                    devices=devices)
   except StageError as e:
     print(f"sharding error in {e}", file=sys.stderr)
     return 2

@@ -86,3 +86,17 @@ def test_measured_memory_on_h100_is_within_10_percent_of_fp8_lm(level):
   n = memory.account(one.setup.abstract_state, stage.task.precision)["params"]
   measured = (state + temp0) / n
   assert abs(measured / FP8_LM[level] - 1) <= 0.10, f"{level}: {measured:.2f} bytes/param vs FP8-LM's {FP8_LM[level]}"
+
+
+@pytest.mark.gpu_aot
+@needs_plugin
+def test_aot_entry_point_compiles_a_config_for_h100(capsys):
+  from jaxlab import aot
+
+  assert aot.main(["--config", "configs/fp8/gpt.py:O2,toy", "--target", "h100", "tokenizer.path=",
+                   "tokenizer.vocab_size=512", "train.seq_len=64", "train.batch_size=2"]) == 0
+  out = capsys.readouterr().out
+  assert "for 1 NVIDIA H100 80GB HBM3 devices" in out, out[:500]
+  assert "FP8 cuBLASLt GEMMs in the compiled step: 18" in out, out[-800:]
+  assert aot.main(["--config", "configs/fp8/gpt.py:O2,toy", "--target", "a100"]) == 2
+  assert "unknown GPU target 'a100'" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """python -m jaxlab.aot: compile every stage's train step for 8 devices from shapes alone."""
+import os
 import pathlib
 
 import pytest
@@ -52,7 +53,10 @@ def test_a_wrong_partition_rule_is_reported_with_the_stage_and_parameter(capsys)
   assert "names mesh axis 'tensor'; the mesh has ('data', 'model')" in capsys.readouterr().err
 
 
-def test_devices_must_match_a_started_backend(capsys):
+def test_devices_must_match_a_started_backend(capsys, monkeypatch):
+  import jax
+  jax.devices()  # started with the suite's 8 (alone in a worker, the test would start it with 16)
+  monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # main rewrites it; restored after
   assert aot.main(["--config", QUICKSTART, "--devices", "16"]) == 2
   assert "already runs JAX with 8 devices" in capsys.readouterr().err
 
