@@ -10,6 +10,8 @@ compile): the LM trainer's real step, through `lm.stages` and `fp8.apply`.
 Marked gpu_aot (`make gpu-aot`: a venv with JAX's CUDA plugin; no GPU needed); skipped where
 the plugin is absent, where the test below checks the error that says what to install.
 """
+import re
+
 import jax
 import pytest
 
@@ -100,3 +102,22 @@ def test_aot_entry_point_compiles_a_config_for_h100(capsys):
   assert "FP8 cuBLASLt GEMMs in the compiled step: 18" in out, out[-800:]
   assert aot.main(["--config", "configs/fp8/gpt.py:O2,toy", "--target", "a100"]) == 2
   assert "unknown GPU target 'a100'" in capsys.readouterr().err
+
+
+FP8_CALL = re.compile(r"= \((\w+)\[[^\]]*\]\{[^}]*\}, s8\[\d+\]\{0\}\) custom-call\([^)]*\), "
+                      r"custom_call_target=\"__cublas\$lt\$matmul\$f8\"")
+
+
+@pytest.mark.gpu_aot
+@needs_plugin
+def test_fp8_gemms_write_the_compute_dtype_on_h100():
+  # A forward or dgrad GEMM writes activations (tokens x features): in BF16 straight from
+  # cuBLASLt, as flax's do, not FP32 then a pass converting it. The weight gradients leave in
+  # FP32 to be cast once to E4M3 with their own scale (weight-sized, and 6 of the 18).
+  outputs = {}
+  for level in ("flax", "O2"):
+    _, out = _compiled(level, "tiny", batch=2, seq=128, vocab=1024)
+    found = FP8_CALL.findall(out.compiled.as_text())
+    outputs[level] = {dtype: found.count(dtype) for dtype in set(found)}
+  assert outputs["flax"] == {"bf16": 18}, outputs
+  assert outputs["O2"] == {"bf16": 12, "f32": 6}, outputs

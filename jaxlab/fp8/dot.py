@@ -123,9 +123,28 @@ def _check_dense(x, w, dims):
     raise ValueError(f"FP8 dot_general supports Dense-shaped contractions (x[..., K] . w[K, N]); got {dims}")
 
 
-def _scaled_dot(qa, qb, dims, scale, dtype):
-  """The GEMM on FP8 operands, accumulated in float32, times the product of their scales."""
-  return (lax.dot_general(qa, qb, dims, preferred_element_type=jnp.float32) * scale).astype(dtype)
+def _scaled_dot(qa, sa, qb, sb, dims, dtype):
+  """The GEMM on FP8 operands qa * sa and qb * sb, accumulated in FP32, written in `dtype`.
+
+  Here and on CPU: the dot of the FP8 arrays with an FP32 output, times the product of the
+  scales, then `dtype` (exact up to FP32 accumulation; this is what the tests check).
+  On a GPU, in BF16 or FP32: each operand dequantized by its own scale in `dtype` and the dot
+  writing `dtype`, the pattern XLA's GPU GEMM rewriter turns into one cuBLASLt FP8 call that
+  takes the scales as its A/B scales and writes `dtype` itself, as flax's fp8_ops does. (The
+  first form compiles there to an FP32 GEMM output and a separate pass converting it: at
+  16384 x 2048 x 8192 a 512 MiB write and read per forward GEMM; `tests/test_targets.py`
+  checks the GPU program.) The one difference in value: the GPU form's scales are rounded to
+  `dtype` (BF16: 8 significant bits, at most 2^-9 relative)."""
+  def fp32_output(qa, sa, qb, sb):
+    return (lax.dot_general(qa, qb, dims, preferred_element_type=jnp.float32) * (sa * sb)).astype(dtype)
+
+  def dequantized(qa, sa, qb, sb):
+    deq = lambda q, s: q.astype(dtype) * jnp.reshape(s, ()).astype(dtype)
+    return lax.dot_general(deq(qa, sa), deq(qb, sb), dims, preferred_element_type=dtype)
+
+  if dtype not in (jnp.bfloat16, jnp.float32):  # FP16 cannot hold gradient scales
+    return fp32_output(qa, sa, qb, sb)
+  return lax.platform_dependent(qa, sa, qb, sb, cuda=dequantized, rocm=dequantized, default=fp32_output)
 
 
 def stored_e4m3(w):
@@ -164,7 +183,7 @@ def _fwd(x, w, meta, port, w_scale, dims, recipe):
   sx = _scale(recipe, hx, ax, E4M3)
   qx = formats.quantize(x, E4M3, sx)
   qw, sw, aw = _kernel(w, w_scale, recipe, hw)
-  y = _scaled_dot(qx, qw, dims, sx * sw, x.dtype)
+  y = _scaled_dot(qx, sx, qw, sw, dims, x.dtype)
   # The FP8 operands are the residuals: the backward GEMMs reuse them (1 byte per element).
   port_scale = port[1] if port else None  # only its (scale-sized) shape is needed
   return y, (qx, qw, sx, sw, hg, ax, aw, meta, port_scale, w_scale)
@@ -179,9 +198,9 @@ def _bwd(dims, recipe, res, g):
   qg = formats.quantize(g, E5M2, sg)
   n = g.ndim - 1
   # dgrad: g[..., N] . w[K, N] over N;  wgrad: x[T, K] . g[T, N] over the T flattened tokens.
-  dx = _scaled_dot(qg, qw, (((n,), (1,)), ((), ())), sg * sw, g.dtype)
-  dw = _scaled_dot(qx.reshape(-1, qx.shape[-1]), qg.reshape(-1, qg.shape[-1]), (((0,), (0,)), ((), ())),
-                   sx * sg, jnp.float32 if port else g.dtype)
+  dx = _scaled_dot(qg, sg, qw, sw, (((n,), (1,)), ((), ())), g.dtype)
+  dw = _scaled_dot(qx.reshape(-1, qx.shape[-1]), sx, qg.reshape(-1, qg.shape[-1]), sg, (((0,), (0,)), ((), ())),
+                   jnp.float32 if port else g.dtype)
   if meta:
     hx, hw, _ = meta
     obs = (_observation(hx, ax), _observation(hw, aw), _observation(hg, ag))
