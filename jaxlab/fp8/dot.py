@@ -153,18 +153,25 @@ def stored_e4m3(w):
   return w if w.dtype == E4M3 else lax.bitcast_convert_type(w.astype(jnp.uint8), E4M3)
 
 
+def _as_stored(w):
+  """On a GPU, `w` pinned to its stored row-major layout. The forward GEMM wants the kernel
+  K-minor (cuBLASLt's FP8 GEMMs take both operands contracting-dimension-minor); left free,
+  XLA's GPU layout assignment carries that wish back through the quantization to the layers'
+  stacked kernels and relayouts each whole stack before the layer scan: a second copy of every
+  scanned kernel, alive through the step (+1.2 B/param at O2 on an H100 compile,
+  `bench/fp8_memory.py --target h100`). Pinned, the quantizing fusion transposes one layer's
+  kernel inside the scan instead. Elsewhere XLA keeps its choice (a CPU keeps the stored
+  layout; a TPU's are tiled)."""
+  pin = lambda w: with_layout_constraint(w, Layout(tuple(range(w.ndim))))
+  return lax.platform_dependent(w, cuda=pin, rocm=pin, default=lambda w: w)
+
+
 def _kernel(w, w_scale, recipe, hw):
   """The kernel's E4M3 operand, its scale and amax. `w_scale` (a stored scale, or ()) means
   `w` holds stored values: E4M3 bytes (`recipe.kernel="stored"`, O3; as numbers, see
   `stored_e4m3`), which go to the GEMM as they are, or FP16 values, which stand for
   w * w_scale (decoded here, inside the layer)."""
-  # The kernel as stored, row-major. The forward GEMM wants it K-minor (cuBLASLt's FP8 GEMMs
-  # take both operands contracting-dimension-minor); left free, XLA's GPU layout assignment
-  # carries that wish back through the quantization to the layers' stacked kernels and
-  # relayouts each whole stack before the layer scan: a second copy of every scanned kernel,
-  # alive through the step (+1.2 B/param at O2 on an H100 compile, bench/fp8_memory.py
-  # --target h100). Pinned here, the quantizing fusion transposes one layer's kernel instead.
-  w = with_layout_constraint(w, Layout(tuple(range(w.ndim))))
+  w = _as_stored(w)
   if not isinstance(w_scale, tuple):
     s = jnp.reshape(w_scale, ())
     if recipe.kernel == "stored":

@@ -175,9 +175,11 @@ class StepSetup(NamedTuple):
   eval_step: Any        # jitted (state, batch) -> sums
 
 
-# A PRNG key's shape, traced, not made: lowering runs no computation, so a step can be lowered
-# and compiled for devices this host does not have (e.g. a GPU topology, `jax.experimental.topologies`).
-KEY_SHAPE = jax.eval_shape(lambda: jax.random.key(0))
+def key_shape() -> jax.ShapeDtypeStruct:
+  """A PRNG key's shape and dtype (the current default implementation's), traced, not made:
+  lowering runs no computation, so a step can be lowered and compiled for devices this host
+  does not have (`jaxlab.targets`)."""
+  return jax.eval_shape(lambda: jax.random.key(0))
 
 
 @contextlib.contextmanager
@@ -193,7 +195,7 @@ def build(task: Task, opts: Options, mesh: jax.sharding.Mesh) -> StepSetup:
   check_mesh(opts, mesh)
   rules = list(opts.extra_rules) + list(task.partition_rules) + sharding.layout_rules(opts.layout)
   init_fn = functools.partial(init_state, task)
-  abstract = jax.eval_shape(init_fn, KEY_SHAPE)
+  abstract = jax.eval_shape(init_fn, key_shape())
   state_sh = sharding.tree_shardings(abstract, mesh, rules)
   data_sh = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
@@ -233,7 +235,7 @@ def lower_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict) 
   with mesh_context(opts, mesh):
     setup = build(task, opts, mesh)
     batch = jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape, b.dtype, sharding=setup.data_sharding), batch)
-    rng = jax.ShapeDtypeStruct((), KEY_SHAPE.dtype, sharding=setup.replicated)
+    rng = jax.ShapeDtypeStruct((), key_shape().dtype, sharding=setup.replicated)
     lowered = setup.train_step.lower(setup.abstract_state, batch, rng)
   return Lowered(setup, lowered, batch)
 
