@@ -94,9 +94,11 @@ def sharded_bytes(state, mesh, rules) -> dict:
 
 
 class Platform(NamedTuple):
-  """Where the steps are compiled: `devices(n)`, the XLA options of the measured compiles and
-  those of the last column (`other_name`)."""
+  """Where the steps are compiled: `devices(n)`, whether they are this host's (`on_host`: the
+  split columns and the block GEMM are measured there only), the XLA options of the measured
+  compiles and those of the last column (`other_name`)."""
   devices: Callable[[int], list]
+  on_host: bool
   options: dict | None
   other: dict | None
   other_name: str
@@ -107,8 +109,9 @@ def platform(target: str | None) -> Platform:
   """This host's CPU (memory-optimized scheduler; the other column: XLA's default scheduler)
   or a GPU target compiled for from here (cuBLAS GEMMs; the other column: XLA's defaults)."""
   if not target:
-    return Platform(lambda n: jax.devices()[:n], MEMORY_SCHEDULER, None, "default sched", "CPU device")
-  return Platform(lambda n: targets.devices(target, n), targets.CUBLAS, {}, "Triton GEMMs", f"{target.upper()} GPU")
+    return Platform(lambda n: jax.devices()[:n], True, MEMORY_SCHEDULER, None, "default sched", "CPU device")
+  return Platform(lambda n: targets.devices(target, n), False, targets.CUBLAS, {}, "Triton GEMMs",
+                  f"{target.upper()} GPU")
 
 
 CPU = platform(None)
@@ -178,7 +181,7 @@ def measured(level: str, where: Platform = CPU) -> dict:
   (on CPU) the split (gradient tree, backward temporaries at batch 0, optimizer temporaries);
   and the total under the other column's options (`default`)."""
   dev = where.devices(1)
-  split = where is CPU  # the halves are compiled on this host's device only
+  split = where.on_host  # the halves are compiled on this host's device only
   one = measured_step(level, 1, split=split, options=where.options, devices=dev)
   two = measured_step(level, 2, with_optimizer=False, split=split, options=where.options, devices=dev)
   n = memory.account(one["state_tree"], one["task"].precision)["params"]  # matrices count data, not scales
@@ -199,7 +202,7 @@ def main():
   p.add_argument("--target", choices=sorted(targets.TARGETS), default=None,
                  help="measure the steps as XLA compiles them for this GPU (from this host; needs jaxlab[gpu-aot])")
   args = p.parse_args()
-  where = platform(args.target) if args.target else CPU
+  where = platform(args.target)
   cfg0 = config_lib.load("configs/fp8/gpt.py:none,1.3b")
   m = cfg0.model
   print(f"GPT 1.3B shape (FP8-LM): {m.num_layers} layers, d_model {m.d_model}, mlp {4 * m.d_model}, "
@@ -237,7 +240,7 @@ def main():
           f"{split['master']:.3f} + m {split['mu']:.3f} + v {split['nu']:.3f} = {total_dev:.3f} bytes/param "
           f"({total_dev * n / 2**30:.2f} GiB per device; master+m+v {o3['master'] + o3['m'] + o3['v']:.3f} -> {opt:.3f})")
 
-  how = ("XLA's memory-optimized CPU scheduler" if where is CPU else
+  how = ("XLA's memory-optimized CPU scheduler" if where.on_host else
          "compiled for it from this host (jaxlab.targets), GEMMs to cuBLAS (targets.CUBLAS)")
   print(f"\nmeasured: the LM trainer's compiled train step at the 1.3B shape ({m.num_layers} layers), seq "
         f"{MEASURE_SEQ}, one {where.name}, {how}; compiled.memory_analysis() in bytes per parameter")
@@ -258,7 +261,7 @@ def main():
         "temporaries at batch 0; opt tmp = the optimizer update + weight write's temporaries, as the step runs "
         "them (in place, fp8.optim.fused_update, at none and O1-O3; optax's update then Precision.apply "
         "for fp32); other = the same with optax's update then Precision.apply at none and O1-O3; "
-        + ("default sched = measured under XLA's default (concurrency-optimized) CPU scheduler" if where is CPU else
+        + ("default sched = measured under XLA's default (concurrency-optimized) CPU scheduler" if where.on_host else
            "grads, bwd tmp, opt tmp, other: CPU only (nan); Triton GEMMs = measured with XLA's default GEMM "
            "choice without autotuning"))
   print(f"\nmeasured over {RANKS} data ranks: the O3 step compiled for {RANKS} {where.name}s, one sequence of "
@@ -267,7 +270,7 @@ def main():
     r = measured_sharded("O3", layout, n, where=where)
     print(f"O3 {layout:5s} state {r['state']:.3f}  temp {r['temp']:.3f}  total {r['state'] + r['temp']:.3f}  "
           f"({(r['state'] + r['temp']) * n / 2**30:.2f} GiB per device)")
-  if where is CPU:
+  if where.on_host:
     block_gemm_memory()
   print("bytes_per_param " + " ".join(f"{l}={results[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3"))
         + " " + " ".join(f"measured_{l}={meas[l]['total']:.2f}" for l in ("none", "O1", "O2", "O3")))

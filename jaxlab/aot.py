@@ -51,8 +51,10 @@ def _tree_bytes(tree, shardings) -> int:
 
 def _platform(mesh) -> str:
   """"cpu", or the GPU's kind when compiled for one (`--target`)."""
+  from jaxlab import targets
+
   device = mesh.devices.flat[0]
-  return device.device_kind if device.platform in ("gpu", "cuda") else device.platform
+  return device.device_kind if targets.is_gpu(device) else device.platform
 
 
 def _figures(stage, out, mesh) -> dict[str, Any]:
@@ -115,7 +117,7 @@ def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None 
       os.makedirs(dump_hlo, exist_ok=True)
       with open(path, "w") as f:
         f.write(text)
-    gpu = mesh.devices.flat[0].platform in ("gpu", "cuda")
+    gpu = targets.is_gpu(mesh.devices.flat[0])
     fp8_gemms = targets.custom_calls(out.compiled.as_text()).get(targets.FP8_GEMM, 0) if gpu else None
     results.append(dict(_figures(stage, out, mesh), config=config_spec, dots=hlo.fp8_dots(text).summary(),
                         hlo_path=path, fp8_gemms=fp8_gemms))

@@ -77,6 +77,12 @@ def devices(target: str, count: int = 1) -> list:
   return list(topology.devices)
 
 
+def is_gpu(device) -> bool:
+  """Whether `device` is a GPU, local or a target's ("gpu" for a local one, "cuda" for a
+  topology's)."""
+  return device.platform in ("gpu", "cuda", "rocm")
+
+
 def custom_calls(optimized_hlo: str) -> dict[str, int]:
   """custom_call_target -> count in an optimized HLO module (`compiled.as_text()`)."""
   counts: dict[str, int] = {}

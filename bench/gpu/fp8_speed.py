@@ -394,7 +394,7 @@ def main():
     args.layers, args.d_model, args.heads, args.mlp, args.seq, args.batch, args.vocab = 2, 64, 2, 256, 64, 4, 512
 
   dev = devices(args)[0]
-  gpu = dev.platform in ("gpu", "cuda")
+  gpu = targets.is_gpu(dev)
   if args.only_level:
     with open(args.result_file, "wb") as f:
       pickle.dump(bench_step(args.only_level, args, gpu), f)

@@ -144,7 +144,13 @@ def _scaled_dot(qa, sa, qb, sb, dims, dtype):
 
   if dtype not in (jnp.bfloat16, jnp.float32):  # FP16 cannot hold gradient scales
     return fp32_output(qa, sa, qb, sb)
-  return lax.platform_dependent(qa, sa, qb, sb, cuda=dequantized, rocm=dequantized, default=fp32_output)
+  return _on_gpu(dequantized, fp32_output, qa, sa, qb, sb)
+
+
+def _on_gpu(gpu_fn, other_fn, *args):
+  """gpu_fn(*args) in a program compiled for a GPU, other_fn(*args) elsewhere (decided when
+  the step is lowered for its devices, `lax.platform_dependent`)."""
+  return lax.platform_dependent(*args, cuda=gpu_fn, rocm=gpu_fn, default=other_fn)
 
 
 def stored_e4m3(w):
@@ -162,8 +168,7 @@ def _as_stored(w):
   `bench/fp8_memory.py --target h100`). Pinned, the quantizing fusion transposes one layer's
   kernel inside the scan instead. Elsewhere XLA keeps its choice (a CPU keeps the stored
   layout; a TPU's are tiled)."""
-  pin = lambda w: with_layout_constraint(w, Layout(tuple(range(w.ndim))))
-  return lax.platform_dependent(w, cuda=pin, rocm=pin, default=lambda w: w)
+  return _on_gpu(lambda w: with_layout_constraint(w, Layout(tuple(range(w.ndim)))), lambda w: w, w)
 
 
 def _kernel(w, w_scale, recipe, hw):
