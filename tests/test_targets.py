@@ -121,3 +121,17 @@ def test_fp8_gemms_write_the_compute_dtype_on_h100():
     outputs[level] = {dtype: found.count(dtype) for dtype in set(found)}
   assert outputs["flax"] == {"bf16": 18}, outputs
   assert outputs["O2"] == {"bf16": 12, "f32": 6}, outputs
+
+
+@pytest.mark.gpu_aot
+@needs_plugin
+def test_jax_default_attention_on_h100_is_xla_with_fp32_scores_in_memory():
+  """Why models/block.py asks for cuDNN itself: jax.nn.dot_product_attention's default
+  (implementation=None) compiles for an H100 to XLA kernels with no cuDNN attention call,
+  and its program holds the FP32 [batch, heads, T, S] scores (here 2 x 4 x 256 x 256)."""
+  on = jax.sharding.NamedSharding(jax.sharding.Mesh(targets.devices("h100")[:1], ("x",)), jax.sharding.PartitionSpec())
+  q = jax.ShapeDtypeStruct((2, 256, 4, 64), jax.numpy.bfloat16, sharding=on)
+  text = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)).lower(q, q, q).compile(
+      targets.CUBLAS).as_text()
+  assert "__cudnn$fmha" not in text
+  assert re.search(r"f32\[2,4,256,256\]", text), "no FP32 score array in the GPU program"

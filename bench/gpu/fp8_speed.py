@@ -17,6 +17,8 @@ every compiled step is what it claims.
    too (so the head's GEMMs are FP8 at O1-O3 and flax), vocabulary 50304 (GPT-2's 50257
    padded to a multiple of 64, so every GEMM dimension suits FP8 cuBLASLt). The step is
    the platform's: `fp8.apply` on a Task, lowered and compiled by `jaxlab.train.loop`.
+   Attention is cuDNN's flash attention on the GPU (`--attention auto`, BF16 at every level;
+   `--attention xla` for XLA's, which writes FP32 scores of 2 GiB per layer and pass).
    Median step time, tokens/s, peak memory from `compiled.memory_analysis()`, the loss.
 
 Each level compiles in a child process with a time limit (`--level-timeout`) and XLA's pass
@@ -30,7 +32,8 @@ custom-call checks and the memory columns are the GPU program's, the timings are
 Checks (exit status 1, naming the level): in the lowered (pre-optimisation) HLO, every dot
 that FP8 data reaches is in the form XLA's GEMM rewriter makes an FP8 GEMM of, and a level
 has as many such dots as flax (`jaxlab.fp8.hlo`; this runs on CPU too); on a GPU, the
-optimized HLO holds as many `__cublas$lt$matmul$f8` custom calls as flax's; the loss is finite.
+optimized HLO holds as many `__cublas$lt$matmul$f8` custom calls as flax's and, with
+`--attention auto` or `cudnn`, cuDNN attention calls (`__cudnn$fmha...`); the loss is finite.
 
 Last line: `o2_vs_bf16=<BF16 step / O2 step> o2_vs_flax=<flax step / O2 step>
 fp8_gemms_o2=.. fp8_gemms_flax=..` (FP8 custom calls on a GPU; dots in FP8 form elsewhere;
@@ -72,11 +75,12 @@ from flax.linen import fp8_ops
 
 from jaxlab import fp8, sharding, targets
 from jaxlab.fp8 import dot, hlo
-from jaxlab.models import gpt
+from jaxlab.models import block, gpt
 from jaxlab.train import loop, optim
 from jaxlab.train.state import Task
 
 F8_GEMM = targets.FP8_GEMM
+FMHA = "__cudnn$fmha"  # the prefix of cuDNN's fused attention custom calls (forward and backward)
 custom_calls = targets.custom_calls  # target -> count in an optimized module: what XLA made of the dots
 LEVELS = ("none", "O2", "flax", "O1", "O3")  # the last line's three first
 FP8_LEVELS = ("O1", "O2", "O3", "flax")
@@ -207,7 +211,7 @@ def gpt_task(level: str, args) -> Task:
   cfg = level_config(level, args)
   model = gpt.GPT(gpt.GPTConfig(vocab_size=args.vocab, max_len=args.seq, num_layers=args.layers,
                                 d_model=args.d_model, num_heads=args.heads, mlp_dim=args.mlp,
-                                tied_embeddings=False, dtype=jnp.bfloat16, remat=True))
+                                tied_embeddings=False, dtype=jnp.bfloat16, remat=True, attention=args.attention))
 
   def loss(model, variables, batch, rng):
     del rng
@@ -236,7 +240,8 @@ def bench_step(level: str, args, gpu: bool) -> dict:
   peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + max(mem.output_size_in_bytes - mem.alias_size_in_bytes, 0)
   text = compiled.as_text()
   batch_bytes = sum(math.prod(v.shape) * v.dtype.itemsize for v in spec.values())
-  r = dict(dots=dots, calls=text.count(F8_GEMM), peak=peak, compile=compile_s, step=math.nan, loss=math.nan,
+  r = dict(dots=dots, calls=text.count(F8_GEMM), fmha=text.count(FMHA), peak=peak, compile=compile_s, step=math.nan,
+           loss=math.nan,
            state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes)
   if gpu:
     print(f"  {level}: custom calls in the optimized step {custom_calls(text)}", flush=True)
@@ -333,7 +338,7 @@ def run_level(level: str, args) -> dict | None:
   killed compile was in."""
   shape = ["--layers", args.layers, "--d-model", args.d_model, "--heads", args.heads, "--mlp", args.mlp,
            "--seq", args.seq, "--batch", args.batch, "--vocab", args.vocab, "--warmup", args.warmup,
-           "--steps", args.steps, "--hlo-dir", args.hlo_dir]
+           "--steps", args.steps, "--hlo-dir", args.hlo_dir, "--attention", args.attention]
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "result.pkl")
     cmd = [sys.executable, os.path.abspath(__file__), *map(str, shape), "--only-level", level, "--result-file", out]
@@ -378,6 +383,8 @@ def main():
   p.add_argument("--seq", type=int, default=2048)
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--vocab", type=int, default=50304)
+  p.add_argument("--attention", choices=block.ATTENTIONS, default="auto",
+                 help="the step's attention kernel (auto: cuDNN flash attention on an NVIDIA GPU, XLA elsewhere)")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--steps", type=int, default=6)
   p.add_argument("--levels", nargs="+", default=LEVELS, choices=LEVELS,
@@ -403,8 +410,10 @@ def main():
         + ("; compiled from this host (ahead of time), GEMMs to cuBLAS: no timings" if args.aot else ""))
   bench_gemms(args, gpu)
 
+  attention = block.attention_implementation(args.attention, jnp.bfloat16, args.d_model // args.heads, False)
   print(f"\nGPT step: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, mlp {args.mlp}, seq {args.seq}, "
-        f"batch {args.batch}, vocab {args.vocab}, untied FP8 head, remat, BF16 compute")
+        f"batch {args.batch}, vocab {args.vocab}, untied FP8 head, remat, BF16 compute, {attention} attention"
+        + (" (cuDNN attention is traced in a CUDA process only)" if args.aot and args.attention == "auto" else ""))
   bf16 = gpt_task("none", args)
   shapes = jax.eval_shape(lambda r: bf16.init(bf16.model, r), jax.random.key(0))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
@@ -424,6 +433,8 @@ def main():
           f"{r['peak'] / 2**30:9.2f} {r['loss']:8.4f} {len(r['dots'].fp8):6d} of {len(r['dots'].dots):<5d} "
           f"{r['calls']:9d} {r['compile']:9.1f} {r['state'] / n_params:9.2f} {r['temp'] / 2**30:8.2f}"
           f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if gpu and attention == "cudnn" and not r["fmha"]:
+      fail(f"level {level}: no cuDNN attention (`{FMHA}...` custom calls) in the optimized step")
     if not compile_only(args) and not math.isfinite(r["loss"]):
       fail(f"level {level}: the loss is {r['loss']}")
 

@@ -1,8 +1,8 @@
 """The one transformer block every jaxlab model uses (GPT, ViT, the BERT embedder).
 
 Options cover what the models differ in: causal mask, pre- or post-LayerNorm, activation,
-and an injectable `dot_general_cls` for every projection, so FP8 (or any other GEMM
-recipe) plugs in without touching the models. `Stack` scans the block over a leading
+the attention kernel, and an injectable `dot_general_cls` for every projection, so FP8 (or
+any other GEMM recipe) plugs in without touching the models. `Stack` scans the block over a leading
 layer axis: the parameters of layer l are index l of one pytree.
 
 Parameter names (the sharding presets and HF converters rely on them):
@@ -17,6 +17,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend import backend as jax_backend
 
 from jaxlab.sharding import constrain
 
@@ -43,6 +44,32 @@ def activation_from_hf(name: str, where: str) -> str:
   return HF_ACTIVATIONS[name]
 
 
+# Attention kernels: "xla" writes the FP32 [batch, heads, T, S] scores of every layer to memory,
+# "cudnn" is cuDNN's fused flash attention (NVIDIA GPUs), "auto" picks cuDNN where it applies.
+ATTENTIONS = ("auto", "xla", "cudnn")
+
+
+def on_cuda() -> bool:
+  """This process computes on NVIDIA GPUs (its default backend is CUDA's)."""
+  return "cuda" in jax_backend.get_backend().platform_version
+
+
+def attention_implementation(choice: str, dtype, head_dim: int, masked: bool) -> str:
+  """The `jax.nn.dot_product_attention` implementation for `choice` (one of ATTENTIONS).
+
+  "auto" is cuDNN's flash attention where it applies (a CUDA process, BF16/FP16, head_dim a
+  multiple of 8 up to 128, no mask besides the causal one) and XLA's elsewhere. JAX's own
+  default (implementation=None) is XLA everywhere, GPUs included (JAX 0.10): at GPT-1.3B's
+  shape that is 2 GiB of FP32 scores per layer written and read in each of the forward, the
+  remat and the backward pass."""
+  if choice not in ATTENTIONS:
+    raise ValueError(f"attention={choice!r} is not one of {ATTENTIONS}")
+  if choice != "auto":
+    return choice
+  fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128 and not masked
+  return "cudnn" if fits and on_cuda() else "xla"
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """x / max(||x||, eps) over the last axis: unit vectors (zero rows stay zero)."""
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
@@ -60,6 +87,7 @@ class BlockConfig:
     dropout     rate after attention and after the MLP (only when not deterministic)
     dtype       compute dtype; param_dtype that of the parameters
     init_std    std of the normal init of the projection kernels (a module's out_std overrides it for outputs)
+    attention   the attention kernel, one of ATTENTIONS (see attention_implementation)
   """
   d_model: int
   num_heads: int
@@ -72,6 +100,11 @@ class BlockConfig:
   dtype: Any = jnp.float32          # compute dtype
   param_dtype: Any = jnp.float32
   init_std: float = 0.02
+  attention: str = "auto"
+
+  def __post_init__(self):
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"attention={self.attention!r} is not one of {ATTENTIONS}")
 
 
 def _dense(cfg: BlockConfig, features: int, name: str, dot_general_cls, std: float | None = None):
@@ -97,8 +130,8 @@ class Attention(nn.Module):
     split = lambda t: t.reshape(t.shape[:-1] + (cfg.num_heads, head_dim))
     q, k, v = (split(_dense(cfg, cfg.d_model, n, self.dot_general_cls)(x)) for n in ("query", "key", "value"))
     q, k, v = (constrain(t, ("batch", "length", "heads", None)) for t in (q, k, v))
-    # jax.nn.dot_product_attention picks cuDNN flash attention on GPU, XLA elsewhere.
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=cfg.causal)
+    impl = attention_implementation(cfg.attention, q.dtype, head_dim, mask is not None)
+    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=cfg.causal, implementation=impl)
     y = y.reshape(y.shape[:-2] + (cfg.d_model,))
     y = _dense(cfg, cfg.d_model, "out", self.dot_general_cls, self.out_std)(y)
     return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)

@@ -13,7 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxlab.models.block import BlockConfig, Stack
+from jaxlab.models.block import ATTENTIONS, BlockConfig, Stack
 from jaxlab.sharding import constrain
 
 
@@ -37,22 +37,27 @@ class GPTConfig:
   dtype: Any = jnp.float32    # compute dtype (bfloat16 on accelerators)
   param_dtype: Any = jnp.float32
   remat: bool = False
+  attention: str = "auto"     # the attention kernel (block.ATTENTIONS; "auto": cuDNN on NVIDIA GPUs)
 
   @classmethod
   def from_config(cls, model, vocab_size: int) -> "GPTConfig":
     """From a config's `model` group (num_layers, d_model, num_heads, mlp_dim, max_len,
-    tied_embeddings, dropout, dtype name, remat), with the tokenizer's vocabulary size."""
+    tied_embeddings, dropout, dtype name, remat, optional attention), with the tokenizer's vocabulary size."""
     if model.dtype not in DTYPES:
       raise ValueError(f"model.dtype: {model.dtype!r} is not one of {sorted(DTYPES)}")
+    attention = model.get("attention", "auto")
+    if attention not in ATTENTIONS:
+      raise ValueError(f"model.attention: {attention!r} is not one of {ATTENTIONS}")
     return cls(vocab_size=vocab_size, max_len=model.max_len, num_layers=model.num_layers, d_model=model.d_model,
                num_heads=model.num_heads, mlp_dim=model.mlp_dim, tied_embeddings=model.tied_embeddings,
-               dropout=model.dropout, dtype=DTYPES[model.dtype], remat=model.remat)
+               dropout=model.dropout, dtype=DTYPES[model.dtype], remat=model.remat, attention=attention)
 
   def block(self) -> BlockConfig:
     """The shared transformer block's settings for this GPT (causal, pre-LN)."""
     return BlockConfig(d_model=self.d_model, num_heads=self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
                        causal=True, pre_ln=True, activation=self.activation, layer_norm_eps=self.layer_norm_eps,
-                       dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype)
+                       dropout=self.dropout, dtype=self.dtype, param_dtype=self.param_dtype,
+                       attention=self.attention)
 
   def num_params(self) -> int:
     """Parameter count worked out from the shapes (embeddings, blocks, final norm, head)."""
