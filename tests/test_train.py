@@ -1,4 +1,5 @@
 """The shared training loop through the LM trainer: resume, NaN guard, rejects, outputs."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -69,3 +70,55 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(corpus, tmp_path):
     lm.train_and_evaluate(toy(corpus, tmp_path, "optim.learning_rate=1e30", "optim.warmup_steps=0"), workdir)
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"))
   assert mngr.all_steps() == [4]
+
+
+def _regression_task(after_first_step=None):
+  """Linear regression by SGD on 8 batches of 8, repeated (a grain dataset the loop checkpoints)."""
+  import flax.linen as nn
+  import grain
+  import jax.numpy as jnp
+  import optax
+  from jaxlab.train.state import Task
+
+  rs = np.random.RandomState(0)
+  xs = rs.randn(64, 3).astype(np.float32)
+  ys = xs @ np.array([1.0, -2.0, 0.5], np.float32)
+  data = grain.MapDataset.source([{"x": xs[i:i + 8], "y": ys[i:i + 8]} for i in range(0, 64, 8)]).repeat()
+
+  def loss(model, variables, batch, rng):
+    err = jnp.mean((model.apply(variables, batch["x"])[:, 0] - batch["y"]) ** 2)
+    return err, ({"loss": err}, {})
+  return Task(model=nn.Dense(1, use_bias=False), init=lambda m, r: m.init(r, jnp.zeros((1, 3))), loss=loss,
+              optimizer=optax.sgd(0.1), train_data=data.to_iter_dataset(), after_first_step=after_first_step)
+
+
+def test_a_fresh_run_takes_its_first_step_with_the_task_and_the_rest_steady(tmp_path):
+  """Task.after_first_step (what FP8 delayed scaling uses to drop its just-in-time start): here
+  the steady Task's loss is zero, so only a run's first step moves the weights."""
+  import jax.numpy as jnp
+  from jaxlab import sharding
+  from jaxlab.train import loop
+  from jaxlab.train.state import init_state, make_train_step
+
+  task = _regression_task(lambda t: t.replace(loss=lambda *a: jax.tree.map(lambda v: v * 0, t.loss(*a))))
+  opts = loop.Options(steps=3, batch_size=8, log_every=1, checkpoint_every=10, mesh=(("data", 1), ("model", 1)))
+  mesh = sharding.make_mesh(opts.mesh, jax.devices()[:1])
+  kernel = lambda params: np.asarray(params["params"]["kernel"] if "params" in params else params["kernel"])
+
+  full = loop.run(task, opts, str(tmp_path / "full"), mesh)
+  rng = jax.random.key(opts.seed)
+  start = init_state(task, rng)
+  one, _ = jax.jit(make_train_step(task))(start, {k: jnp.asarray(v) for k, v in next(iter(task.train_data)).items()},
+                                           rng)
+  np.testing.assert_array_equal(kernel(full.params), kernel(one.params))  # step 0 moved them, steps 1-2 did not
+  assert not np.array_equal(kernel(one.params), kernel(start.params))
+
+  # resumed after step 1: the resumed steps are steady ones too
+  first = loop.run(task, dataclasses.replace(opts, stop_after=1), str(tmp_path / "resumed"), mesh)
+  assert first.step == 1 and not first.finished
+  resumed = loop.run(task, opts, str(tmp_path / "resumed"), mesh)
+  np.testing.assert_array_equal(kernel(resumed.params), kernel(full.params))
+
+  # without after_first_step every step trains: the check above bites
+  plain = loop.run(_regression_task(), opts, str(tmp_path / "plain"), mesh)
+  assert not np.array_equal(kernel(plain.params), kernel(full.params))

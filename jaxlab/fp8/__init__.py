@@ -12,10 +12,12 @@ Pieces (each usable on its own from a notebook):
 Training uses all of them through one transformation of a trainer's Task:
 `task = fp8.apply(cfg, task)` (after `cfg = fp8.configure(cfg)` has checked the `fp8`
 group), which swaps the model's dot_general, the storage/gradient formats, the scale
-state's partition rules, the optimizer and, with `fp8.comm`, the gradient all-reduce.
+state's partition rules, the optimizer and, with `fp8.comm`, the gradient all-reduce; with
+delayed scaling, the steps after a run's first drop the just-in-time start (`steady_dots`).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -129,7 +131,20 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
   # with ports, the FP8 dots decode their own kernels, layer by layer
   dots = fp8_dots(task.replace(model=model)) if recipe(f).fp8_wgrad else None
   return task.replace(model=model, optimizer=optimizer_for(cfg, task.schedule), optimizer_step=fused,
-                      partition_rules=tuple(task.partition_rules) + PARTITION_RULES, **task_options(f, dots))
+                      partition_rules=tuple(task.partition_rules) + PARTITION_RULES,
+                      after_first_step=steady_dots(f), **task_options(f, dots))
+
+
+def steady_dots(f):
+  """`Task.after_first_step` for the level: with delayed scaling at O1-O3, the model's FP8 dots
+  without the just-in-time start (`Recipe.just_in_time_start`), which only a fresh run's first
+  step needs (its amax histories are empty) and which costs every step a second read of each
+  GEMM operand; None otherwise."""
+  r = recipe(f)
+  if f.level not in ("O1", "O2", "O3") or r.scaling != "delayed":
+    return None
+  cls = dot.dot_general_cls(dataclasses.replace(r, just_in_time_start=False))
+  return lambda task: task.replace(model=task.model.clone(dot_general_cls=cls))
 
 
 def fp8_dots(task: Task) -> dict:
@@ -141,4 +156,4 @@ def fp8_dots(task: Task) -> dict:
 
 
 __all__ = ["NAME", "Recipe", "comm", "dot", "formats", "hlo", "memory", "own", "fp8_optim", "default_config", "configure",
-           "apply", "recipe", "dot_general_for", "task_options", "optimizer_for", "fp8_dots", "LEVEL_NAMES"]
+           "apply", "recipe", "dot_general_for", "task_options", "optimizer_for", "fp8_dots", "steady_dots", "LEVEL_NAMES"]

@@ -25,6 +25,7 @@ Recipes (`Recipe.scaling`):
   delayed  per-tensor scales from an amax history of past steps (FP8-LM, Transformer Engine);
            until the history holds an amax, the scale is this step's (just-in-time, as
            MS-AMP), so step 0 neither flushes small gradients to zero nor overflows
+           (`Recipe.just_in_time_start`; the train step drops it after a run's first step)
   current  per-tensor scales from this step's amax
   block    one scale per 1 x block activation tile and block x block weight tile (DeepSeek-V3),
            E4M3 gradients too, one FP8 GEMM per K-block accumulated in FP32 (a scan: memory
@@ -81,6 +82,14 @@ class Recipe:
   # passes it in and merges its cotangents (Task.grad_ports); a loop that passes init's
   # variables back without merging would see zero kernel gradients.
   fp8_wgrad: bool = False
+  # Delayed scaling: while a history is empty (all zero, before a run's first step), scale just
+  # in time from this step's amax. The fallback makes every quantization wait for a reduction
+  # over its operand, so XLA reads each GEMM operand twice in every step, not only the first
+  # (one read with False, as flax's fp8_ops); the train step therefore takes its first step
+  # with it and the rest without (`Task.after_first_step`, set by `fp8.apply`). Without it an
+  # empty history gives scale 1.0: a tensor that was all zero in the first step (its history
+  # stays empty) is quantized with scale 1.0 the first time it is not.
+  just_in_time_start: bool = True
   # Names of modules whose GEMMs stay in the compute dtype (matched against the components of
   # the dot's module path, e.g. a model's first and last Dense layers, which Transformer
   # Engine and DeepSeek-V3 keep in higher precision): no scales, no port, a plain dot.
@@ -104,12 +113,12 @@ class Recipe:
 
 
 def _scale(recipe: Recipe, history, current_amax, dtype):
-  """Delayed: from the history of past steps, or this step's amax while the history is still
-  empty (all zero); current: from this step's amax."""
+  """Delayed: from the history of past steps, or (`just_in_time_start`) this step's amax while
+  the history is still empty (all zero); current: from this step's amax."""
   a = current_amax
   if recipe.scaling == "delayed":
     past = jnp.max(history)
-    a = jnp.where(past > 0, past, current_amax)
+    a = jnp.where(past > 0, past, current_amax) if recipe.just_in_time_start else past
   return formats.scale_for(a, dtype, recipe.margin, recipe.power_of_two)
 
 

@@ -41,7 +41,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from jaxlab import checkpoint, sharding
 from jaxlab import config as config_lib
 from jaxlab.train import metrics as metrics_lib
-from jaxlab.train.state import Task, TrainState, init_state, make_eval_step, make_train_step
+from jaxlab.train.state import Task, TrainState, init_state, make_eval_step, make_train_step, steady
 
 log = logging.getLogger("jaxlab")
 
@@ -171,8 +171,10 @@ class StepSetup(NamedTuple):
   state_shardings: Any
   data_sharding: NamedSharding
   replicated: NamedSharding
-  train_step: Any       # jitted (state, batch, rng) -> (state, metrics), state donated
+  train_step: Any       # jitted (state, batch, rng) -> (state, metrics), state donated (the steady Task's)
   eval_step: Any        # jitted (state, batch) -> sums
+  first_step: Any       # train_step's signature: a fresh run's first step (the Task's own; see
+                        # Task.after_first_step); train_step itself where the Task sets none
 
 
 def key_shape() -> jax.ShapeDtypeStruct:
@@ -199,11 +201,13 @@ def build(task: Task, opts: Options, mesh: jax.sharding.Mesh) -> StepSetup:
   state_sh = sharding.tree_shardings(abstract, mesh, rules)
   data_sh = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
-  step_fn = jax.jit(make_train_step(task, opts.grad_accum), in_shardings=(state_sh, data_sh, replicated),
-                    out_shardings=(state_sh, replicated), donate_argnums=0)
+  train_step = lambda t: jax.jit(make_train_step(t, opts.grad_accum), in_shardings=(state_sh, data_sh, replicated),
+                                 out_shardings=(state_sh, replicated), donate_argnums=0)
+  step_fn = train_step(steady(task))
+  first_fn = step_fn if task.after_first_step is None else train_step(task)  # jitted, compiled when first called
   eval_fn = jax.jit(make_eval_step(task), in_shardings=(state_sh, data_sh), out_shardings=replicated)
   return StepSetup(init_fn, checkpoint.abstract_like(abstract, state_sh), state_sh, data_sh, replicated,
-                   step_fn, eval_fn)
+                   step_fn, eval_fn, first_fn)
 
 
 def abstract_batch(local_batch: dict, data_sharding: NamedSharding | None = None) -> dict:
@@ -230,8 +234,9 @@ class Compiled(NamedTuple):
 
 
 def lower_step(task: Task, opts: Options, mesh: jax.sharding.Mesh, batch: dict) -> Lowered:
-  """Lower the train step `run` would train, from shapes alone: `batch` holds the global
-  batch's ShapeDtypeStructs (e.g. a Stage's). Nothing is initialised, read or compiled."""
+  """Lower the train step `run` would train with (after a fresh run's first step, `Task.after_first_step`),
+  from shapes alone: `batch` holds the global batch's ShapeDtypeStructs (e.g. a Stage's). Nothing is
+  initialised, read or compiled."""
   with mesh_context(opts, mesh):
     setup = build(task, opts, mesh)
     batch = jax.tree.map(lambda b: jax.ShapeDtypeStruct(b.shape, b.dtype, sharding=setup.data_sharding), batch)
@@ -295,7 +300,7 @@ def run(task: Task, opts: Options, workdir: str, mesh: jax.sharding.Mesh,
       config_lib.write(config, workdir)
     rng = jax.random.key(opts.seed)
     state_sh, data_sh = setup.state_shardings, setup.data_sharding
-    step_fn, eval_fn = setup.train_step, setup.eval_step
+    eval_fn = setup.eval_step
 
     mngr = checkpoint.manager(ckpt_dir, keep=opts.keep_checkpoints)
     train_iter = iter(task.train_data)
@@ -339,6 +344,7 @@ def run(task: Task, opts: Options, workdir: str, mesh: jax.sharding.Mesh,
       batch = sharding.global_batch(next(train_iter), data_sh)
       if step == start and batch_spec is not None:
         check_batch(batch, batch_spec)
+      step_fn = setup.first_step if step == 0 else setup.train_step  # (a restored run starts later)
       state, step_metrics = step_fn(state, batch, rng)
       if pending:  # stay at most one step ahead of the device: honest progress bar, no stall
         jax.block_until_ready(pending[-1][1])
@@ -346,7 +352,7 @@ def run(task: Task, opts: Options, workdir: str, mesh: jax.sharding.Mesh,
       step += 1
       timer_steps += 1
       bar.update(1)
-      if timer_start is None:  # exclude compilation from throughput
+      if timer_start is None and step_fn is setup.train_step:  # exclude compilation from throughput
         jax.block_until_ready(step_metrics)
         timer_start, timer_steps = time.perf_counter(), 0
       done = step == stop_at

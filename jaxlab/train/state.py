@@ -104,6 +104,13 @@ class Task:
                                               grads arrive encoded
   partition_rules                             (regex, spec) rules for arrays the task adds to
                                               the state, tried before the layout's rules
+  after_first_step(task) -> task              optional: the Task the train steps after a fresh
+                                              run's first one take (same state and outputs),
+                                              without what only that step needs (e.g. FP8
+                                              delayed scaling's just-in-time scales while its
+                                              histories are empty); `steady` applies it. The
+                                              first step of a fresh run, eval and everything
+                                              else use the Task itself.
   """
   model: Any
   init: Callable
@@ -121,10 +128,16 @@ class Task:
   grad_ports: GradPorts | None = None
   optimizer_step: Callable | None = None
   partition_rules: tuple = ()
+  after_first_step: Callable | None = None
 
   def replace(self, **changes) -> "Task":
     """A copy with `changes` (how a method transformation returns its Task)."""
     return dataclasses.replace(self, **changes)
+
+
+def steady(task: Task) -> Task:
+  """The Task a run's train steps take once its first step is done (`Task.after_first_step`)."""
+  return task if task.after_first_step is None else task.after_first_step(task)
 
 
 def init_state(task: Task, rng: jax.Array) -> TrainState:

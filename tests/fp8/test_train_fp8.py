@@ -194,7 +194,7 @@ def test_o3_fsdp_splits_fp8_weights_master_and_moments_over_the_data_axis(tmp_pa
   def one_step(o, m):
     with jax.set_mesh(m):
       state = jax.jit(o.setup.init_fn, out_shardings=o.setup.state_shardings)(jax.random.key(0))
-      return o.setup.train_step(state, jax.device_put(batch, o.setup.data_sharding), jax.random.key(1))
+      return o.setup.first_step(state, jax.device_put(batch, o.setup.data_sharding), jax.random.key(1))
 
   sharded, m_sh = one_step(out, mesh)
   ref, m_ref = one_step(single, sharding.make_mesh((("data", 1), ("model", 1)), jax.devices()[:1]))
