@@ -135,3 +135,33 @@ def test_jax_default_attention_on_h100_is_xla_with_fp32_scores_in_memory():
       targets.CUBLAS).as_text()
   assert "__cudnn$fmha" not in text
   assert re.search(r"f32\[2,4,256,256\]", text), "no FP32 score array in the GPU program"
+
+
+def _kernels_reading_x(recipe) -> list[str]:
+  """The kernels of the H100 program (a GEMM's forward with its amax observations, as the train
+  step runs it) that take the activation x as an operand."""
+  from jaxlab.fp8 import dot
+  on = jax.sharding.NamedSharding(jax.sharding.Mesh(targets.devices("h100")[:1], ("x",)), jax.sharding.PartitionSpec())
+  x, w = (jax.ShapeDtypeStruct(s, jax.numpy.bfloat16, sharding=on) for s in ((1024, 512), (512, 768)))
+  h = jax.ShapeDtypeStruct((16,), jax.numpy.float32, sharding=on)
+
+  def forward_and_observations(x, w, meta):
+    y, vjp = jax.vjp(lambda meta: dot.fp8_dot_general(x, w, meta, (((1,), (0,)), ((), ())), recipe), meta)
+    return y, vjp(jax.numpy.zeros_like(y))
+
+  text = jax.jit(forward_and_observations).lower(x, w, (h, h, h)).compile(targets.CUBLAS).as_text()
+  entry = text[text.index("\nENTRY"):]
+  name = re.search(r"%(\S+) = bf16\[1024,512\]\S* parameter\(0\)", entry).group(1)
+  return [line.split("=")[0].strip() for line in entry.splitlines()
+          if re.search(rf"\(.*%{re.escape(name)}[,)]", line) and "parameter(" not in line]
+
+
+@pytest.mark.gpu_aot
+@needs_plugin
+def test_steady_delayed_scaling_reads_each_gemm_operand_once_on_h100():
+  """The just-in-time start (a scale from this step's amax while the history is empty) makes
+  the quantization wait for a reduction over x: two kernels read it. Without it (the train
+  step after a run's first step) one fusion quantizes x and takes its amax."""
+  from jaxlab.fp8 import dot
+  assert len(_kernels_reading_x(dot.Recipe("delayed"))) == 2
+  assert len(_kernels_reading_x(dot.Recipe("delayed", just_in_time_start=False))) == 1

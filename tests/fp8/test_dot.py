@@ -178,6 +178,28 @@ def test_delayed_scaling_cold_start_scales_just_in_time():
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
 
 
+def test_without_the_just_in_time_start_an_empty_history_flushes_and_a_filled_one_agrees():
+  """Recipe.just_in_time_start=False (the train step after a run's first step): an empty history
+  gives scale 1.0, which flushes gradients of 1e-6 to zero in E5M2 (smallest subnormal 2^-16);
+  that is why a fresh run's first step keeps the just-in-time start. Once a history holds an
+  amax, both recipes use it and compute the same bits."""
+  kx, kw, kg = jax.random.split(jax.random.key(7), 3)
+  x = jax.random.normal(kx, (32, 64))
+  w = jax.random.normal(kw, (64, 48)) * 0.02
+  g = jax.random.normal(kg, (32, 48)) * 1e-6
+  empty = tuple(jnp.zeros((4,), jnp.float32) for _ in range(3))
+  steady = lambda meta: (lambda x, w: dot.fp8_dot_general(x, w, meta, DIMS, dot.Recipe("delayed", history=4,
+                                                                                       just_in_time_start=False)))
+  jit_start = lambda meta: (lambda x, w: dot.fp8_dot_general(x, w, meta, DIMS, dot.Recipe("delayed", history=4)))
+  _, dx, dw = _grads(steady(empty), x, w, g)
+  assert not np.any(np.asarray(dx)) and not np.any(np.asarray(dw))  # every gradient flushed
+  filled = tuple(jnp.zeros((4,)).at[1].set(v) for v in (4.0, 0.1, 5e-6))  # amaxes seen a step ago
+  for a, b in zip(_grads(steady(filled), x, w, g), _grads(jit_start(filled), x, w, g)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  dw = _grads(steady(filled), x, w, g)[2]
+  assert float(jnp.linalg.norm(dw - x.T @ g) / jnp.linalg.norm(x.T @ g)) < 0.1
+
+
 @pytest.mark.parametrize("bf16_compute", [False, True])
 def test_o3_gemm_sees_the_stored_fp8_weights_bit_for_bit(bf16_compute):
   """O3 stores each layer's kernel in E4M3 with its own scale. Its view is decoded to FP16
