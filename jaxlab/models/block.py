@@ -2,8 +2,8 @@
 
 Options cover what the models differ in: causal mask, pre- or post-LayerNorm, activation,
 the attention kernel, and an injectable `dot_general_cls` for every projection, so FP8 (or
-any other GEMM recipe) plugs in without touching the models. `Stack` scans the block over a leading
-layer axis: the parameters of layer l are index l of one pytree.
+any other GEMM recipe) plugs in without touching the models. `Stack` scans the block over a
+leading layer axis: the parameters of layer l are index l of one pytree.
 
 Parameter names (the sharding presets and HF converters rely on them):
   ln_1/{scale,bias}  attn/{query,key,value,out}/{kernel,bias}  ln_2/{scale,bias}
