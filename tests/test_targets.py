@@ -165,3 +165,60 @@ def test_steady_delayed_scaling_reads_each_gemm_operand_once_on_h100():
   from jaxlab.fp8 import dot
   assert len(_kernels_reading_x(dot.Recipe("delayed"))) == 2
   assert len(_kernels_reading_x(dot.Recipe("delayed", just_in_time_start=False))) == 1
+
+
+@pytest.mark.gpu_aot
+@needs_plugin
+def test_memory_traffic_of_h100_programs_is_the_bytes_worked_by_hand():
+  """targets.memory_traffic on three programs compiled for an H100, against bytes counted by
+  hand: an elementwise add, a cuBLAS GEMM (its workspace not counted) and a scan over a stacked
+  array (each iteration reads its layer's slice, not the stack)."""
+  jnp = jax.numpy
+  on = jax.sharding.NamedSharding(jax.sharding.Mesh(targets.devices("h100")[:1], ("x",)), jax.sharding.PartitionSpec())
+  spec = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=on)
+  MiB = 2 ** 20
+  traffic = lambda f, *args: targets.memory_traffic(jax.jit(f).lower(*args).compile(targets.CUBLAS).as_text())
+
+  add = traffic(lambda a, b: a + b, spec((1024, 1024)), spec((1024, 1024)))
+  assert sum(add.values()) == 3 * 4 * MiB  # two 4 MiB reads, one 4 MiB write
+
+  gemm = traffic(lambda x, w: x @ w, spec((1024, 512), jnp.bfloat16), spec((512, 768), jnp.bfloat16))
+  assert sum(gemm.values()) == (1024 * 512 + 512 * 768 + 1024 * 768) * 2
+
+  def layers(ws, x):
+    def body(c, w):
+      c = jnp.tanh(c * w)
+      return c, c.sum(0)
+    return jax.lax.scan(body, x, ws)
+  scan = traffic(layers, spec((8, 512, 512)), spec((512, 512)))
+  body = sum(v for k, v in scan.items() if "/while/body/" in k)
+  # per layer: tanh(c * w[l]) reads c and w[l] and writes c (3 x 1 MiB), the column sum reads c
+  # (1 MiB) and writes 2 KiB, the row written into the stacked output reads and writes 2 KiB;
+  # the loop counter and the index: a few bytes
+  per_layer = 4 * MiB + 3 * 2048
+  assert per_layer * 8 <= body <= per_layer * 8 + 8 * 64
+
+
+@pytest.mark.gpu_aot
+@needs_plugin
+def test_the_block_attends_with_cudnn_on_h100_and_xla_on_cpu():
+  """models/block.py's "auto" attention, decided when the step is lowered for its devices: the
+  same function compiled for an H100 holds cuDNN's forward and backward attention calls and no
+  FP32 score array; compiled for this host, XLA's kernels."""
+  from jaxlab.models import block
+  jnp = jax.numpy
+  cfg = block.BlockConfig(d_model=256, num_heads=4, mlp_dim=512, dtype=jnp.bfloat16)
+  model = block.Block(cfg)
+  x = jnp.zeros((2, 256, 256), jnp.bfloat16)
+  params = jax.eval_shape(model.init, jax.random.key(0), x)
+  loss = jax.jit(jax.grad(lambda p, x: model.apply(p, x).astype(jnp.float32).sum()))
+
+  def compiled(device):
+    on = jax.sharding.NamedSharding(jax.sharding.Mesh([device], ("x",)), jax.sharding.PartitionSpec())
+    args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on), (params, x))
+    return loss.lower(*args).compile(targets.CUBLAS if targets.is_gpu(device) else None).as_text()
+
+  gpu = targets.custom_calls(compiled(targets.devices("h100")[0]))
+  assert gpu.get("__cudnn$fmhaSoftmax") == 1 and gpu.get("__cudnn$fmhaSoftmaxBackward") == 1, gpu
+  assert not re.search(r"f32\[2,4,256,256\]", compiled(targets.devices("h100")[0]))
+  assert not any(t.startswith("__cudnn") for t in targets.custom_calls(compiled(jax.devices("cpu")[0])))

@@ -18,7 +18,8 @@ every compiled step is what it claims.
    padded to a multiple of 64, so every GEMM dimension suits FP8 cuBLASLt). The step is
    the platform's: `fp8.apply` on a Task, lowered and compiled by `jaxlab.train.loop`.
    Attention is cuDNN's flash attention on the GPU (`--attention auto`, BF16 at every level;
-   `--attention xla` for XLA's, which writes FP32 scores of 2 GiB per layer and pass).
+   `--attention xla` for XLA's, which writes FP32 scores of 2 GiB per layer and pass), in an
+   `--aot` compile too where cuDNN is installed (the gpu-aot extra brings it).
    Median step time, tokens/s, peak memory from `compiled.memory_analysis()`, the loss.
 
 Each level compiles in a child process with a time limit (`--level-timeout`) and XLA's pass
@@ -81,6 +82,8 @@ from jaxlab.train.state import Task
 
 F8_GEMM = targets.FP8_GEMM
 FMHA = "__cudnn$fmha"  # the prefix of cuDNN's fused attention custom calls (forward and backward)
+# kernels of the attention proper (scores, softmax, weighted sum), not its projections
+ATTENTION_SCOPE = re.compile(r"/attn/(?!(query|key|value|out)/)")
 custom_calls = targets.custom_calls  # target -> count in an optimized module: what XLA made of the dots
 LEVELS = ("none", "O2", "flax", "O1", "O3")  # the last line's three first
 FP8_LEVELS = ("O1", "O2", "O3", "flax")
@@ -240,8 +243,11 @@ def bench_step(level: str, args, gpu: bool) -> dict:
   peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + max(mem.output_size_in_bytes - mem.alias_size_in_bytes, 0)
   text = compiled.as_text()
   batch_bytes = sum(math.prod(v.shape) * v.dtype.itemsize for v in spec.values())
+  traffic = targets.memory_traffic(text) if gpu else {}
   r = dict(dots=dots, calls=text.count(F8_GEMM), fmha=text.count(FMHA), peak=peak, compile=compile_s, step=math.nan,
-           loss=math.nan, state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes)
+           loss=math.nan, state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes,
+           traffic=sum(traffic.values()) if gpu else math.nan,
+           attention=sum(v for k, v in traffic.items() if ATTENTION_SCOPE.search(k)) if gpu else math.nan)
   if gpu:
     print(f"  {level}: custom calls in the optimized step {custom_calls(text)}", flush=True)
     if level in ("O2", "flax"):
@@ -411,17 +417,22 @@ def main():
         + ("; compiled from this host (ahead of time), GEMMs to cuBLAS: no timings" if args.aot else ""))
   bench_gemms(args, gpu)
 
-  attention = block.attention_implementation(args.attention, jnp.bfloat16, args.d_model // args.heads, False)
+  cudnn = gpu and (args.attention == "cudnn" or (
+      args.attention == "auto" and block.cudnn_applies(jnp.bfloat16, args.d_model // args.heads, False)))
   print(f"\nGPT step: {args.layers} layers, d_model {args.d_model}, {args.heads} heads, mlp {args.mlp}, seq {args.seq}, "
-        f"batch {args.batch}, vocab {args.vocab}, untied FP8 head, remat, BF16 compute, {attention} attention"
-        + (" (cuDNN attention is traced in a CUDA process only)" if args.aot and args.attention == "auto" else ""))
+        f"batch {args.batch}, vocab {args.vocab}, untied FP8 head, remat, BF16 compute, "
+        f"{'cuDNN' if cudnn else 'XLA'} attention"
+        + ("" if cudnn or not gpu or block.cudnn_traceable() else " (no cuDNN to trace cuDNN attention with here)"))
   bf16 = gpt_task("none", args)
   shapes = jax.eval_shape(lambda r: bf16.init(bf16.model, r), jax.random.key(0))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
   print(f"{n_params / 1e6:.1f}M parameters; `state B/p` is the compiled step's argument bytes less the batch's, per "
-        "parameter (weights, master, moments, scales as each level stores them); `temp GiB` its temporaries")
+        "parameter (weights, master, moments, scales as each level stores them); `temp GiB` its temporaries; "
+        "`HBM GiB` the compiled step's memory traffic estimated from its kernels (targets.memory_traffic; "
+        "`attn` the attention's share), `GB/s` that over the step time")
   print(f"{'level':6s} {'step ms':>9s} {'tokens/s':>11s} {'vs none':>8s} {'peak GiB':>9s} {'loss':>8s} "
-        f"{'FP8-form dots':>14s} {'f8 calls':>9s} {'compile s':>9s} {'state B/p':>9s} {'temp GiB':>8s}")
+        f"{'FP8-form dots':>14s} {'f8 calls':>9s} {'compile s':>9s} {'state B/p':>9s} {'temp GiB':>8s} "
+        f"{'HBM GiB':>8s} {'attn':>6s} {'GB/s':>6s}")
   res = {}
   for level in args.levels:
     t0 = time.perf_counter()
@@ -432,9 +443,10 @@ def main():
     speed = res["none"]["step"] / r["step"] if "none" in res else math.nan
     print(f"{level:6s} {r['step'] * 1e3:9.1f} {args.batch * args.seq / r['step']:11,.0f} {speed:7.2f}x "
           f"{r['peak'] / 2**30:9.2f} {r['loss']:8.4f} {len(r['dots'].fp8):6d} of {len(r['dots'].dots):<5d} "
-          f"{r['calls']:9d} {r['compile']:9.1f} {r['state'] / n_params:9.2f} {r['temp'] / 2**30:8.2f}"
+          f"{r['calls']:9d} {r['compile']:9.1f} {r['state'] / n_params:9.2f} {r['temp'] / 2**30:8.2f} "
+          f"{r['traffic'] / 2**30:8.1f} {r['attention'] / 2**30:6.1f} {r['traffic'] / r['step'] / 1e9:6.0f}"
           f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
-    if gpu and attention == "cudnn" and not r["fmha"]:
+    if cudnn and not r["fmha"]:
       fail(f"level {level}: no cuDNN attention (`{FMHA}...` custom calls) in the optimized step")
     if not compile_only(args) and not math.isfinite(r["loss"]):
       fail(f"level {level}: the loss is {r['loss']}")

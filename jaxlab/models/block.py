@@ -12,12 +12,13 @@ Parameter names (the sharding presets and HF converters rely on them):
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.extend import backend as jax_backend
+from jax import lax
 
 from jaxlab.sharding import constrain
 
@@ -49,25 +50,42 @@ def activation_from_hf(name: str, where: str) -> str:
 ATTENTIONS = ("auto", "xla", "cudnn")
 
 
-def on_cuda() -> bool:
-  """This process computes on NVIDIA GPUs (its default backend is CUDA's)."""
-  return "cuda" in jax_backend.get_backend().platform_version
+@functools.cache
+def cudnn_traceable() -> bool:
+  """Whether this process can trace cuDNN attention: JAX asks cuDNN for its version when it
+  traces it, so a JAX without CUDA (or without cuDNN) cannot, even to compile for a GPU."""
+  q = jax.ShapeDtypeStruct((1, 8, 1, 8), jnp.bfloat16)
+  try:
+    jax.eval_shape(lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn"), q)
+  except (RuntimeError, ImportError, NotImplementedError):
+    return False
+  return True
 
 
-def attention_implementation(choice: str, dtype, head_dim: int, masked: bool) -> str:
-  """The `jax.nn.dot_product_attention` implementation for `choice` (one of ATTENTIONS).
+def cudnn_applies(dtype, head_dim: int, masked: bool) -> bool:
+  """Whether "auto" attention takes cuDNN's flash attention on an NVIDIA GPU: BF16/FP16, head_dim
+  a multiple of 8 up to 128, no mask besides the causal one, and a process that can trace it."""
+  return (jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+          and not masked and cudnn_traceable())
 
-  "auto" is cuDNN's flash attention where it applies (a CUDA process, BF16/FP16, head_dim a
-  multiple of 8 up to 128, no mask besides the causal one) and XLA's elsewhere. JAX's own
-  default (implementation=None) is XLA everywhere, GPUs included (JAX 0.10): at GPT-1.3B's
-  shape that is 2 GiB of FP32 scores per layer written and read in each of the forward, the
-  remat and the backward pass."""
+
+def attend(q, k, v, mask, causal: bool, choice: str = "auto"):
+  """`jax.nn.dot_product_attention(q, k, v, mask, is_causal=causal)` with the kernel `choice`
+  (one of ATTENTIONS). "auto" is cuDNN's flash attention in a program compiled for an NVIDIA GPU
+  where it applies (`cudnn_applies`; decided when the step is lowered for its devices,
+  `lax.platform_dependent`, so a deviceless compile for an H100 gets it too) and XLA's kernels
+  elsewhere. JAX's own default (implementation=None) is XLA's everywhere, GPUs included (JAX
+  0.10): at GPT-1.3B's training shape, 2 GiB of FP32 scores per layer written and read in each
+  of the forward, the remat and the backward pass."""
   if choice not in ATTENTIONS:
     raise ValueError(f"attention={choice!r} is not one of {ATTENTIONS}")
+  kernel = lambda impl: (lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal,
+                                                                     implementation=impl))
   if choice != "auto":
-    return choice
-  fits = jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128 and not masked
-  return "cudnn" if fits and on_cuda() else "xla"
+    return kernel(choice)(q, k, v)
+  if not cudnn_applies(q.dtype, q.shape[-1], mask is not None):
+    return kernel("xla")(q, k, v)
+  return lax.platform_dependent(q, k, v, cuda=kernel("cudnn"), default=kernel("xla"))
 
 
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
@@ -87,7 +105,7 @@ class BlockConfig:
     dropout     rate after attention and after the MLP (only when not deterministic)
     dtype       compute dtype; param_dtype that of the parameters
     init_std    std of the normal init of the projection kernels (a module's out_std overrides it for outputs)
-    attention   the attention kernel, one of ATTENTIONS (see attention_implementation)
+    attention   the attention kernel, one of ATTENTIONS (see attend)
   """
   d_model: int
   num_heads: int
@@ -130,8 +148,7 @@ class Attention(nn.Module):
     split = lambda t: t.reshape(t.shape[:-1] + (cfg.num_heads, head_dim))
     q, k, v = (split(_dense(cfg, cfg.d_model, n, self.dot_general_cls)(x)) for n in ("query", "key", "value"))
     q, k, v = (constrain(t, ("batch", "length", "heads", None)) for t in (q, k, v))
-    impl = attention_implementation(cfg.attention, q.dtype, head_dim, mask is not None)
-    y = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=cfg.causal, implementation=impl)
+    y = attend(q, k, v, mask, cfg.causal, cfg.attention)
     y = y.reshape(y.shape[:-2] + (cfg.d_model,))
     y = _dense(cfg, cfg.d_model, "out", self.dot_general_cls, self.out_std)(y)
     return nn.Dropout(cfg.dropout)(y, deterministic=deterministic)

@@ -8,28 +8,29 @@ import pytest
 from jaxlab.models import block, gpt
 
 
-@pytest.mark.parametrize("dtype, head_dim, masked, on_cuda, expected", [
-    (jnp.bfloat16, 128, False, True, "cudnn"),   # GPT-1.3B's heads in BF16 on an NVIDIA GPU
-    (jnp.float16, 64, False, True, "cudnn"),
-    (jnp.float32, 128, False, True, "xla"),      # cuDNN's flash attention is BF16/FP16 only
-    (jnp.bfloat16, 100, False, True, "xla"),     # head_dim not a multiple of 8
-    (jnp.bfloat16, 256, False, True, "xla"),     # over 128 (pre-Hopper limit)
-    (jnp.bfloat16, 128, True, True, "xla"),      # a padding or document mask
-    (jnp.bfloat16, 128, False, False, "xla"),    # CPU, TPU, ROCm
+@pytest.mark.parametrize("dtype, head_dim, masked, traceable, expected", [
+    (jnp.bfloat16, 128, False, True, True),    # GPT-1.3B's heads in BF16
+    (jnp.float16, 64, False, True, True),
+    (jnp.float32, 128, False, True, False),    # cuDNN's flash attention is BF16/FP16 only
+    (jnp.bfloat16, 100, False, True, False),   # head_dim not a multiple of 8
+    (jnp.bfloat16, 256, False, True, False),   # over 128 (pre-Hopper limit)
+    (jnp.bfloat16, 128, True, True, False),    # a padding or document mask
+    (jnp.bfloat16, 128, False, False, False),  # a JAX that cannot trace cuDNN attention
 ])
-def test_auto_picks_cudnn_only_where_it_applies(monkeypatch, dtype, head_dim, masked, on_cuda, expected):
-  monkeypatch.setattr(block, "on_cuda", lambda: on_cuda)
-  assert block.attention_implementation("auto", dtype, head_dim, masked) == expected
-  assert block.attention_implementation("xla", dtype, head_dim, masked) == "xla"  # explicit choices stand
+def test_auto_takes_cudnn_only_where_it_applies(monkeypatch, dtype, head_dim, masked, traceable, expected):
+  monkeypatch.setattr(block, "cudnn_traceable", lambda: traceable)
+  assert block.cudnn_applies(dtype, head_dim, masked) == expected
 
 
-def test_this_cpu_process_is_not_cuda():
-  assert not block.on_cuda()
+def test_this_cpu_only_jax_cannot_trace_cudnn_attention():
+  assert not block.cudnn_traceable()
 
 
 def test_an_unknown_kernel_is_named():
   with pytest.raises(ValueError, match="attention='flash'"):
     block.BlockConfig(d_model=8, num_heads=2, mlp_dim=16, attention="flash")
+  with pytest.raises(ValueError, match="attention='flash'"):
+    block.attend(*(jnp.zeros((1, 4, 2, 8)),) * 3, None, True, "flash")
   model = ml_collections.ConfigDict(dict(max_len=8, num_layers=1, d_model=8, num_heads=2, mlp_dim=16,
                                          tied_embeddings=True, dropout=0.0, dtype="float32", remat=False,
                                          attention="flash"))
