@@ -180,16 +180,24 @@ def _fusion_io(body) -> tuple[dict[int, int], int | None]:
 
 def memory_traffic(optimized_hlo: str) -> dict[str, int]:
   """Bytes a compiled GPU program (`compiled.as_text()`) reads and writes in device memory in
-  one run, estimated from its kernels: each kernel (a fusion, library call or other op outside
-  fused computations) reads its operands and writes its result once; kernels in a while loop
-  count once per iteration (XLA's known trip count); an operand a fusion only dynamic-slices
-  (one layer of a stacked array) counts as the slices, a result it only updates in place as the
-  updates; a library call's s8 workspace is not counted. Caches and re-reads inside a kernel
-  are not modelled: a lower bound on each kernel's traffic, exact for streaming kernels.
+  one run, by the kernels' JAX name scopes (their `op_name` metadata, e.g.
+  ".../attn/query/Fp8DotGeneral_0/dot_general"; "" where there is none): sum the values for the
+  total, group them by scope to see where the traffic is. See `kernel_traffic`."""
+  traffic: dict[str, int] = {}
+  for _, scope, moved in kernel_traffic(optimized_hlo):
+    traffic[scope] = traffic.get(scope, 0) + moved
+  return traffic
 
-  Returns {op_name: bytes}, keyed by the kernel's JAX name scope (its `op_name` metadata, e.g.
-  ".../attn/query/Fp8DotGeneral_0/dot_general"; "" where it has none): sum the values for the
-  total, group them by scope to see where the traffic is."""
+
+def kernel_traffic(optimized_hlo: str) -> list[tuple[str, str, int]]:
+  """(kind, scope, bytes) for each kernel of a compiled GPU program, estimated: each kernel (a
+  fusion, library call or other op outside fused computations) reads its operands and writes
+  its result once; kernels in a while loop count once per iteration (XLA's known trip count);
+  an operand a fusion only dynamic-slices (one layer of a stacked array) counts as the slices,
+  a result it only updates in place as the updates; a library call's s8 workspace is not
+  counted. Caches and re-reads inside a kernel are not modelled: a lower bound on a kernel's
+  traffic, exact for streaming kernels. `kind` is the opcode, or a custom call's target (e.g.
+  `FP8_GEMM`); `scope` the kernel's op_name."""
   comps = _computations(optimized_hlo)
   shapes = {name: shape for _, body in comps.values() for name, shape, *_ in body}
   trips = {m.group(1): int(m.group(2)) for m in re.finditer(
@@ -203,7 +211,7 @@ def memory_traffic(optimized_hlo: str) -> dict[str, int]:
       if body and body.group(1) not in runs:
         runs[body.group(1)] = runs[name] * trips.get(body.group(1), 1)
         pending.append(body.group(1))
-  traffic: dict[str, int] = {}
+  kernels = []
   for name, count in runs.items():
     for _, shape, op, operands, line in comps[name][1]:
       if op in _NO_KERNEL:
@@ -222,6 +230,6 @@ def memory_traffic(optimized_hlo: str) -> dict[str, int]:
       elif op == "custom-call":
         written -= sum(_bytes(f"s8[{d}]") for d in re.findall(r"\bs8\[(\d+)\]", shape))  # workspace
       scope = re.search(r'op_name="([^"]*)"', line)
-      key = scope.group(1) if scope else ""
-      traffic[key] = traffic.get(key, 0) + (sum(reads) + written) * count
-  return traffic
+      target = re.search(r'custom_call_target="([^"]+)"', line) if op == "custom-call" else None
+      kernels.append((target.group(1) if target else op, scope.group(1) if scope else "", (sum(reads) + written) * count))
+  return kernels

@@ -243,11 +243,12 @@ def bench_step(level: str, args, gpu: bool) -> dict:
   peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + max(mem.output_size_in_bytes - mem.alias_size_in_bytes, 0)
   text = compiled.as_text()
   batch_bytes = sum(math.prod(v.shape) * v.dtype.itemsize for v in spec.values())
-  traffic = targets.memory_traffic(text) if gpu else {}
+  kernels = targets.kernel_traffic(text) if gpu else [("", "", math.nan)]
   r = dict(dots=dots, calls=text.count(F8_GEMM), fmha=text.count(FMHA), peak=peak, compile=compile_s, step=math.nan,
            loss=math.nan, state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes,
-           traffic=sum(traffic.values()) if gpu else math.nan,
-           attention=sum(v for k, v in traffic.items() if ATTENTION_SCOPE.search(k)) if gpu else math.nan)
+           traffic=sum(b for _, _, b in kernels),
+           non_gemm=sum(b for kind, _, b in kernels if not kind.startswith("__cublas")),
+           attention=sum(b for _, scope, b in kernels if ATTENTION_SCOPE.search(scope)) if gpu else math.nan)
   if gpu:
     print(f"  {level}: custom calls in the optimized step {custom_calls(text)}", flush=True)
     if level in ("O2", "flax"):
@@ -428,11 +429,11 @@ def main():
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
   print(f"{n_params / 1e6:.1f}M parameters; `state B/p` is the compiled step's argument bytes less the batch's, per "
         "parameter (weights, master, moments, scales as each level stores them); `temp GiB` its temporaries; "
-        "`HBM GiB` the compiled step's memory traffic estimated from its kernels (targets.memory_traffic; "
-        "`attn` the attention's share), `GB/s` that over the step time")
+        "`HBM GiB` the compiled step's memory traffic estimated from its kernels (targets.kernel_traffic), "
+        "`non-GEMM` the part outside cuBLAS GEMMs, `attn` the attention's; `GB/s` HBM GiB over the step time")
   print(f"{'level':6s} {'step ms':>9s} {'tokens/s':>11s} {'vs none':>8s} {'peak GiB':>9s} {'loss':>8s} "
         f"{'FP8-form dots':>14s} {'f8 calls':>9s} {'compile s':>9s} {'state B/p':>9s} {'temp GiB':>8s} "
-        f"{'HBM GiB':>8s} {'attn':>6s} {'GB/s':>6s}")
+        f"{'HBM GiB':>8s} {'non-GEMM':>8s} {'attn':>6s} {'GB/s':>6s}")
   res = {}
   for level in args.levels:
     t0 = time.perf_counter()
@@ -444,7 +445,8 @@ def main():
     print(f"{level:6s} {r['step'] * 1e3:9.1f} {args.batch * args.seq / r['step']:11,.0f} {speed:7.2f}x "
           f"{r['peak'] / 2**30:9.2f} {r['loss']:8.4f} {len(r['dots'].fp8):6d} of {len(r['dots'].dots):<5d} "
           f"{r['calls']:9d} {r['compile']:9.1f} {r['state'] / n_params:9.2f} {r['temp'] / 2**30:8.2f} "
-          f"{r['traffic'] / 2**30:8.1f} {r['attention'] / 2**30:6.1f} {r['traffic'] / r['step'] / 1e9:6.0f}"
+          f"{r['traffic'] / 2**30:8.1f} {r['non_gemm'] / 2**30:8.1f} {r['attention'] / 2**30:6.1f} "
+          f"{r['traffic'] / r['step'] / 1e9:6.0f}"
           f"   ({time.perf_counter() - t0:.0f} s)", flush=True)
     if cudnn and not r["fmha"]:
       fail(f"level {level}: no cuDNN attention (`{FMHA}...` custom calls) in the optimized step")
