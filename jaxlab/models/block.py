@@ -57,7 +57,7 @@ def cudnn_traceable() -> bool:
   q = jax.ShapeDtypeStruct((1, 8, 1, 8), jnp.bfloat16)
   try:
     jax.eval_shape(lambda q: jax.nn.dot_product_attention(q, q, q, implementation="cudnn"), q)
-  except (RuntimeError, ImportError, NotImplementedError):
+  except Exception:  # noqa: BLE001 -- whatever stops the trace (no CUDA JAX, no cuDNN, too old a GPU) means no
     return False
   return True
 
