@@ -124,15 +124,16 @@ DIMS = (((1,), (0,)), ((), ()))
 
 
 def gemm_impls():
-  """name -> f(x, w) for x[M, K] . w[K, N] in BF16. jaxlab with delayed scaling (as O1-O3 run
-  it by default; histories with data, the steady state) and with current scaling; flax's
-  delayed scaling (it quantizes with the scales it is given)."""
+  """name -> f(x, w) for x[M, K] . w[K, N] in BF16. jaxlab with delayed scaling as O1-O3 run it
+  after a run's first step (histories with data, no just-in-time start) and with current
+  scaling; flax's delayed scaling (it quantizes with the scales it is given)."""
   hist = jnp.zeros((16,), jnp.float32)
   seen = hist.at[0].set(1.0)  # a history with data: delayed scaling past its first step
   one = jnp.ones((1,), jnp.float32)
   return {
       "bf16": lambda x, w: jax.lax.dot_general(x, w, DIMS),
-      "jaxlab": lambda x, w: dot.fp8_dot_general(x, w, (seen, seen, seen), DIMS, dot.Recipe("delayed")),
+      "jaxlab": lambda x, w: dot.fp8_dot_general(x, w, (seen, seen, seen), DIMS,
+                                                 dot.Recipe("delayed", just_in_time_start=False)),
       "jaxlab_cur": lambda x, w: dot.fp8_dot_general(x, w, (), DIMS, dot.Recipe("current")),
       "flax": lambda x, w: fp8_ops.fp8_scaled_dot_general(
           x, w, DIMS, preferred_element_type=jnp.bfloat16, lhs_scale=one, rhs_scale=one, grad_scale=one,
