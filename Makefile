@@ -1,7 +1,7 @@
 # make demo  -- set up .venv and train the quickstart GPT (resumes if run again)
 # make test  -- the layer contract (lint-imports), then the test suite (CPU, 8 simulated devices)
 # make docs  -- API reference (pdoc) into docs/api/; fails on a public name without a docstring
-# make gpu-aot -- steps compiled for an H100 from this host (its own venv: JAX's CUDA plugin)
+# make gpu-aot -- steps compiled for an H100 from this host (its own venv: JAX's CUDA plugin, cuDNN)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python

@@ -224,9 +224,9 @@ def kernel_traffic(optimized_hlo: str) -> list[tuple[str, str, int]]:
         written = written if updates is None else updates
       elif op == "dynamic-slice":
         reads = [written]
-      elif op == "dynamic-update-slice":
-        reads = written = _bytes(shapes.get(operands[1], ""))
-        reads = [reads]
+      elif op == "dynamic-update-slice":  # in place: reads and writes the update only
+        written = _bytes(shapes.get(operands[1], ""))
+        reads = [written]
       elif op == "custom-call":
         written -= sum(_bytes(f"s8[{d}]") for d in re.findall(r"\bs8\[(\d+)\]", shape))  # workspace
       scope = re.search(r'op_name="([^"]*)"', line)
