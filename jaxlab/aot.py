@@ -24,7 +24,8 @@ orders for concurrency and can hold more temporaries than a memory-aware schedul
 XLA's ahead-of-time GPU compile, needs `pip install 'jaxlab[gpu-aot]'`, no GPU), `--devices
 N` GPUs of it: memory is then the GPU program's, and each stage also reports how many of its
 GEMMs became FP8 cuBLASLt calls (GEMMs go to cuBLAS, `targets.CUBLAS`, unless
-`--xla-option` says otherwise).
+`--xla-option` says otherwise) and the step's memory traffic per device, estimated from its
+kernels (`targets.memory_traffic`).
 """
 from __future__ import annotations
 
@@ -118,9 +119,11 @@ def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None 
       with open(path, "w") as f:
         f.write(text)
     gpu = targets.is_gpu(mesh.devices.flat[0])
-    fp8_gemms = targets.custom_calls(out.compiled.as_text()).get(targets.FP8_GEMM, 0) if gpu else None
+    optimized = out.compiled.as_text() if gpu else ""
+    fp8_gemms = targets.custom_calls(optimized).get(targets.FP8_GEMM, 0) if gpu else None
+    traffic = sum(targets.memory_traffic(optimized).values()) if gpu else None
     results.append(dict(_figures(stage, out, mesh), config=config_spec, dots=hlo.fp8_dots(text).summary(),
-                        hlo_path=path, fp8_gemms=fp8_gemms))
+                        hlo_path=path, fp8_gemms=fp8_gemms, traffic=traffic))
   return results
 
 
@@ -159,6 +162,8 @@ def report(result: dict) -> str:
     lines += ["", f"dots of the lowered step: {result['dots']}"]
   if result.get("fp8_gemms") is not None:
     lines.append(f"FP8 cuBLASLt GEMMs in the compiled step: {result['fp8_gemms']}")
+  if result.get("traffic") is not None:
+    lines.append(f"memory traffic of one step, estimated from its kernels: {_fmt(result['traffic']).strip()} per device")
   if result.get("hlo_path"):
     lines.append(f"lowered HLO written to {result['hlo_path']}")
   return "\n".join(lines)

@@ -100,6 +100,7 @@ def test_aot_entry_point_compiles_a_config_for_h100(capsys):
   out = capsys.readouterr().out
   assert "for 1 NVIDIA H100 80GB HBM3 devices" in out, out[:500]
   assert "FP8 cuBLASLt GEMMs in the compiled step: 18" in out, out[-800:]
+  assert re.search(r"memory traffic of one step, estimated from its kernels: +[\d.]+ [MG]iB per device", out)
   assert aot.main(["--config", "configs/fp8/gpt.py:O2,toy", "--target", "a100"]) == 2
   assert "unknown GPU target 'a100'" in capsys.readouterr().err
 
