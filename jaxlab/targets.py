@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import re
 
+from jaxlab import hlo_text
+
 # The GPU descriptions XLA compiles against (xla GpuTargetConfigProto, text format): the
 # figures its cost models and code generation read, from NVIDIA's data sheets.
 _HOPPER = """
@@ -96,16 +98,15 @@ def custom_calls(optimized_hlo: str) -> dict[str, int]:
 _ITEMSIZE = dict(pred=1, s8=1, u8=1, f8e4m3fn=1, f8e5m2=1, s16=2, u16=2, f16=2, bf16=2, s32=4, u32=4, f32=4,
                  s64=8, u64=8, f64=8)
 _ARRAY = re.compile(r"\b(" + "|".join(_ITEMSIZE) + r")\[([\d,]*)\]")
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (.*?) ([\w\-]+)\((.*)$")
-_COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$")
 # ops that run no kernel of their own (or whose kernels are counted where they are called)
 _NO_KERNEL = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "call", "conditional",
               "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency"}
 
 
-def _bytes(shapes: str) -> int:
+def _bytes(types: str) -> int:
+  """Bytes of the arrays in an HLO type text (an array or a tuple of them)."""
   total = 0
-  for dtype, dims in _ARRAY.findall(shapes):
+  for dtype, dims in _ARRAY.findall(types):
     n = _ITEMSIZE[dtype]
     for d in filter(None, dims.split(",")):
       n *= int(d)
@@ -113,68 +114,34 @@ def _bytes(shapes: str) -> int:
   return total
 
 
-def _operands(call: str) -> list[str]:
-  """The operand names of an instruction, from the text after its opening parenthesis."""
-  depth, end = 0, len(call)
-  for i, ch in enumerate(call):
-    depth += ch == "("
-    if ch == ")":
-      if depth == 0:
-        end = i
-        break
-      depth -= 1
-  return [op.split()[-1].lstrip("%") for op in call[:end].split(",") if op.strip()]
-
-
-def _computations(text: str) -> dict[str, tuple[bool, list[tuple[str, str, str, list[str], str]]]]:
-  """name -> (is entry, [(instruction, result shape, opcode, operands, line)])."""
-  comps, current = {}, None
-  for line in text.splitlines():
-    m = _COMPUTATION.match(line)
-    if m and not line.startswith(" "):
-      current = comps.setdefault(m.group(2), (bool(m.group(1)), []))[1]
-    elif line.startswith("}"):
-      current = None
-    elif current is not None:
-      i = _INSTRUCTION.match(line)
-      if i:
-        current.append((i.group(1), i.group(2), i.group(3), _operands(i.group(4)), line))
-  return comps
-
-
-def _fusion_io(body) -> tuple[dict[int, int], int | None]:
+def _fusion_io(fused: dict) -> tuple[dict[int, int], int | None]:
   """What a fused computation touches of its operands and result: {parameter index: bytes}
   for parameters it only reads through dynamic-slices (the slices) or only updates in place
   (0), and the bytes it writes when its result is dynamic-update-slices (the updates; else None)."""
-  ops = {name: (shape, op, operands) for name, shape, op, operands, _ in body}
   users: dict[str, list[str]] = {}
-  for name, (_, _, operands) in ops.items():
-    for o in operands:
-      users.setdefault(o, []).append(name)
+  for ins in fused.values():
+    for o in ins.operands:
+      users.setdefault(o, []).append(ins.name)
 
-  def through_bitcasts(name):
+  def through_bitcasts(name):  # (source, user) pairs past any bitcasts
     out = []
     for u in users.get(name, []):
-      out += through_bitcasts(u) if ops[u][1] == "bitcast" else [(name, u)]
+      out += through_bitcasts(u) if fused[u].opcode == "bitcast" else [(name, u)]
     return out
 
   reads = {}
-  for name, shape, op, _, line in body:
-    if op != "parameter":
+  for ins in fused.values():
+    if ins.opcode != "parameter":
       continue
-    index = int(re.search(r"parameter\((\d+)\)", line).group(1))
-    uses = through_bitcasts(name)
-    if uses and all(ops[u][1] == "dynamic-slice" and ops[u][2][0] == src for src, u in uses):
-      reads[index] = sum(_bytes(ops[u][0]) for _, u in uses)
-    elif uses and all(ops[u][1] == "dynamic-update-slice" and ops[u][2][0] == src for src, u in uses):
-      reads[index] = 0
-  root = body[-1][0] if body else None
-  for name, _, _, _, line in body:
-    if line.lstrip().startswith("ROOT"):
-      root = name
-  outs = ops[root][2] if ops[root][1] == "tuple" else [root]
-  if all(ops.get(o, ("", ""))[1] == "dynamic-update-slice" for o in outs):
-    return reads, sum(_bytes(ops[ops[o][2][1]][0]) for o in outs)
+    uses = through_bitcasts(ins.name)
+    if uses and all(fused[u].opcode == "dynamic-slice" and fused[u].operands[0] == src for src, u in uses):
+      reads[int(ins.operands[0])] = sum(_bytes(fused[u].type) for _, u in uses)
+    elif uses and all(fused[u].opcode == "dynamic-update-slice" and fused[u].operands[0] == src for src, u in uses):
+      reads[int(ins.operands[0])] = 0
+  root = next(ins for ins in fused.values() if ins.root)
+  outs = [fused[o] for o in root.operands] if root.opcode == "tuple" else [root]
+  if all(o.opcode == "dynamic-update-slice" for o in outs):
+    return reads, sum(_bytes(fused[o.operands[1]].type) for o in outs)
   return reads, None
 
 
@@ -198,38 +165,34 @@ def kernel_traffic(optimized_hlo: str) -> list[tuple[str, str, int]]:
   counted. Caches and re-reads inside a kernel are not modelled: a lower bound on a kernel's
   traffic, exact for streaming kernels. `kind` is the opcode, or a custom call's target (e.g.
   `FP8_GEMM`); `scope` the kernel's op_name."""
-  comps = _computations(optimized_hlo)
-  shapes = {name: shape for _, body in comps.values() for name, shape, *_ in body}
-  trips = {m.group(1): int(m.group(2)) for m in re.finditer(
-      r'body=%?([\w.\-]+).*?"known_trip_count":\{"n":"(\d+)"\}', optimized_hlo)}
-  entry = next(name for name, (is_entry, _) in comps.items() if is_entry)
-  runs, pending = {entry: 1}, [entry]
+  comps = hlo_text.parse(optimized_hlo)
+  types = {ins.name: ins.type for comp in comps.values() for ins in comp.values()}
+  runs, pending = {hlo_text.entry(optimized_hlo): 1}, [hlo_text.entry(optimized_hlo)]
   while pending:  # while bodies (nested ones too) run trip count x their caller's runs
-    name = pending.pop()
-    for _, _, op, _, line in comps[name][1]:
-      body = re.search(r"body=%?([\w.\-]+)", line) if op == "while" else None
-      if body and body.group(1) not in runs:
-        runs[body.group(1)] = runs[name] * trips.get(body.group(1), 1)
-        pending.append(body.group(1))
+    caller = pending.pop()
+    for ins in comps[caller].values():
+      body = ins.attribute(r"body=%?([\w.\-]+)") if ins.opcode == "while" else None
+      if body and body not in runs:
+        runs[body] = runs[caller] * int(ins.attribute(r'"known_trip_count":\{"n":"(\d+)"\}') or 1)
+        pending.append(body)
   kernels = []
-  for name, count in runs.items():
-    for _, shape, op, operands, line in comps[name][1]:
-      if op in _NO_KERNEL:
+  for comp, count in runs.items():
+    for ins in comps[comp].values():
+      if ins.opcode in _NO_KERNEL:
         continue
-      reads = [_bytes(shapes.get(o, "")) for o in operands]
-      written = _bytes(shape)
-      if op == "fusion":
-        sliced, updates = _fusion_io(comps[re.search(r"calls=%?([\w.\-]+)", line).group(1)][1])
+      reads = [_bytes(types.get(o, "")) for o in ins.operands]
+      written = _bytes(ins.type)
+      if ins.opcode == "fusion":
+        sliced, updates = _fusion_io(comps[ins.attribute(r"calls=%?([\w.\-]+)")])
         reads = [sliced.get(i, b) for i, b in enumerate(reads)]
         written = written if updates is None else updates
-      elif op == "dynamic-slice":
+      elif ins.opcode == "dynamic-slice":
         reads = [written]
-      elif op == "dynamic-update-slice":  # in place: reads and writes the update only
-        written = _bytes(shapes.get(operands[1], ""))
+      elif ins.opcode == "dynamic-update-slice":  # in place: reads and writes the update only
+        written = _bytes(types.get(ins.operands[1], ""))
         reads = [written]
-      elif op == "custom-call":
-        written -= sum(_bytes(f"s8[{d}]") for d in re.findall(r"\bs8\[(\d+)\]", shape))  # workspace
-      scope = re.search(r'op_name="([^"]*)"', line)
-      target = re.search(r'custom_call_target="([^"]+)"', line) if op == "custom-call" else None
-      kernels.append((target.group(1) if target else op, scope.group(1) if scope else "", (sum(reads) + written) * count))
+      elif ins.opcode == "custom-call":
+        written -= sum(_bytes(f"s8[{d}]") for d in re.findall(r"\bs8\[(\d+)\]", ins.type))  # workspace
+      kind = ins.attribute(r'custom_call_target="([^"]+)"') if ins.opcode == "custom-call" else ins.opcode
+      kernels.append((kind, ins.attribute(r'op_name="([^"]*)"') or "", (sum(reads) + written) * count))
   return kernels
