@@ -37,6 +37,19 @@ def test_fp8_speed_reports_a_level_that_does_not_finish_and_exits_non_zero():
   assert proc.stdout.strip().splitlines()[-1].startswith("o2_vs_bf16=nan")
 
 
+@pytest.mark.slow
+def test_a_level_whose_cudnn_attention_step_raises_is_run_again_with_xla_attention():
+  # Here cuDNN attention cannot even be traced (no CUDA JAX): the level fails, named, and is
+  # still compiled and reported with XLA attention, so a GPU session keeps its timing.
+  proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "fp8_speed.py"), "--dry-run",
+                         "--attention", "cudnn", "--levels", "none"],
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "FAILED: level none: the step raised (exit status 1, traceback above); run again with XLA attention" \
+      in proc.stdout, proc.stdout[-3000:]
+  assert re.search(r"^none +nan +nan +nanx +[\d.]+ ", proc.stdout, re.M), proc.stdout[-3000:]  # the level's row
+
+
 def _speed_module():
   spec = importlib.util.spec_from_file_location("fp8_speed", REPO / "bench" / "gpu" / "fp8_speed.py")
   module = importlib.util.module_from_spec(spec)
