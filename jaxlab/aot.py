@@ -118,12 +118,13 @@ def check(config_spec: str, overrides: Sequence[str] = (), dump_hlo: str | None 
       os.makedirs(dump_hlo, exist_ok=True)
       with open(path, "w") as f:
         f.write(text)
-    gpu = targets.is_gpu(mesh.devices.flat[0])
-    optimized = out.compiled.as_text() if gpu else ""
-    fp8_gemms = targets.custom_calls(optimized).get(targets.FP8_GEMM, 0) if gpu else None
-    traffic = sum(targets.memory_traffic(optimized).values()) if gpu else None
+    gpu_figures = dict(fp8_gemms=None, traffic=None)
+    if targets.is_gpu(mesh.devices.flat[0]):
+      optimized = out.compiled.as_text()
+      gpu_figures = dict(fp8_gemms=targets.custom_calls(optimized).get(targets.FP8_GEMM, 0),
+                         traffic=sum(targets.memory_traffic(optimized).values()))
     results.append(dict(_figures(stage, out, mesh), config=config_spec, dots=hlo.fp8_dots(text).summary(),
-                        hlo_path=path, fp8_gemms=fp8_gemms, traffic=traffic))
+                        hlo_path=path, **gpu_figures))
   return results
 
 

@@ -8,6 +8,20 @@ import dataclasses
 import re
 
 _TYPE = re.compile(r"^(\w+)\[([^\]]*)\]")
+ITEMSIZE = dict(pred=1, s8=1, u8=1, f8e4m3fn=1, f8e5m2=1, s16=2, u16=2, f16=2, bf16=2, s32=4, u32=4, f32=4,
+                s64=8, u64=8, f64=8)
+_ARRAY = re.compile(r"\b(" + "|".join(ITEMSIZE) + r")\[([\d,]*)\]")
+
+
+def nbytes(type_text: str) -> int:
+  """Bytes of the arrays an HLO type text names (one array, or each of a tuple's)."""
+  total = 0
+  for dtype, dims in _ARRAY.findall(type_text):
+    n = ITEMSIZE[dtype]
+    for d in filter(None, dims.split(",")):
+      n *= int(d)
+    total += n
+  return total
 
 
 def entry(text: str) -> str:

@@ -95,23 +95,9 @@ def custom_calls(optimized_hlo: str) -> dict[str, int]:
 
 # ------------------------------------------------------------------ memory traffic estimate
 
-_ITEMSIZE = dict(pred=1, s8=1, u8=1, f8e4m3fn=1, f8e5m2=1, s16=2, u16=2, f16=2, bf16=2, s32=4, u32=4, f32=4,
-                 s64=8, u64=8, f64=8)
-_ARRAY = re.compile(r"\b(" + "|".join(_ITEMSIZE) + r")\[([\d,]*)\]")
 # ops that run no kernel of their own (or whose kernels are counted where they are called)
 _NO_KERNEL = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while", "call", "conditional",
               "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency"}
-
-
-def _bytes(types: str) -> int:
-  """Bytes of the arrays in an HLO type text (an array or a tuple of them)."""
-  total = 0
-  for dtype, dims in _ARRAY.findall(types):
-    n = _ITEMSIZE[dtype]
-    for d in filter(None, dims.split(",")):
-      n *= int(d)
-    total += n
-  return total
 
 
 def _fusion_io(fused: dict) -> tuple[dict[int, int], int | None]:
@@ -135,13 +121,13 @@ def _fusion_io(fused: dict) -> tuple[dict[int, int], int | None]:
       continue
     uses = through_bitcasts(ins.name)
     if uses and all(fused[u].opcode == "dynamic-slice" and fused[u].operands[0] == src for src, u in uses):
-      reads[int(ins.operands[0])] = sum(_bytes(fused[u].type) for _, u in uses)
+      reads[int(ins.operands[0])] = sum(hlo_text.nbytes(fused[u].type) for _, u in uses)
     elif uses and all(fused[u].opcode == "dynamic-update-slice" and fused[u].operands[0] == src for src, u in uses):
       reads[int(ins.operands[0])] = 0
   root = next(ins for ins in fused.values() if ins.root)
   outs = [fused[o] for o in root.operands] if root.opcode == "tuple" else [root]
   if all(o.opcode == "dynamic-update-slice" for o in outs):
-    return reads, sum(_bytes(fused[o.operands[1]].type) for o in outs)
+    return reads, sum(hlo_text.nbytes(fused[o.operands[1]].type) for o in outs)
   return reads, None
 
 
@@ -167,7 +153,8 @@ def kernel_traffic(optimized_hlo: str) -> list[tuple[str, str, int]]:
   `FP8_GEMM`); `scope` the kernel's op_name."""
   comps = hlo_text.parse(optimized_hlo)
   types = {ins.name: ins.type for comp in comps.values() for ins in comp.values()}
-  runs, pending = {hlo_text.entry(optimized_hlo): 1}, [hlo_text.entry(optimized_hlo)]
+  entry = hlo_text.entry(optimized_hlo)
+  runs, pending = {entry: 1}, [entry]
   while pending:  # while bodies (nested ones too) run trip count x their caller's runs
     caller = pending.pop()
     for ins in comps[caller].values():
@@ -180,8 +167,8 @@ def kernel_traffic(optimized_hlo: str) -> list[tuple[str, str, int]]:
     for ins in comps[comp].values():
       if ins.opcode in _NO_KERNEL:
         continue
-      reads = [_bytes(types.get(o, "")) for o in ins.operands]
-      written = _bytes(ins.type)
+      reads = [hlo_text.nbytes(types.get(o, "")) for o in ins.operands]
+      written = hlo_text.nbytes(ins.type)
       if ins.opcode == "fusion":
         sliced, updates = _fusion_io(comps[ins.attribute(r"calls=%?([\w.\-]+)")])
         reads = [sliced.get(i, b) for i, b in enumerate(reads)]
@@ -189,10 +176,10 @@ def kernel_traffic(optimized_hlo: str) -> list[tuple[str, str, int]]:
       elif ins.opcode == "dynamic-slice":
         reads = [written]
       elif ins.opcode == "dynamic-update-slice":  # in place: reads and writes the update only
-        written = _bytes(types.get(ins.operands[1], ""))
+        written = hlo_text.nbytes(types.get(ins.operands[1], ""))
         reads = [written]
       elif ins.opcode == "custom-call":
-        written -= sum(_bytes(f"s8[{d}]") for d in re.findall(r"\bs8\[(\d+)\]", ins.type))  # workspace
+        written -= sum(int(d) for d in re.findall(r"\bs8\[(\d+)\]", ins.type))  # the workspace
       kind = ins.attribute(r'custom_call_target="([^"]+)"') if ins.opcode == "custom-call" else ins.opcode
       kernels.append((kind, ins.attribute(r'op_name="([^"]*)"') or "", (sum(reads) + written) * count))
   return kernels

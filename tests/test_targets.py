@@ -10,6 +10,7 @@ compile): the LM trainer's real step, through `lm.stages` and `fp8.apply`.
 Marked gpu_aot (`make gpu-aot`: a venv with JAX's CUDA plugin; no GPU needed); skipped where
 the plugin is absent, where the test below checks the error that says what to install.
 """
+import functools
 import re
 
 import jax
@@ -40,6 +41,17 @@ def _compiled(level: str, size: str, batch: int, seq: int, vocab: int, options=t
   (stage,) = lm.stages(cfg)
   mesh = sharding.make_mesh(stage.options.mesh, targets.devices("h100"))
   return stage, loop.compile_step(stage.task, stage.options, mesh, stage.batch, options)
+
+
+@functools.cache
+def _one_h100() -> jax.sharding.NamedSharding:
+  # one topology for all: arguments on devices of two topologies do not compile together
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(targets.devices("h100")[:1], ("x",)), jax.sharding.PartitionSpec())
+
+
+def _on_h100(shape, dtype=jax.numpy.float32) -> jax.ShapeDtypeStruct:
+  """An array of `shape` on one H100 of the target (a compile's argument; nothing is made)."""
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=_one_h100())
 
 
 def test_an_unknown_target_is_named():
@@ -130,8 +142,7 @@ def test_jax_default_attention_on_h100_is_xla_with_fp32_scores_in_memory():
   """Why models/block.py asks for cuDNN itself: jax.nn.dot_product_attention's default
   (implementation=None) compiles for an H100 to XLA kernels with no cuDNN attention call,
   and its program holds the FP32 [batch, heads, T, S] scores (here 2 x 4 x 256 x 256)."""
-  on = jax.sharding.NamedSharding(jax.sharding.Mesh(targets.devices("h100")[:1], ("x",)), jax.sharding.PartitionSpec())
-  q = jax.ShapeDtypeStruct((2, 256, 4, 64), jax.numpy.bfloat16, sharding=on)
+  q = _on_h100((2, 256, 4, 64), jax.numpy.bfloat16)
   text = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)).lower(q, q, q).compile(
       targets.CUBLAS).as_text()
   assert "__cudnn$fmha" not in text
@@ -141,20 +152,18 @@ def test_jax_default_attention_on_h100_is_xla_with_fp32_scores_in_memory():
 def _kernels_reading_x(recipe) -> list[str]:
   """The kernels of the H100 program (a GEMM's forward with its amax observations, as the train
   step runs it) that take the activation x as an operand."""
+  from jaxlab import hlo_text
   from jaxlab.fp8 import dot
-  on = jax.sharding.NamedSharding(jax.sharding.Mesh(targets.devices("h100")[:1], ("x",)), jax.sharding.PartitionSpec())
-  x, w = (jax.ShapeDtypeStruct(s, jax.numpy.bfloat16, sharding=on) for s in ((1024, 512), (512, 768)))
-  h = jax.ShapeDtypeStruct((16,), jax.numpy.float32, sharding=on)
+  x, w, h = _on_h100((1024, 512), jax.numpy.bfloat16), _on_h100((512, 768), jax.numpy.bfloat16), _on_h100((16,))
 
   def forward_and_observations(x, w, meta):
     y, vjp = jax.vjp(lambda meta: dot.fp8_dot_general(x, w, meta, (((1,), (0,)), ((), ())), recipe), meta)
     return y, vjp(jax.numpy.zeros_like(y))
 
   text = jax.jit(forward_and_observations).lower(x, w, (h, h, h)).compile(targets.CUBLAS).as_text()
-  entry = text[text.index("\nENTRY"):]
-  name = re.search(r"%(\S+) = bf16\[1024,512\]\S* parameter\(0\)", entry).group(1)
-  return [line.split("=")[0].strip() for line in entry.splitlines()
-          if re.search(rf"\(.*%{re.escape(name)}[,)]", line) and "parameter(" not in line]
+  entry = hlo_text.parse(text)[hlo_text.entry(text)]
+  (x_name,) = (i.name for i in entry.values() if i.opcode == "parameter" and i.operands == ("0",))
+  return [i.name for i in entry.values() if x_name in i.operands]
 
 
 @pytest.mark.gpu_aot
@@ -175,15 +184,13 @@ def test_memory_traffic_of_h100_programs_is_the_bytes_worked_by_hand():
   hand: an elementwise add, a cuBLAS GEMM (its workspace not counted) and a scan over a stacked
   array (each iteration reads its layer's slice, not the stack)."""
   jnp = jax.numpy
-  on = jax.sharding.NamedSharding(jax.sharding.Mesh(targets.devices("h100")[:1], ("x",)), jax.sharding.PartitionSpec())
-  spec = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(shape, dtype, sharding=on)
   MiB = 2 ** 20
   traffic = lambda f, *args: targets.memory_traffic(jax.jit(f).lower(*args).compile(targets.CUBLAS).as_text())
 
-  add = traffic(lambda a, b: a + b, spec((1024, 1024)), spec((1024, 1024)))
+  add = traffic(lambda a, b: a + b, _on_h100((1024, 1024)), _on_h100((1024, 1024)))
   assert sum(add.values()) == 3 * 4 * MiB  # two 4 MiB reads, one 4 MiB write
 
-  gemm = traffic(lambda x, w: x @ w, spec((1024, 512), jnp.bfloat16), spec((512, 768), jnp.bfloat16))
+  gemm = traffic(lambda x, w: x @ w, _on_h100((1024, 512), jnp.bfloat16), _on_h100((512, 768), jnp.bfloat16))
   assert sum(gemm.values()) == (1024 * 512 + 512 * 768 + 1024 * 768) * 2
 
   def layers(ws, x):
@@ -191,7 +198,7 @@ def test_memory_traffic_of_h100_programs_is_the_bytes_worked_by_hand():
       c = jnp.tanh(c * w)
       return c, c.sum(0)
     return jax.lax.scan(body, x, ws)
-  scan = traffic(layers, spec((8, 512, 512)), spec((512, 512)))
+  scan = traffic(layers, _on_h100((8, 512, 512)), _on_h100((512, 512)))
   body = sum(v for k, v in scan.items() if "/while/body/" in k)
   # per layer: tanh(c * w[l]) reads c and w[l] and writes c (3 x 1 MiB), the column sum reads c
   # (1 MiB) and writes 2 KiB, the row written into the stacked output reads and writes 2 KiB;

@@ -103,7 +103,7 @@ def test_a_fresh_run_takes_its_first_step_with_the_task_and_the_rest_steady(tmp_
   task = _regression_task(lambda t: t.replace(loss=lambda *a: jax.tree.map(lambda v: v * 0, t.loss(*a))))
   opts = loop.Options(steps=3, batch_size=8, log_every=1, checkpoint_every=10, mesh=(("data", 1), ("model", 1)))
   mesh = sharding.make_mesh(opts.mesh, jax.devices()[:1])
-  kernel = lambda params: np.asarray(params["params"]["kernel"] if "params" in params else params["kernel"])
+  kernel = lambda params: np.asarray(params["kernel"])
 
   full = loop.run(task, opts, str(tmp_path / "full"), mesh)
   rng = jax.random.key(opts.seed)

@@ -244,13 +244,13 @@ def bench_step(level: str, args, gpu: bool) -> dict:
   peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + max(mem.output_size_in_bytes - mem.alias_size_in_bytes, 0)
   text = compiled.as_text()
   batch_bytes = sum(math.prod(v.shape) * v.dtype.itemsize for v in spec.values())
-  kernels = targets.kernel_traffic(text) if gpu else [("", "", math.nan)]
+  kernels = targets.kernel_traffic(text) if gpu else None  # (kind, scope, bytes) of each kernel
+  moved = lambda keep: sum(b for kind, scope, b in kernels if keep(kind, scope)) if gpu else math.nan
   r = dict(dots=dots, calls=text.count(F8_GEMM), fmha=text.count(FMHA), attention=args.attention, peak=peak,
-           compile=compile_s, step=math.nan,
-           loss=math.nan, state=mem.argument_size_in_bytes - batch_bytes, temp=mem.temp_size_in_bytes,
-           traffic=sum(b for _, _, b in kernels),
-           non_gemm=sum(b for kind, _, b in kernels if not kind.startswith("__cublas")),
-           attention_traffic=sum(b for _, scope, b in kernels if ATTENTION_SCOPE.search(scope)) if gpu else math.nan)
+           compile=compile_s, step=math.nan, loss=math.nan, state=mem.argument_size_in_bytes - batch_bytes,
+           temp=mem.temp_size_in_bytes, traffic=moved(lambda kind, scope: True),
+           non_gemm=moved(lambda kind, scope: not kind.startswith("__cublas")),
+           attention_traffic=moved(lambda kind, scope: ATTENTION_SCOPE.search(scope)))
   if gpu:
     print(f"  {level}: custom calls in the optimized step {custom_calls(text)}", flush=True)
     if level in ("O2", "flax"):

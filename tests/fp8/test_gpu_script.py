@@ -12,10 +12,15 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
+def _run_script(*flags: str) -> subprocess.CompletedProcess:
+  """bench/gpu/fp8_speed.py with `flags`, in a process of its own, from the repository root."""
+  return subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "fp8_speed.py"), *flags],
+                        capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
 @pytest.mark.slow
 def test_fp8_speed_dry_run_reaches_its_last_line():
-  proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "fp8_speed.py"), "--dry-run"],
-                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  proc = _run_script("--dry-run")
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   last = proc.stdout.strip().splitlines()[-1]
   m = re.fullmatch(r"o2_vs_bf16=nan o2_vs_flax=nan fp8_gemms_o2=(\d+) fp8_gemms_flax=(\d+)", last)
@@ -26,9 +31,7 @@ def test_fp8_speed_dry_run_reaches_its_last_line():
 def test_fp8_speed_reports_a_level_that_does_not_finish_and_exits_non_zero():
   # On the H200 the O2 step once did not finish compiling in minutes: such a level must be
   # killed, named, and fail the run, while the other levels still report.
-  proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "fp8_speed.py"), "--dry-run",
-                         "--level-timeout", "0.5", "--levels", "O2"],
-                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  proc = _run_script("--dry-run", "--level-timeout", "0.5", "--levels", "O2")
   assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
   # ... with where its compile was (here: not started, or the passes it had run)
   assert re.search(r"FAILED: level O2: compile \+ 9 steps did not finish in \d+ s "
@@ -41,9 +44,7 @@ def test_fp8_speed_reports_a_level_that_does_not_finish_and_exits_non_zero():
 def test_a_level_whose_cudnn_attention_step_raises_is_run_again_with_xla_attention():
   # Here cuDNN attention cannot even be traced (no CUDA JAX): the level fails, named, and is
   # still compiled and reported with XLA attention, so a GPU session keeps its timing.
-  proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu" / "fp8_speed.py"), "--dry-run",
-                         "--attention", "cudnn", "--levels", "none"],
-                        capture_output=True, text=True, timeout=600, cwd=REPO)
+  proc = _run_script("--dry-run", "--attention", "cudnn", "--levels", "none")
   assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
   assert "FAILED: level none: the step raised (exit status 1, traceback above); run again with XLA attention" \
       in proc.stdout, proc.stdout[-3000:]
