@@ -153,10 +153,10 @@ def _scaled_dot(qa, sa, qb, sb, dims, dtype):
 
   if dtype not in (jnp.bfloat16, jnp.float32):  # FP16 cannot hold gradient scales
     return fp32_output(qa, sa, qb, sb)
-  return _on_gpu(dequantized, fp32_output, qa, sa, qb, sb)
+  return on_gpu(dequantized, fp32_output, qa, sa, qb, sb)
 
 
-def _on_gpu(gpu_fn, other_fn, *args):
+def on_gpu(gpu_fn, other_fn, *args):
   """gpu_fn(*args) in a program compiled for a GPU, other_fn(*args) elsewhere (decided when
   the step is lowered for its devices, `lax.platform_dependent`)."""
   return lax.platform_dependent(*args, cuda=gpu_fn, rocm=gpu_fn, default=other_fn)
@@ -177,7 +177,7 @@ def _as_stored(w):
   `bench/fp8_memory.py --target h100`). Pinned, the quantizing fusion transposes one layer's
   kernel inside the scan instead. Elsewhere XLA keeps its choice (a CPU keeps the stored
   layout; a TPU's are tiled)."""
-  return _on_gpu(lambda w: with_layout_constraint(w, Layout(tuple(range(w.ndim)))), lambda w: w, w)
+  return on_gpu(lambda w: with_layout_constraint(w, Layout(tuple(range(w.ndim)))), lambda w: w, w)
 
 
 def _kernel(w, w_scale, recipe, hw):
@@ -220,8 +220,12 @@ def _bwd(dims, recipe, res, g):
   n = g.ndim - 1
   # dgrad: g[..., N] . w[K, N] over N;  wgrad: x[T, K] . g[T, N] over the T flattened tokens.
   dx = _scaled_dot(qg, sg, qw, sw, (((n,), (1,)), ((), ())), g.dtype)
+  # Through a port the wgrad GEMM writes the compute dtype, as MS-AMP's does (FP32 only under
+  # FP16, whose range a wgrad can leave): its E4M3 cast rounds 2^5 times coarser than BF16, and
+  # BF16 halves the bytes the GEMM writes and the cast reads twice (FP32 cost 7.8 GiB more
+  # memory traffic per step at FP8-LM 1.3B O2: `bench/gpu/fp8_speed.py --aot h100`).
   dw = _scaled_dot(qx.reshape(-1, qx.shape[-1]), sx, qg.reshape(-1, qg.shape[-1]), sg, (((0,), (0,)), ((), ())),
-                   jnp.float32 if port else g.dtype)
+                   jnp.float32 if port and g.dtype == jnp.float16 else g.dtype)
   if meta:
     hx, hw, _ = meta
     obs = (_observation(hx, ax), _observation(hw, aw), _observation(hg, ag))

@@ -345,7 +345,16 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
     def leaf(name, g, m, v, w, master=None):
       master = jnp.zeros((1,), F32) if master is None else master
       if is_matrix(name) and _stacked(name) and w.shape[0] > 1:
-        return _layer_loop(lambda g_i, c: one(name, g_i, *c, stacked=False), g, (m, v, w, master))
+        by_layer = lambda g, *c: _layer_loop(lambda g_i, c_i: one(name, g_i, *c_i, stacked=False), g, c)
+        if level.m in NARROW or level.v in NARROW:
+          return by_layer(g, m, v, w, master)
+        # With FP32 moments (none, O1) XLA's GPU compile updates the whole stack in place in
+        # one pass, no FP32 temporaries: the layer loop's per-layer outputs and write-backs
+        # cost 31 GiB more memory traffic per step at FP8-LM 1.3B `none` (`fp8_speed.py --aot
+        # h100`). XLA on CPU copies whole stacks instead (the loop is for it), and with narrow
+        # moments (O2, O3) the GPU compile holds FP32 stacks too.
+        whole = lambda g, *c: one(name, g, *c, stacked=True)
+        return dot.on_gpu(whole, by_layer, g, m, v, w, master)
       # (with FP32 moments, none and O1, the row-block loops' carries get copied: whole is cheaper)
       blocks = (_row_blocks(w.shape[0], block_rows) if is_matrix(name) and not _stacked(name) and level.m in NARROW
                 else 1)

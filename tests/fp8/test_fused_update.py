@@ -57,6 +57,19 @@ def _close(a, b, dtype, floor, exact_share):
 @pytest.mark.parametrize("size", [1e-3, 10.0])  # global norm below / above grad_clip: clipping off / on
 @pytest.mark.parametrize("block_rows", [4096, 4])  # the 12-row embedding whole, or in 3 row blocks
 def test_fused_update_matches_the_optax_path(level, size, block_rows):
+  _check_against_optax(level, size, block_rows)
+
+
+@pytest.mark.parametrize("level", ["none", "O1"])
+@pytest.mark.parametrize("size", [1e-3, 10.0])
+def test_whole_stack_form_matches_the_optax_path(level, size, monkeypatch):
+  """The form a GPU program takes with FP32 moments (each stacked matrix updated whole, not
+  layer by layer), here on CPU by choosing the GPU branch of `dot.on_gpu`."""
+  monkeypatch.setattr(fo.dot, "on_gpu", lambda gpu_fn, other_fn, *args: gpu_fn(*args))
+  _check_against_optax(level, size, 4096)
+
+
+def _check_against_optax(level, size, block_rows):
   lvl = fo.LEVELS[level]
   prec, lr = fo.precision(lvl), 1e-3
   tx = fo.optimizer(lvl, lambda c: lr, OPTIM)
