@@ -139,22 +139,28 @@ def test_fp8_gemms_write_the_compute_dtype_on_h100():
 
 @pytest.mark.gpu_aot
 @needs_plugin
-def test_fp32_moment_levels_update_whole_stacks_in_place_on_h100():
-  """With FP32 moments (none, O1) the H100 program updates each stacked matrix in one pass
-  over the whole stack: no kernel writes a layer back into a stack outside the model (the
-  layer loop, still the CPU's form and O2/O3's, writes each layer's new m, v and weight, then
-  copies them in: 24 write-backs at the 1.3B shape, and for O2 36). The state stays in place."""
+def test_the_optimizer_updates_whole_stacks_in_place_on_h100():
+  """The H100 program updates each stacked matrix in one pass over the whole stack (after a
+  loop over the layers that takes their scales where m or v is narrow, O2/O3): no kernel
+  outside the model writes a layer back into a stack. The CPU program keeps the layer loop
+  (XLA on CPU copies whole stacks in a whole-stack update), which writes each layer back;
+  in both the new state is written over the donated one."""
   from jaxlab import hlo_text
 
-  for level, write_backs_expected in (("none", 0), ("O1", 0), ("O2", 36)):
-    _, out = _compiled(level, "1.3b", batch=1, seq=128, vocab=50257)
-    module = hlo_text.parse(out.compiled.as_text())
-    write_backs = [ins.name for comp in module.values() for ins in comp.values()
-                   if ins.opcode == "fusion" and "dynamic_update_index_in_dim" in (ins.attribute(r'op_name="([^"]*)"') or "")
-                   and "jvp(" not in ins.attribute(r'op_name="([^"]*)"')]
-    assert len(write_backs) == write_backs_expected, (level, len(write_backs))
+  def write_backs(compiled):
+    module = hlo_text.parse(compiled.as_text())
+    names = [ins.attribute(r'op_name="([^"]*)"') or "" for comp in module.values() for ins in comp.values()
+             if ins.opcode == "fusion"]
+    return sum("dynamic_update_index_in_dim" in n and "jvp(" not in n for n in names)
+
+  for level in ("none", "O1", "O2", "O3"):
+    stage, out = _compiled(level, "1.3b", batch=1, seq=128, vocab=50257)
+    assert write_backs(out.compiled) == 0, level
     m = out.compiled.memory_analysis()
-    assert m.output_size_in_bytes - m.alias_size_in_bytes < 2**20, level  # the new state over the donated one
+    assert m.output_size_in_bytes - m.alias_size_in_bytes < 2**20, level
+  cpu = loop.compile_step(stage.task, stage.options, sharding.make_mesh(stage.options.mesh, jax.devices("cpu")[:1]),
+                          stage.batch)
+  assert write_backs(cpu.compiled) >= 24  # at least one per layer (48 at O3 when written)
 
 
 @pytest.mark.gpu_aot

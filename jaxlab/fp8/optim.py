@@ -215,6 +215,32 @@ def _layer_loop(update, g, carry):
   return _unbytes(lax.fori_loop(0, jax.tree.leaves(g)[0].shape[0], body, _bytes(carry)), carry)
 
 
+def _stack_update(values, finish, g, carry, with_master: bool):
+  """A stacked matrix updated whole, its per-layer scales taken first: a loop over the layers
+  takes the amax of each new FP32 value (reductions: nothing FP32 is stored), at O3 a second
+  the amax of the weight the rounded master gives, then one pass over the whole stack
+  recomputes every value and writes it with its layer's scale. XLA's GPU compile makes that
+  pass one kernel writing over the donated state; XLA on CPU copies whole stacks in it, so
+  CPU programs take `_layer_loop`. `values` and `finish` as for `_block_update`."""
+  layers = jax.tree.leaves(g)[0].shape[0]
+  slice_like = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+  g_like, c_like, g8, c8 = slice_like(g), slice_like(carry), _bytes(g), _bytes(carry)
+  layer = lambda i: (_unbytes(_take(g8, i), g_like), _unbytes(_take(c8, i), c_like))
+
+  def amax_pass(fn, n):
+    body = lambda i, acc: tuple(a.at[i].set(x) for a, x in zip(acc, fn(i, *layer(i))))
+    return lax.fori_loop(0, layers, body, (jnp.zeros((layers,), F32),) * n)
+
+  amaxes = dict(zip("mvw", amax_pass(lambda i, g_i, c_i: tuple(formats.amax(x) for x in values(g_i, c_i)), 3)))
+  of_layer = lambda i: lambda x, dtype, key: jnp.reshape(formats.scale_for(amaxes[key][i], dtype), (1,) * x.ndim)
+  if with_master:  # the weight is the master cast down: its amax is the rounded master's
+    amaxes["master"] = amaxes["w"]
+    (amaxes["w"],) = amax_pass(lambda i, g_i, c_i: (formats.amax(decode(finish(*values(g_i, c_i), c_i[3],
+                                                                                      of_layer(i))[3])),), 1)
+  whole = lambda x, dtype, key: jnp.reshape(formats.scale_for(amaxes[key], dtype), (layers,) + (1,) * (x.ndim - 1))
+  return finish(*values(g, carry), carry[3], whole)
+
+
 def _row_blocks(rows: int, max_rows: int = 4096, max_blocks: int = 256) -> int:
   """How many equal row blocks an unstacked matrix is updated in (1: whole)."""
   if rows > max_rows:
@@ -299,10 +325,12 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
   The optax path must hand a full FP32 updates tree from the optimizer to `apply`, and each
   narrow tensor's just-in-time scale needs its whole FP32 value before it can be written, so
   XLA keeps several FP32 copies of the largest tensors alive at once. Here every stacked
-  matrix is updated one layer at a time (its scale is per layer anyway) in a loop that writes
-  each layer's m, v, master and weight back into the donated buffers, as MS-AMP's fused
-  kernel updates each tensor in place: one layer's FP32 temporaries at a time, and no
-  updates tree. An unstacked matrix (the embedding) is updated in place in row blocks of at
+  matrix is updated in place, as MS-AMP's fused kernel updates each tensor, with no updates
+  tree: in a program for a GPU in one pass over the whole stack (after a loop over the layers
+  that takes their per-layer scales where the moments are narrow, `_stack_update`), elsewhere
+  one layer at a time in a loop that writes each layer's m, v, master and weight back into the
+  donated buffers (XLA on CPU copies whole stacks in a whole-stack update): one layer's FP32
+  temporaries at a time. An unstacked matrix (the embedding) is updated in place in row blocks of at
   most `block_rows`, in two passes for its per-tensor scales (`_block_update`). Gradients are
   decoded, and clipped by their global norm as `optax.clip_by_global_norm` does, layer by
   layer too, and so is the norm computed (XLA on CPU does not fuse a decode into a
@@ -345,15 +373,18 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
     def leaf(name, g, m, v, w, master=None):
       master = jnp.zeros((1,), F32) if master is None else master
       if is_matrix(name) and _stacked(name) and w.shape[0] > 1:
+        # A GPU program updates the whole stack in one pass over the donated state: at once
+        # where m and v are FP32 (none, O1: XLA fuses the per-layer scale of O1's FP16 weight),
+        # after a loop taking the per-layer scales where they are narrow (O2, O3: at once, XLA
+        # would hold FP32 stacks). The layer loop's per-layer outputs and write-backs cost more
+        # memory traffic per step (FP8-LM 1.3B, `fp8_speed.py --aot h100`: 31 GiB at none,
+        # 14 at O2). XLA on CPU copies whole stacks in either whole form: the loop is for it.
         by_layer = lambda g, *c: _layer_loop(lambda g_i, c_i: one(name, g_i, *c_i, stacked=False), g, c)
         if level.m in NARROW or level.v in NARROW:
-          return by_layer(g, m, v, w, master)
-        # With FP32 moments (none, O1) XLA's GPU compile updates the whole stack in place in
-        # one pass, no FP32 temporaries: the layer loop's per-layer outputs and write-backs
-        # cost 31 GiB more memory traffic per step at FP8-LM 1.3B `none` (`fp8_speed.py --aot
-        # h100`). XLA on CPU copies whole stacks instead (the loop is for it), and with narrow
-        # moments (O2, O3) the GPU compile holds FP32 stacks too.
-        whole = lambda g, *c: one(name, g, *c, stacked=True)
+          whole = lambda g, *c: _stack_update(lambda g_, c_: values(name, g_, *c_), lambda *a: finish(name, *a), g, c,
+                                              with_master=has_master)
+        else:
+          whole = lambda g, *c: one(name, g, *c, stacked=True)
         return dot.on_gpu(whole, by_layer, g, m, v, w, master)
       # (with FP32 moments, none and O1, the row-block loops' carries get copied: whole is cheaper)
       blocks = (_row_blocks(w.shape[0], block_rows) if is_matrix(name) and not _stacked(name) and level.m in NARROW

@@ -60,11 +60,12 @@ def test_fused_update_matches_the_optax_path(level, size, block_rows):
   _check_against_optax(level, size, block_rows)
 
 
-@pytest.mark.parametrize("level", ["none", "O1"])
+@pytest.mark.parametrize("level", ["none", "O1", "O2", "O3"])
 @pytest.mark.parametrize("size", [1e-3, 10.0])
 def test_whole_stack_form_matches_the_optax_path(level, size, monkeypatch):
-  """The form a GPU program takes with FP32 moments (each stacked matrix updated whole, not
-  layer by layer), here on CPU by choosing the GPU branch of `dot.on_gpu`."""
+  """The form a GPU program takes (each stacked matrix updated whole, not layer by layer; with
+  narrow moments after a loop over the layers that takes their scales: `_stack_update`),
+  here on CPU by choosing the GPU branch of `dot.on_gpu`."""
   monkeypatch.setattr(fo.dot, "on_gpu", lambda gpu_fn, other_fn, *args: gpu_fn(*args))
   _check_against_optax(level, size, 4096)
 
