@@ -126,8 +126,10 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
     model = model.clone(dot_general_cls=dot_cls)
   if task.schedule is None:
     raise ValueError("fp8.apply needs the task's learning-rate schedule (Task.schedule)")
-  # every level updates in place, layer by layer (fp8.optim.fused_update); flax's peer as none
-  fused = fp8_optim.optimizer_step(fp8_optim.LEVELS["none" if f.level == "flax" else f.level], task.schedule, cfg.optim)
+  # every level updates in place (fp8.optim.fused_update); flax's peer as none. Under `zero`
+  # (sharded state, replicated weights) layer by layer on a GPU too: less gathered at once
+  fused = fp8_optim.optimizer_step(fp8_optim.LEVELS["none" if f.level == "flax" else f.level], task.schedule, cfg.optim,
+                                   whole_stacks=not ("sharding" in cfg and cfg.sharding.get("layout") == "zero"))
   # with ports, the FP8 dots decode their own kernels, layer by layer
   dots = fp8_dots(task.replace(model=model)) if recipe(f).fp8_wgrad else None
   return task.replace(model=model, optimizer=optimizer_for(cfg, task.schedule), optimizer_step=fused,
