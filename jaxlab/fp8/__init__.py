@@ -129,7 +129,7 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
   # every level updates in place (fp8.optim.fused_update); flax's peer as none. Under `zero`
   # (sharded state, replicated weights) layer by layer on a GPU too: less gathered at once
   fused = fp8_optim.optimizer_step(fp8_optim.LEVELS["none" if f.level == "flax" else f.level], task.schedule, cfg.optim,
-                                   whole_stacks=not ("sharding" in cfg and cfg.sharding.get("layout") == "zero"))
+                                   one_pass=not ("sharding" in cfg and cfg.sharding.get("layout") == "zero"))
   # with ports, the FP8 dots decode their own kernels, layer by layer
   dots = fp8_dots(task.replace(model=model)) if recipe(f).fp8_wgrad else None
   return task.replace(model=model, optimizer=optimizer_for(cfg, task.schedule), optimizer_step=fused,

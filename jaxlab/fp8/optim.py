@@ -263,12 +263,14 @@ def _row_slicer(tree, blocks: int):
   return _bytes(tree), take, rows, sliced
 
 
-def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
+def _block_update(values, finish, g, carry, blocks: int, with_master: bool, one_pass: bool = False):
   """An unstacked matrix (an embedding) updated in `blocks` row blocks, in place, with
   per-tensor scales: a first loop takes the amax of each new FP32 value over the blocks, (at
   O3, with a master, a second the amax of the weight the master rounds to), and a last one
   recomputes each block and writes it with those scales. Recomputing is cheap next to
-  holding the whole tensor's FP32 m, v and w at once.
+  holding the whole tensor's FP32 m, v and w at once. `one_pass` (a GPU program) writes the
+  whole tensor in one pass after the amax loops, where XLA's GPU compile holds no FP32 copy
+  (XLA on CPU copies the whole tensor instead).
   `values(g_block, carry_block) -> (m32, v32, w32)`; `finish(m32, v32, w32, master, scale_fn)`
   -> the stored (m, v, w, master) of the block."""
   g8, take_g, _, _ = _row_slicer(g, blocks)
@@ -287,6 +289,9 @@ def _block_update(values, finish, g, carry, blocks: int, with_master: bool):
     amaxes["master"] = a_w
     weight_amax = lambda gb, cb: formats.amax(decode(finish(*values(gb, cb), cb[3], scale)[3]))
     amaxes["w"] = amax_pass(weight_amax, zero)
+
+  if one_pass:
+    return finish(*values(g, carry), carry[3], scale)
 
   def write(j, carry8):
     # Block j's rows are read from the carry (not yet written), not from the loop's input: a
@@ -316,7 +321,7 @@ def _sum_of_squares(name, g, block_rows: int) -> jax.Array:
 
 
 def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-                 grad_clip=0.0, block_rows: int = 4096, whole_stacks: bool = True):
+                 grad_clip=0.0, block_rows: int = 4096, one_pass: bool = True):
   """`optimizer(level, ...)`'s update and `precision(level).apply` in one pass, for the train
   step (`Task.optimizer_step`): (encoded grads, opt_state, stored params) -> (stored params,
   opt_state, the gradients' global norm), on the same state as the optax chain (clipping
@@ -324,18 +329,20 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
 
   The optax path must hand a full FP32 updates tree from the optimizer to `apply`, and each
   narrow tensor's just-in-time scale needs its whole FP32 value before it can be written, so
-  XLA keeps several FP32 copies of the largest tensors alive at once. Here every stacked
-  matrix is updated in place, as MS-AMP's fused kernel updates each tensor, with no updates
-  tree: in a program for a GPU in one pass over the whole stack (after a loop over the layers
-  that takes their per-layer scales where the moments are narrow, `_stack_update`), elsewhere
-  one layer at a time in a loop that writes each layer's m, v, master and weight back into the
-  donated buffers (XLA on CPU copies whole stacks in a whole-stack update): one layer's FP32
-  temporaries at a time. `whole_stacks=False` takes the layer loop on a GPU too: where the
-  state is sharded and the weights are not (`sharding.layout=zero`), a whole stack's new
-  weight is gathered at once (+0.24 bytes per parameter per device for O3 on 8 H100s). An unstacked matrix (the embedding) is updated in place in row blocks of at
-  most `block_rows`, in two passes for its per-tensor scales (`_block_update`). Gradients are
-  decoded, and clipped by their global norm as `optax.clip_by_global_norm` does, layer by
-  layer too, and so is the norm computed (XLA on CPU does not fuse a decode into a
+  XLA keeps several FP32 copies of the largest tensors alive at once. Here every matrix is
+  updated in place, as MS-AMP's fused kernel updates each tensor, with no updates tree. On the
+  CPU (and with `one_pass=False`) a stacked matrix goes one layer at a time in a loop that
+  writes each layer's m, v, master and weight back into the donated buffers (one layer's FP32
+  temporaries at a time), and an unstacked one (the embedding) in row blocks of at most
+  `block_rows`, after loops taking its per-tensor scales (`_block_update`). In a program for a
+  GPU each is written in one pass over the whole tensor, after loops that only take the
+  scales where the moments are narrow (`_stack_update`): XLA's GPU compile holds no FP32 copy
+  there, while XLA on CPU copies whole stacks, and the loops' per-layer outputs and write-back
+  kernels cost GPU memory traffic. `one_pass=False` suits state sharded under replicated
+  weights (`sharding.layout=zero`): one pass gathers a whole stack's new weight at once (+0.24
+  bytes per parameter per device for O3 on 8 H100s). Gradients are decoded, and clipped by
+  their global norm as `optax.clip_by_global_norm` does, layer by layer too, and so is the
+  norm computed (XLA on CPU does not fuse a decode into a
   reduction: a whole-tree norm held an FP32 copy of every gradient). The new weight is
   rounded once from the FP32 value, not from w + (w' - w), so it may differ from the optax
   path by one rounding."""
@@ -387,13 +394,17 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
                                               with_master=has_master)
         else:
           whole = lambda g, *c: one(name, g, *c, stacked=True)
-        return dot.on_gpu(whole, by_layer, g, m, v, w, master) if whole_stacks else by_layer(g, m, v, w, master)
+        return dot.on_gpu(whole, by_layer, g, m, v, w, master) if one_pass else by_layer(g, m, v, w, master)
       # (with FP32 moments, none and O1, the row-block loops' carries get copied: whole is cheaper)
       blocks = (_row_blocks(w.shape[0], block_rows) if is_matrix(name) and not _stacked(name) and level.m in NARROW
                 else 1)
       if blocks > 1:
-        return _block_update(lambda g_b, c: values(name, g_b, *c), lambda *a: finish(name, *a), g, (m, v, w, master),
-                             blocks, with_master=has_master)
+        by_blocks = lambda whole: lambda g, *c: _block_update(lambda g_b, c_b: values(name, g_b, *c_b),
+                                                             lambda *a: finish(name, *a), g, c, blocks,
+                                                             with_master=has_master, one_pass=whole)
+        if one_pass:
+          return dot.on_gpu(by_blocks(True), by_blocks(False), g, m, v, w, master)
+        return by_blocks(False)(g, m, v, w, master)
       return one(name, g, m, v, w, master, stacked=_stacked(name))
 
     rest = (state.master,) if has_master else ()
@@ -464,10 +475,10 @@ def precision(level: Level, dots: dict | None = None) -> Precision:
       apply=apply)
 
 
-def optimizer_step(level: Level, schedule: optax.Schedule, cfg, whole_stacks: bool = True):
+def optimizer_step(level: Level, schedule: optax.Schedule, cfg, one_pass: bool = True):
   """`fused_update` with `optimizer(level, schedule, cfg)`'s hyperparameters (and state)."""
   return fused_update(level, schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay,
-                      grad_clip=cfg.grad_clip, whole_stacks=whole_stacks)
+                      grad_clip=cfg.grad_clip, one_pass=one_pass)
 
 
 def optimizer(level: Level, schedule: optax.Schedule, cfg) -> optax.GradientTransformation:

@@ -62,12 +62,14 @@ def test_fused_update_matches_the_optax_path(level, size, block_rows):
 
 @pytest.mark.parametrize("level", ["none", "O1", "O2", "O3"])
 @pytest.mark.parametrize("size", [1e-3, 10.0])
-def test_whole_stack_form_matches_the_optax_path(level, size, monkeypatch):
-  """The form a GPU program takes (each stacked matrix updated whole, not layer by layer; with
-  narrow moments after a loop over the layers that takes their scales: `_stack_update`),
-  here on CPU by choosing the GPU branch of `dot.on_gpu`."""
+@pytest.mark.parametrize("block_rows", [4096, 4])
+def test_one_pass_form_matches_the_optax_path(level, size, block_rows, monkeypatch):
+  """The form a GPU program takes (each matrix written in one pass over the whole tensor, after
+  loops that take the per-layer or per-tensor scales where the moments are narrow:
+  `_stack_update`, `_block_update(one_pass=True)`), here on CPU by choosing the GPU branch of
+  `dot.on_gpu`."""
   monkeypatch.setattr(fo.dot, "on_gpu", lambda gpu_fn, other_fn, *args: gpu_fn(*args))
-  _check_against_optax(level, size, 4096)
+  _check_against_optax(level, size, block_rows)
 
 
 def _check_against_optax(level, size, block_rows):
