@@ -381,30 +381,21 @@ def fused_update(level: Level, learning_rate: optax.ScalarOrSchedule, b1=0.9, b2
 
     def leaf(name, g, m, v, w, master=None):
       master = jnp.zeros((1,), F32) if master is None else master
+      values_of, finish_of = (lambda g, c: values(name, g, *c)), (lambda *a: finish(name, *a))
+      # In a program for a GPU one pass over the whole tensor, elsewhere the loops (docstring)
+      gpu_or = lambda whole, loops: (dot.on_gpu(whole, loops, g, m, v, w, master) if one_pass
+                                     else loops(g, m, v, w, master))
       if is_matrix(name) and _stacked(name) and w.shape[0] > 1:
-        # A GPU program updates the whole stack in one pass over the donated state: at once
-        # where m and v are FP32 (none, O1: XLA fuses the per-layer scale of O1's FP16 weight),
-        # after a loop taking the per-layer scales where they are narrow (O2, O3: at once, XLA
-        # would hold FP32 stacks). The layer loop's per-layer outputs and write-backs cost more
-        # memory traffic per step (FP8-LM 1.3B, `fp8_speed.py --aot h100`: 31 GiB at none,
-        # 14 at O2). XLA on CPU copies whole stacks in either whole form: the loop is for it.
         by_layer = lambda g, *c: _layer_loop(lambda g_i, c_i: one(name, g_i, *c_i, stacked=False), g, c)
-        if level.m in NARROW or level.v in NARROW:
-          whole = lambda g, *c: _stack_update(lambda g_, c_: values(name, g_, *c_), lambda *a: finish(name, *a), g, c,
-                                              with_master=has_master)
-        else:
-          whole = lambda g, *c: one(name, g, *c, stacked=True)
-        return dot.on_gpu(whole, by_layer, g, m, v, w, master) if one_pass else by_layer(g, m, v, w, master)
+        if level.m in NARROW or level.v in NARROW:  # at once, XLA's GPU compile would hold FP32 stacks
+          return gpu_or(lambda g, *c: _stack_update(values_of, finish_of, g, c, has_master), by_layer)
+        return gpu_or(lambda g, *c: one(name, g, *c, stacked=True), by_layer)  # O1's weight scale fuses
       # (with FP32 moments, none and O1, the row-block loops' carries get copied: whole is cheaper)
       blocks = (_row_blocks(w.shape[0], block_rows) if is_matrix(name) and not _stacked(name) and level.m in NARROW
                 else 1)
       if blocks > 1:
-        by_blocks = lambda whole: lambda g, *c: _block_update(lambda g_b, c_b: values(name, g_b, *c_b),
-                                                             lambda *a: finish(name, *a), g, c, blocks,
-                                                             with_master=has_master, one_pass=whole)
-        if one_pass:
-          return dot.on_gpu(by_blocks(True), by_blocks(False), g, m, v, w, master)
-        return by_blocks(False)(g, m, v, w, master)
+        by_blocks = lambda whole: lambda g, *c: _block_update(values_of, finish_of, g, c, blocks, has_master, whole)
+        return gpu_or(by_blocks(True), by_blocks(False))
       return one(name, g, m, v, w, master, stacked=_stacked(name))
 
     rest = (state.master,) if has_master else ()
