@@ -61,15 +61,13 @@ def test_fused_update_matches_the_optax_path(level, size, block_rows):
 
 
 @pytest.mark.parametrize("level", ["none", "O1", "O2", "O3"])
-@pytest.mark.parametrize("size", [1e-3, 10.0])
-@pytest.mark.parametrize("block_rows", [4096, 4])
-def test_one_pass_form_matches_the_optax_path(level, size, block_rows, monkeypatch):
+def test_one_pass_form_matches_the_optax_path(level, monkeypatch):
   """The form a GPU program takes (each matrix written in one pass over the whole tensor, after
   loops that take the per-layer or per-tensor scales where the moments are narrow:
   `_stack_update`, `_block_update(one_pass=True)`), here on CPU by choosing the GPU branch of
-  `dot.on_gpu`."""
+  `dot.on_gpu`; the embedding in 3 row blocks, clipping off (its path is shared)."""
   monkeypatch.setattr(fo.dot, "on_gpu", lambda gpu_fn, other_fn, *args: gpu_fn(*args))
-  _check_against_optax(level, size, block_rows)
+  _check_against_optax(level, 1e-3, 4)
 
 
 def _check_against_optax(level, size, block_rows):
