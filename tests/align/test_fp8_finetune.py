@@ -76,6 +76,7 @@ def test_plain_decodes_stored_and_restored_scaled_tensors():
   assert out["c"].dtype == jnp.float32 and out["n"].dtype == jnp.int32
 
 
+@pytest.mark.slow  # an FP8 fine-tuning stage end to end (~1 min on 2 cores): `make slow`
 def test_dpo_reference_is_the_initial_policy_under_the_stages_forward():
   """reference_log_probs runs the stage's own model (FP8 GEMMs at O2) at its initial
   variables, so the first preference loss is log 2 (DPO's reference = the initial policy)
@@ -113,7 +114,8 @@ def test_dpo_reference_is_the_initial_policy_under_the_stages_forward():
   assert own < plain / 3
 
 
-@pytest.mark.parametrize("level, tol", [("fp32", 1e-6), pytest.param("O2", 2e-3, marks=pytest.mark.slow)])
+@pytest.mark.slow  # a fine-tuning run end to end (~1 min on 2 cores): `make slow`
+@pytest.mark.parametrize("level, tol", [("fp32", 1e-6), ("O2", 2e-3)])
 def test_plain_finetune_loss_is_log2_for_a_model_that_did_not_move(tmp_path, level, tol):
   """report["finetune_loss_plain"] evaluates the fine-tuned parameters with the plain FP32
   forward against the plain reference: with a learning rate of 0 and no contrastive term the
