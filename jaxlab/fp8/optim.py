@@ -186,6 +186,11 @@ def _take(tree, i):
   return jax.tree.map(lambda a: lax.dynamic_index_in_dim(a, i, 0, keepdims=False), tree)
 
 
+def _layer_like(tree):
+  """Shapes and dtypes of one layer of each stacked array in `tree` (what `_unbytes` restores)."""
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
+
+
 def _fenced(fn, i, *args):
   """fn(*args), behind a fusion boundary where the arguments hold FP32 arrays: a conditional
   on the loop index (always true; the two branches are the same) whose operands are the
@@ -203,8 +208,7 @@ def _layer_loop(update, g, carry):
   """`update(g_i, carry_i) -> carry_i` for each layer i of stacked arrays, written back into
   `carry` slice by slice (a fori_loop whose carry is updated in place: with the state donated,
   its buffers are the step's outputs, and one layer's FP32 temporaries are live at a time)."""
-  slice_like = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
-  g_like, c_like = slice_like(g), slice_like(carry)
+  g_like, c_like = _layer_like(g), _layer_like(carry)
   g8 = _bytes(g)
 
   def body(i, c8):
@@ -223,8 +227,7 @@ def _stack_update(values, finish, g, carry, with_master: bool):
   pass one kernel writing over the donated state; XLA on CPU copies whole stacks in it, so
   CPU programs take `_layer_loop`. `values` and `finish` as for `_block_update`."""
   layers = jax.tree.leaves(g)[0].shape[0]
-  slice_like = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), tree)
-  g_like, c_like, g8, c8 = slice_like(g), slice_like(carry), _bytes(g), _bytes(carry)
+  g_like, c_like, g8, c8 = _layer_like(g), _layer_like(carry), _bytes(g), _bytes(carry)
   layer = lambda i: (_unbytes(_take(g8, i), g_like), _unbytes(_take(c8, i), c_like))
 
   def amax_pass(fn, n):
@@ -313,7 +316,7 @@ def _sum_of_squares(name, g, block_rows: int) -> jax.Array:
     return jnp.sum(jnp.square(decode(g)))
   if _stacked(name) and g.shape[0] > 1:
     g8 = _bytes(g)
-    like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), g)
+    like = _layer_like(g)
     body = lambda i, acc: acc + jnp.sum(jnp.square(decode(_unbytes(_take(g8, i), like))))
     return lax.fori_loop(0, g.shape[0], body, jnp.zeros((), F32))
   blocks = _row_blocks(g.shape[0], block_rows)
