@@ -83,6 +83,25 @@ def test_every_gemm_of_the_train_step_is_fp8(level, scaling, flax_dots):
   assert len(flax_dots.fp8) == len(report.fp8), (flax_dots.summary(), report.summary())
 
 
+@pytest.mark.parametrize("high_precision,fp8_gemms", [(None, 3 * 6), ((), 3 * 7 + 2)])
+def test_classify_keeps_the_vits_ends_out_of_fp8_by_default(high_precision, fp8_gemms):
+  """The classify trainer's default keeps the patch embedding and the head out of FP8 (its
+  FP8 parity, README): per scanned block q, k, v, out, fc, proj in FP8, 3 GEMMs each; with
+  `fp8.high_precision=()` the head's 3 too and the patch embedding's forward and wgrad (the
+  images take no gradient, so it has no dgrad)."""
+  from jaxlab.trainers import classify
+  cfg = classify.default_config()
+  cfg.fp8.level = "O2"
+  cfg.model.update(num_layers=2, d_model=32, num_heads=2)
+  if high_precision is not None:
+    cfg.fp8.high_precision = high_precision
+  (stage,) = classify.stages(cfg)
+  low = loop.lower_step(stage.task, stage.options, sharding.make_mesh(stage.options.mesh), stage.batch)
+  report = hlo.fp8_dots(low.lowered.as_text(dialect="hlo"))
+  assert not report.blocked, report.summary()
+  assert len(report.fp8) == fp8_gemms, report.summary()
+
+
 def test_bf16_step_has_no_fp8_dots():
   report = _lowered_dots("none")
   assert not report.fp8 and not report.blocked and len(report.dots) >= 3 * PROJECTIONS
