@@ -5,7 +5,11 @@ several seeds, through the trainers' functional APIs with the same config and se
 
   nice -n 10 python bench/fp8_parity_trainers.py [--seeds 0,1,2 --workdir /tmp/fp8_parity_trainers]
 
-classify: the final held-out (test split) loss. align: only the fine-tuning stage changes
+classify: the final held-out (test split) loss of a 2-layer ViT (d_model 64 unless
+--classify-d-model) after 600 steps at learning rate 5e-4, with the trainer's FP8 config
+(its default keeps the patch embedding and the head in BF16; --classify-high-precision ""
+puts every GEMM in FP8); `bench/fp8_classify_ablation.py` changes one piece of O1 at a time.
+align: only the fine-tuning stage changes
 level; per seed one BF16 run trains the pretraining and aesthetic stages, and every level
 fine-tunes from them (pretrain.workdir / aesthetic.workdir), so the levels differ in the
 DPO stage alone, with the trainer's FP8 config (its default `fp8.high_precision` keeps the
@@ -18,8 +22,9 @@ forward (the trainer's report.json `finetune_loss_plain`), which separates a wor
 from quantization noise in the measurement; align_heldout compares the same models on the
 test split's held-out contents (report.json). Every trainer also runs in FP32 throughout, the
 control (`--no-control` skips it): its gap to BF16 shows what the measure reports when nothing
-is in FP8; `--peer` adds flax's FP8 (`fp8.level=flax`, every GEMM in FP8) beside the levels. Prints each level's mean over seeds with its gap to BF16, the standard error of the
-per-seed (paired) gaps and the per-seed gaps, and ends with `max_rel_gap_classify=..
+is in FP8; `--peer` adds flax's FP8 (`fp8.level=flax`, every GEMM in FP8) beside the levels.
+Prints each level's mean over seeds with its gap to BF16, the standard error of the per-seed
+(paired) gaps and the per-seed gaps, and ends with `max_rel_gap_classify=..
 max_rel_gap_align=.. max_rel_gap_align_plain=.. seeds=..`; goal: every FP8 level within 0.5% on
 the mean, `NOT met` when a gap exceeds it by more than two standard errors, `not resolved`
 when it exceeds it by less. Runs are cached in the workdir (a rerun continues).
@@ -53,7 +58,7 @@ def classify_loss(level: str, seed: int, args) -> float:
   cfg = classify.default_config()
   cfg.seed = seed
   cfg.fp8.level = level
-  cfg.model.update(num_layers=2, d_model=64, num_heads=2)
+  cfg.model.update(num_layers=2, d_model=args.classify_d_model, num_heads=args.classify_d_model // 32)
   cfg.train.update(batch_size=64, steps=args.classify_steps, log_every=50, eval_every=0,
                    checkpoint_every=args.classify_steps)
   cfg.optim.update(learning_rate=args.classify_lr, warmup_steps=30)
@@ -74,7 +79,7 @@ def _classify_high_precision(args) -> tuple[str, ...]:
 def _classify_tag(args, level: str) -> str:
   """What a classify run's cache key and workdir carry besides level and seed (the modules
   kept out of FP8 only at an FP8 level: none and fp32 runs are shared)."""
-  tag = f"{args.classify_steps}/lr{args.classify_lr:g}"
+  tag = f"{args.classify_steps}/lr{args.classify_lr:g}" + (f"/d{args.classify_d_model}" if args.classify_d_model != 64 else "")
   if _classify_high_precision(args) and level in LEVELS[1:]:
     tag += "/hp" + "+".join(_classify_high_precision(args))
   return tag
@@ -171,6 +176,7 @@ def main():
   # from BF16 on the same seed. At 5e-4 they track each other (README, "Loss parity").
   p.add_argument("--classify-steps", type=int, default=600)
   p.add_argument("--classify-lr", type=float, default=5e-4)
+  p.add_argument("--classify-d-model", type=int, default=64, help="the ViT's width (heads of 32)")
   p.add_argument("--classify-high-precision", default=None,
                  help="comma-separated modules kept out of FP8 (fp8.high_precision); default: the trainer's")
   p.add_argument("--align-arg", default="tiny")
