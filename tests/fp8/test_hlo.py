@@ -7,7 +7,7 @@ import pytest
 from jaxlab import config as config_lib, sharding
 from jaxlab.fp8 import hlo
 from jaxlab.train import loop
-from jaxlab.trainers import lm
+from jaxlab.trainers import classify, lm
 
 # Written by hand in the syntax of `Lowered.as_text(dialect="hlo")`: one dot of each kind.
 MODULE = """HloModule m, entry_computation_layout={(f8e4m3fn[4,8]{1,0}, f8e5m2[8,3]{1,0}, f32[])->f32[4,3]{1,0}}
@@ -89,7 +89,6 @@ def test_classify_keeps_the_vits_ends_out_of_fp8_by_default(high_precision, fp8_
   FP8 parity, README): per scanned block q, k, v, out, fc, proj in FP8, 3 GEMMs each; with
   `fp8.high_precision=()` the head's 3 too and the patch embedding's forward and wgrad (the
   images take no gradient, so it has no dgrad)."""
-  from jaxlab.trainers import classify
   cfg = classify.default_config()
   cfg.fp8.level = "O2"
   cfg.model.update(num_layers=2, d_model=32, num_heads=2)

@@ -167,6 +167,7 @@ def _sharded_o3(tmp_path, layout: str, data: int):
   return stage, mesh, loop.compile_step(stage.task, stage.options, mesh, stage.batch)
 
 
+@pytest.mark.slow  # make test's longest (~80 s on 2 cores); CI's make slow runs it
 def test_o3_fsdp_splits_fp8_weights_master_and_moments_over_the_data_axis(tmp_path):
   """FP8-LM's O3 shards the FP8 weights, the FP16 master weights and the moments across the
   data ranks. Under `sharding.layout=fsdp` every matrix's stored data (weight, master, m, v:
