@@ -19,8 +19,6 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np
-
 import fp8_dpo_ablation as ablation
 import fp8_parity_trainers as parity
 
@@ -32,16 +30,13 @@ def main():
   p.add_argument("--workdir", default="/tmp/fp8pt")
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
-  run = argparse.Namespace(classify_steps=600, classify_lr=5e-4, classify_d_model=64, workdir=args.workdir,
-                           classify_high_precision=None)
-  base = [parity.classify_loss("none", s, run) for s in seeds]  # the trainer's BF16 (no FP8 GEMMs to keep out)
-  assert not ablation._variant(args.variant)  # these variants patch this process's jaxlab.fp8
+  run = parity.parser().parse_args(["--workdir", args.workdir])  # the parity bench's classify setting
+  base = [parity.classify_loss("none", s, run) for s in seeds]  # its BF16 runs (made if missing)
+  assert not ablation.variant_overrides(args.variant)  # these variants only patch this process's jaxlab.fp8
   run.classify_high_precision = ""  # every GEMM in FP8, as the DPO ablation's variants
   run.workdir = os.path.join(args.workdir, f"ablation_{args.variant}")
   losses = [parity.classify_loss("O1", s, run) for s in seeds]
-  gaps = np.array([(a - b) / b for a, b in zip(losses, base)])
-  gap = (np.mean(losses) - np.mean(base)) / np.mean(base)
-  se = gaps.std(ddof=1) / np.sqrt(len(gaps)) if len(gaps) > 1 else float("nan")
+  gap, se, gaps = parity.paired_gap(losses, base)
   print(f"O1 {args.variant}: gap to none {gap:+.3%} +- {se:.3%}   " + " ".join(f"{g:+.2%}" for g in gaps))
   print(json.dumps(dict(zip(map(str, seeds), losses))))
   print(f"classify_ablation variant={args.variant} gap={gap:.4f} se={se:.4f} seeds={len(seeds)}")

@@ -77,10 +77,12 @@ def apply_variant(variant: str) -> list[str]:
   variant but ends16 starts from O1 with every GEMM in FP8 (`fp8.high_precision=()`)."""
   if variant == "ends16":
     return [f"fp8.high_precision={ENDS!r}"]
-  return ["fp8.high_precision=()", *_variant(variant)]
+  return ["fp8.high_precision=()", *variant_overrides(variant)]
 
 
-def _variant(variant: str) -> list[str]:
+def variant_overrides(variant: str) -> list[str]:
+  """Patch this process's jaxlab.fp8 for `variant` (O1 with one piece changed); the config
+  overrides it needs besides."""
   if variant == "nogemm":
     _no_port()
     fp8.dot_general_for = lambda f: None

@@ -7,7 +7,7 @@ several seeds, through the trainers' functional APIs with the same config and se
 
 classify: the final held-out (test split) loss of a 2-layer ViT (d_model 64 unless
 --classify-d-model) after 600 steps at learning rate 5e-4, with the trainer's FP8 config
-(its default keeps the patch embedding and the head in BF16; --classify-high-precision ""
+(its default keeps the patch embedding and the head out of FP8; --classify-high-precision ""
 puts every GEMM in FP8); `bench/fp8_classify_ablation.py` changes one piece of O1 at a time.
 align: only the fine-tuning stage changes
 level; per seed one BF16 run trains the pretraining and aesthetic stages, and every level
@@ -80,9 +80,8 @@ def _classify_tag(args, level: str) -> str:
   """What a classify run's cache key and workdir carry besides level and seed (the modules
   kept out of FP8 only at an FP8 level: none and fp32 runs are shared)."""
   tag = f"{args.classify_steps}/lr{args.classify_lr:g}" + (f"/d{args.classify_d_model}" if args.classify_d_model != 64 else "")
-  if _classify_high_precision(args) and level in LEVELS[1:]:
-    tag += "/hp" + "+".join(_classify_high_precision(args))
-  return tag
+  kept = _classify_high_precision(args)
+  return tag + ("/hp" + "+".join(kept) if kept and level in LEVELS[1:] else "")
 
 
 def _align_cfg(level: str, seed: int, args, base: str | None, extra=()):
@@ -145,6 +144,15 @@ def verdict(worst_gap: float, worst_se: float) -> str:
   return "NOT met" if worst_gap - GOAL > 2 * worst_se else "not resolved"
 
 
+def paired_gap(losses, base) -> tuple[float, float, np.ndarray]:
+  """(gap of the mean to the base's mean, standard error of the per-seed gaps, per-seed gaps)
+  of one level's losses against the BF16 losses of the same seeds."""
+  per_seed = np.array([(a - b) / b for a, b in zip(losses, base)])
+  gap = (np.mean(losses) - np.mean(base)) / np.mean(base)
+  se = float(np.std(per_seed, ddof=1) / np.sqrt(len(per_seed))) if len(per_seed) > 1 else float("nan")
+  return float(gap), se, per_seed
+
+
 def table(name: str, losses: dict) -> float:
   """Print one trainer's table; the largest |gap| of an FP8 level's mean to BF16's. Each
   row: mean over seeds, its gap to BF16's mean, the standard error of the per-seed (paired)
@@ -156,9 +164,7 @@ def table(name: str, losses: dict) -> float:
   worst, worst_se = 0.0, 0.0
   for level in [lv for lv in (CONTROL, *LEVELS, PEER) if lv in losses]:
     mean = float(np.mean(losses[level]))
-    per_seed = np.array([(a - b) / b for a, b in zip(losses[level], losses["none"])])
-    gap = (mean - base) / base
-    se = float(np.std(per_seed, ddof=1) / np.sqrt(n)) if n > 1 else float("nan")
+    gap, se, per_seed = paired_gap(losses[level], losses["none"])
     if level in LEVELS[1:] and abs(gap) > worst:
       worst, worst_se = abs(gap), se
     print(f"{level:5s} {mean:9.4f}  {gap:+8.3%} +- {se:6.3%}   " + " ".join(f"{g:+.2%}" for g in per_seed))
@@ -168,7 +174,8 @@ def table(name: str, losses: dict) -> float:
   return worst
 
 
-def main():
+def parser() -> argparse.ArgumentParser:
+  """This bench's options (`bench/fp8_classify_ablation.py` reads the classify ones)."""
   p = argparse.ArgumentParser()
   p.add_argument("--workdir", default="/tmp/fp8_parity_trainers")
   p.add_argument("--seeds", default="0,1,2")
@@ -186,7 +193,11 @@ def main():
   p.add_argument("--only", default="classify,align")
   p.add_argument("--no-control", action="store_true", help=f"skip the {CONTROL} control runs")
   p.add_argument("--peer", action="store_true", help=f"also run the peer, level {PEER} (flax.linen.fp8_ops)")
-  args = p.parse_args()
+  return p
+
+
+def main():
+  args = parser().parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   only = set(args.only.split(","))
   cache = os.path.join(args.workdir, "losses.json")
