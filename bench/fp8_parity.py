@@ -6,16 +6,20 @@ trainer's functional API (`jaxlab.trainers.lm.train_and_evaluate`) with configs/
 
   nice -n 10 python bench/fp8_parity.py [--steps 400 --seeds 0,1,2 --workdir /tmp/fp8_parity]
 
-Prints the final held-out loss of each run (the mean over seeds) and its relative gap to
-BF16 with the per-seed gaps beside it, saves the loss curves of the first seed as one PNG,
-and ends with `max_rel_gap=<..>` over the FP8-LM levels (O1, O2, O3, O2-block). The goal
-(issue 3): every FP8 level within 0.5% of BF16. At CPU sizes one seed is not enough: the
-same seed at two precisions ends up as far apart as two seeds (a few percent at 150
-steps), so judge the mean over seeds against the per-seed spread.
+Prints the final held-out loss of each run (the mean over seeds), its relative gap to
+BF16 with the standard error of the per-seed (paired) gaps and the per-seed gaps beside it,
+saves the loss curves of the first seed as one PNG, and ends with `max_rel_gap=<..>` over
+the FP8-LM levels (O1, O2, O3, O2-block). The goal (issue 3): every FP8 level within 0.5% of
+BF16, judged as `bench/fp8_parity_trainers.py` judges it (`met`; `NOT met` when a gap exceeds
+the goal by more than two standard errors; otherwise `not resolved`). fp32 is the control:
+its gap shows what the measure reports when nothing is in FP8. At CPU sizes one seed is not
+enough: the same seed at two precisions drifts apart (a few percent at 150 steps). Finished
+runs are cached in `<workdir>/runs.json` under their settings, so a rerun continues.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -30,6 +34,7 @@ import numpy as np
 from jaxlab import config as config_lib
 from jaxlab.train import metrics as metrics_lib
 from jaxlab.trainers import lm
+from fp8_parity_trainers import paired_gap, verdict
 
 # (run name, config argument level, overrides)
 RUNS = (
@@ -42,7 +47,8 @@ RUNS = (
     ("flax", "flax", {}),
 )
 FP8_LEVELS = ("O1", "O2", "O3", "O2-block")
-GOAL = 0.005
+# What a run's result depends on besides its name and seed: the cache key.
+SETTINGS = ("steps", "layers", "d_model", "heads", "seq", "batch", "vocab", "lr", "block", "eval_batches", "log_every")
 
 
 def run_config(level: str, args, overrides: dict, shared: str | None, seed: int = 0):
@@ -112,38 +118,47 @@ def main():
 
   runs = [r for r in RUNS if not args.only or r[0] in args.only.split(",")]
   os.makedirs(args.workdir, exist_ok=True)
+  cache_path = os.path.join(args.workdir, "runs.json")
+  cache = json.load(open(cache_path)) if os.path.exists(cache_path) else {}
+  settings = ",".join(f"{k}={getattr(args, k)}" for k in SETTINGS)
   shared, losses, times, curves = None, {}, {}, {}
   for seed in seeds:
     for name, level, overrides in runs:
       workdir = os.path.join(args.workdir, f"{name}_seed{seed}")
-      shutil.rmtree(workdir, ignore_errors=True)  # the loop resumes from a workdir: start clean
-      cfg = run_config(level, args, overrides, shared, seed)
-      t0 = time.perf_counter()
-      summary = lm.train_and_evaluate(cfg, workdir)
-      times.setdefault(name, []).append(time.perf_counter() - t0)
-      shared = shared or workdir  # the first run's tokenizer and prepared data serve every run
-      if seed == seeds[0]:
+      key = f"{name}/{seed}/{settings}"
+      if key not in cache:
+        shutil.rmtree(workdir, ignore_errors=True)  # the loop resumes from a workdir: start clean
+        cfg = run_config(level, args, overrides, shared, seed)
+        t0 = time.perf_counter()
+        summary = lm.train_and_evaluate(cfg, workdir)
         rows = metrics_lib.read_rows(summary.metrics_path)
-        curves[name] = [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]
-      losses.setdefault(name, []).append(summary.metrics["loss"])
-      print(f"  seed {seed} {name:9s} held-out loss {summary.metrics['loss']:.4f}  ({times[name][-1]:.0f} s)", flush=True)
+        cache[key] = {"loss": summary.metrics["loss"], "time": time.perf_counter() - t0,
+                      "curve": [(r["step"], r["loss"]) for r in rows if r["split"] == "train"]}
+        json.dump(cache, open(cache_path, "w"))
+        print(f"  seed {seed} {name:9s} held-out loss {cache[key]['loss']:.4f}  ({cache[key]['time']:.0f} s)",
+              flush=True)
+      if shared is None and os.path.isdir(os.path.join(workdir, "tokenizer")):
+        shared = workdir  # the first run's tokenizer and prepared data serve every run
+      times.setdefault(name, []).append(cache[key]["time"])
+      losses.setdefault(name, []).append(cache[key]["loss"])
+      if seed == seeds[0]:
+        curves[name] = cache[key]["curve"]
 
   png = os.path.join(args.workdir, "fp8_parity_loss.png")
   plot(curves, png)
   mean = {n: float(np.mean(v)) for n, v in losses.items()}
-  base = mean.get("none")
-  # Per-seed gaps show the run-to-run spread that the mean gap should be read against.
-  per_seed = {n: [(l - b) / b for l, b in zip(v, losses["none"])] for n, v in losses.items()} if base else {}
-  print(f"\n{'run':10s} {'held-out loss':>14s} {'rel. gap to none':>17s} {'per-seed gaps':>28s} {'time/run':>9s}")
+  print(f"\n{'run':10s} {'held-out loss':>14s} {'gap to none +- SE':>20s} {'per-seed gaps':>28s} {'time/run':>9s}")
+  fp8_gaps = []  # (|gap|, its standard error) of each FP8 level
   for name, value in mean.items():
-    gap = f"{(value - base) / base:+.3%}" if base else "-"
-    spread = " ".join(f"{g:+.2%}" for g in per_seed.get(name, []))
-    print(f"{name:10s} {value:14.4f} {gap:>17s} {spread:>28s} {np.median(times[name]):8.0f}s")
+    gap, se, per_seed = paired_gap(losses[name], losses["none"]) if "none" in losses else (float("nan"),) * 3
+    if name in FP8_LEVELS:
+      fp8_gaps.append((abs(gap), se))
+    spread = " ".join(f"{g:+.2%}" for g in np.atleast_1d(per_seed))
+    print(f"{name:10s} {value:14.4f} {f'{gap:+.3%} +- {se:.3%}':>20s} {spread:>28s} {np.median(times[name]):8.0f}s")
   print(f"loss curves (seed {seeds[0]}): {png}")
-  gaps = {n: abs(mean[n] - base) / base for n in FP8_LEVELS if n in mean and base}
-  worst = max(gaps.values()) if gaps else float("nan")
-  met = "met" if worst <= GOAL else "NOT met"
-  print(f"goal |gap| <= {GOAL:.1%} for every FP8 level (O1, O2, O3, O2-block), on the mean over seeds: {met}")
+  worst, worst_se = max(fp8_gaps, default=(float("nan"), float("nan")))
+  print(f"goal |gap| <= 0.5% for every FP8 level (O1, O2, O3, O2-block), on the mean over seeds: "
+        f"{verdict(worst, worst_se)} (max {worst:.3%} +- {worst_se:.3%})")
   print(f"max_rel_gap={worst:.4f}")
 
 
