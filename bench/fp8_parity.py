@@ -64,7 +64,7 @@ def run_config(level: str, args, overrides: dict, shared: str | None, seed: int 
     c.tokenizer.path = os.path.join(shared, "tokenizer")
     c.data.data_dir = os.path.join(shared, "data")
   for key, value in overrides.items():
-    config_lib.apply_overrides(c, [f"{key}={value}"])
+    c = config_lib.apply_overrides(c, [f"{key}={value}"])
   return c
 
 

@@ -64,6 +64,7 @@ def classify_loss(level: str, seed: int, args) -> float:
   cfg.optim.update(learning_rate=args.classify_lr, warmup_steps=30)
   cfg.fp8.high_precision = _classify_high_precision(args)
   cfg.data.data_dir = os.path.join(args.workdir, "digits")
+  cfg = config_lib.apply_overrides(cfg, list(getattr(args, "overrides", ())))  # an ablation's changes
   name = f"classify_{level}_s{seed}_{_classify_tag(args, level).replace('/', '_')}"
   result = classify.train_and_evaluate(cfg, os.path.join(args.workdir, name))
   return float(result.metrics["loss"])
