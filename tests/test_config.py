@@ -65,7 +65,9 @@ def test_semantic_errors_name_the_key(tmp_path):
                             ("model.dtype=fp9", "model.dtype: 'fp9' is not one of"),
                             ("sharding.layout=zeta", "sharding.layout='zeta' is not one of"),
                             ("mesh=(('data', 3), ('model', 2))", "needs 6 devices but 8 are available"),
-                            ("data.files=('missing.txt',)", "data.files: 'missing.txt' does not exist")]:
+                            ("data.files=('missing.txt',)", "data.files: 'missing.txt' does not exist"),
+                            ("fp8.master=fp8", "fp8.master: 'fp8' is not one of"),
+                            ("fp8.master=fp32", "fp8.master: only O1, O2 and O3 keep FP16 master weights")]:
     cfg = config_lib.load(QUICKSTART, [override])
     with pytest.raises(ValueError, match=message):
       lm.train_and_evaluate(cfg, str(tmp_path / "w"))

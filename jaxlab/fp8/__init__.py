@@ -33,6 +33,7 @@ from jaxlab.train import optim as train_optim
 from jaxlab.train.state import GradPorts, Task
 
 NAME = "fp8"  # the config group this method reads
+MASTERS = {"fp16": jax.numpy.float16, "fp32": jax.numpy.float32}  # fp8.master
 
 # fp32: no mixed precision at all; flax: the peer, flax.linen.fp8_ops (FP8 GEMM inputs with
 # delayed scaling, everything else as BF16 mixed precision "none").
@@ -45,9 +46,11 @@ PARTITION_RULES = ((r"(kernel|embedding)/scale$", ()),)
 def default_config() -> dict:
   """The `fp8` config group: level, scaling recipe and gradient communication.
   `high_precision`: names of the modules whose GEMMs stay in the compute dtype at O1-O3
-  (`Recipe.high_precision`)."""
+  (`Recipe.high_precision`). `master`: the format of the master weights at O1-O3, "fp16"
+  (FP8-LM's) or "fp32" (`fp8_optim.with_master`: 2 more bytes per parameter, keeps updates
+  below half an FP16 ulp of the weight)."""
   return dict(level="fp32", scaling="delayed", history=16, margin=0, power_of_two=False, block=128, comm=False,
-              high_precision=())
+              high_precision=(), master="fp16")
 
 
 def configure(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -60,6 +63,9 @@ def configure(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   req(f.block >= 1, "fp8.block", "must be positive")
   req(isinstance(f.high_precision, (tuple, list)) and all(isinstance(n, str) for n in f.high_precision),
       "fp8.high_precision", f"{f.high_precision!r} is not a tuple of module names")
+  req(f.master in MASTERS, "fp8.master", f"{f.master!r} is not one of {tuple(MASTERS)}")
+  req(f.master == "fp16" or f.level in ("O1", "O2", "O3"), "fp8.master",
+      f"only O1, O2 and O3 keep FP16 master weights; fp8.level={f.level!r} keeps FP32 ones")
   if f.comm:
     req(f.level in ("O1", "O2", "O3"), "fp8.comm", f"FP8 gradient communication needs level O1/O2/O3, not {f.level!r}")
     req("data" in dict(cfg.mesh), "fp8.comm", "the mesh needs a 'data' axis")
@@ -79,6 +85,13 @@ def recipe(f) -> Recipe:
                 high_precision=tuple(f.high_precision))
 
 
+def level_of(f) -> fp8_optim.Level:
+  """The storage formats of an `fp8` group: its level's (`none`'s for flax's peer), with
+  the master weights in `fp8.master` at O1-O3."""
+  level = fp8_optim.get_level("none" if f.level == "flax" else f.level)
+  return fp8_optim.with_master(level, MASTERS[f.master])
+
+
 def dot_general_for(f):
   """The models' `dot_general_cls`: FP8 GEMMs for O1/O2/O3 (and flax's for the peer)."""
   if f.level == "flax":
@@ -93,9 +106,9 @@ def task_options(f, dots: dict | None = None) -> dict:
   if f.level == "fp32":
     return {}
   if f.level == "flax":  # flax returns the new scale state as the state's "gradient"
-    return dict(precision=fp8_optim.precision(fp8_optim.LEVELS["none"]),
+    return dict(precision=fp8_optim.precision(level_of(f)),
                 observed={fp8_ops.OVERWRITE_WITH_GRADIENT: lambda old, new: new})
-  return dict(precision=fp8_optim.precision(fp8_optim.get_level(f.level), dots),
+  return dict(precision=fp8_optim.precision(level_of(f), dots),
               observed={dot.COLLECTION: dot.update_meta} if f.level != "none" and f.scaling == "delayed" else {},
               grad_sync=comm.fp8_grad_sync() if f.comm else None,
               grad_ports=GradPorts(dot.GRADS, dot.port_gradients) if recipe(f).fp8_wgrad else None)
@@ -106,8 +119,7 @@ def optimizer_for(cfg: ml_collections.ConfigDict, schedule: optax.Schedule) -> o
   Reads the trainer's `optim` group (and `train.steps` for fp32's schedule)."""
   if cfg.fp8.level == "fp32":
     return train_optim.adamw(cfg.optim, cfg.train.steps)
-  level = "none" if cfg.fp8.level == "flax" else cfg.fp8.level
-  return fp8_optim.optimizer(fp8_optim.get_level(level), schedule, cfg.optim)
+  return fp8_optim.optimizer(level_of(cfg.fp8), schedule, cfg.optim)
 
 
 def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
@@ -128,7 +140,7 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
     raise ValueError("fp8.apply needs the task's learning-rate schedule (Task.schedule)")
   # every level updates in place (fp8.optim.fused_update); flax's peer as none. Under `zero`
   # (sharded state, replicated weights) layer by layer on a GPU too: less gathered at once
-  fused = fp8_optim.optimizer_step(fp8_optim.LEVELS["none" if f.level == "flax" else f.level], task.schedule, cfg.optim,
+  fused = fp8_optim.optimizer_step(level_of(f), task.schedule, cfg.optim,
                                    one_pass=not ("sharding" in cfg and cfg.sharding.get("layout") == "zero"))
   # with ports, the FP8 dots decode their own kernels, layer by layer
   dots = fp8_dots(task.replace(model=model)) if recipe(f).fp8_wgrad else None

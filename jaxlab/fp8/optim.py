@@ -69,6 +69,17 @@ def get_level(name: str) -> Level:
   return LEVELS[name]
 
 
+def with_master(level: Level, dtype) -> Level:
+  """`level` with its master copy of the weights in `dtype` (the `fp8.master` option): O1's
+  and O2's weights are their own master copy, O3's master is a separate copy of its FP8
+  weights. FP8-LM keeps it in FP16, whose 2^-11 relative rounding drops an update smaller
+  than half an FP16 ulp of the weight; FP32 keeps such updates at 2 more bytes per
+  parameter."""
+  if not level.gemm_fp8:
+    return level
+  return dataclasses.replace(level, weight=dtype) if level.master is None else dataclasses.replace(level, master=dtype)
+
+
 def _stacked(name: str) -> bool:
   return "/layers/" in f"/{name}/"
 

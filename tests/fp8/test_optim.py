@@ -92,6 +92,34 @@ def test_o3_first_step_stores_master_minus_lr_sign_g_rounded_once():
                              np.asarray(bias) - lr * np.sign(np.asarray(gb)), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("level", ["O1", "O3"])
+@pytest.mark.parametrize("master", ["fp16", "fp32"])
+def test_fp32_master_keeps_an_update_below_half_an_fp16_ulp_that_fp16_drops(level, master):
+  """Adam's first step moves each weight by lr * sign(g) (eps tiny). With weights in [0.5, 1)
+  and lr = 2^-14, under half an FP16 ulp of every weight (2^-12 of it at least), FP8-LM's
+  FP16 master weights (O1's weights themselves, O3's separate copy) keep every FP16 code
+  (only the per-tensor scale follows the amax), and `fp8.master=fp32` moves every weight by
+  the step, to FP32's rounding."""
+  f = ml_collections.ConfigDict(dict(fp8.default_config(), level=level, master=master))
+  lvl, lr = fp8.level_of(f), 2.0 ** -14
+  w0 = jax.random.uniform(jax.random.key(3), (2, 8, 16), minval=0.5, maxval=1.0)
+  params = {"decoder": {"layers": {"block": {"mlp": {"fc": {"kernel": w0}}}}}}
+  prec, tx = fo.precision(lvl), fo.scaled_adamw(lvl, lr, 0.9, 0.95, eps=1e-12)
+  stored, state0 = prec.store(params), tx.init(params)
+  g = jax.tree.map(lambda p: jnp.cos(p * 50 + 1), params)
+  updates, state = tx.update(g, state0, prec.values(stored))
+  # the master copy: O1's stored weights, O3's optimizer state
+  master_of = (lambda st, s: _kernel(st)) if level == "O1" else (lambda st, s: _kernel(s.master))
+  before, after = master_of(stored, state0), master_of(prec.apply(stored, updates), state)
+  if master == "fp16":
+    assert after.dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(after.data), np.asarray(before.data))  # every update dropped
+  else:
+    assert after.dtype == jnp.float32
+    step = -lr * np.sign(np.asarray(_kernel(g)))
+    np.testing.assert_allclose(np.asarray(after) - np.asarray(before), step, rtol=0, atol=2 ** -24)  # every one kept
+
+
 def test_o2_optimizer_under_apply_if_finite_skips_a_nonfinite_step_and_keeps_its_state():
   params, lvl = _params(), fo.LEVELS["O2"]
   prec = fo.precision(lvl)
@@ -135,10 +163,12 @@ def test_o2_moments_are_fp8_and_fp16_with_per_tensor_scales():
   assert state.mu["decoder"]["layers"]["block"]["mlp"]["fc"]["bias"].dtype == jnp.float32  # vectors stay FP32
 
 
-@pytest.mark.parametrize("level,expected", [("fp32", 16), ("none", 16), ("O1", 11), ("O2", 6), ("O3", 7)])
+@pytest.mark.parametrize("level,expected", [("fp32", 16), ("none", 16), ("O1", 11), ("O2", 6), ("O3", 7),
+                                            ("O1+fp32", 13), ("O3+fp32", 9)])  # fp8.master=fp32: 2 more
 def test_bytes_per_parameter_of_a_real_gpt_train_state(level, expected):
   cfg = ml_collections.ConfigDict({"fp8": fp8.default_config(), "optim": dict(OPTIM), "train": {"steps": 10}})
-  cfg.fp8.level = level
+  level, _, master = level.partition("+")
+  cfg.fp8.level, cfg.fp8.master = level, master or "fp16"
   cfg.optim.learning_rate, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 1e-3, 1, 0.1
   plain = gpt.GPT(gpt.GPTConfig(vocab_size=1024, max_len=32, num_layers=2, d_model=128, num_heads=4, mlp_dim=512))
   task = Task(model=plain, init=lambda m, r: m.init(r, jnp.zeros((1, 8), jnp.int32)), loss=None,
@@ -152,4 +182,5 @@ def test_bytes_per_parameter_of_a_real_gpt_train_state(level, expected):
   assert abs(report["total"] - expected) < 0.1, report
   assert report["scales"] < 0.01, report  # overhead, reported apart
   if level == "O3":
-    assert report["weights"] == pytest.approx(1, abs=0.03) and report["master"] == pytest.approx(2, abs=0.03)
+    assert report["weights"] == pytest.approx(1, abs=0.03)
+    assert report["master"] == pytest.approx(4 if master else 2, abs=0.03)
