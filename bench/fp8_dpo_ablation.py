@@ -90,10 +90,10 @@ def variant_overrides(variant: str) -> list[str]:
     fp8_optim.LEVELS["O1"] = dataclasses.replace(fp8_optim.LEVELS["O1"], grad=jnp.bfloat16)
     _no_port()
   elif variant == "f32weight":  # FP32 weights (O1 keeps them in FP16, as the master copy)
-    fp8_optim.LEVELS["O1"] = dataclasses.replace(fp8_optim.LEVELS["O1"], weight=jnp.float32)
+    return ["fp8.master=fp32"]
   elif variant == "f32weight_bf16grad":  # both: flax's storage (FP32 weights, gradients in the compute dtype)
-    variant_overrides("f32weight")
     variant_overrides("bf16grad")
+    return ["fp8.master=fp32"]
   elif variant == "e4m3bwd":
     fp8_dot.E5M2 = fp8_dot.E4M3
   elif variant == "current":

@@ -8,7 +8,8 @@ several seeds, through the trainers' functional APIs with the same config and se
 classify: the final held-out (test split) loss of a 2-layer ViT (d_model 64 unless
 --classify-d-model) after 600 steps at learning rate 5e-4, with the trainer's FP8 config
 (its default keeps the patch embedding and the head out of FP8; --classify-high-precision ""
-puts every GEMM in FP8); `bench/fp8_classify_ablation.py` changes one piece of O1 at a time.
+puts every GEMM in FP8; --classify-master fp32 keeps FP32 master weights);
+`bench/fp8_classify_ablation.py` changes one piece of O1 at a time.
 align: only the fine-tuning stage changes
 level; per seed one BF16 run trains the pretraining and aesthetic stages, and every level
 fine-tunes from them (pretrain.workdir / aesthetic.workdir), so the levels differ in the
@@ -63,6 +64,8 @@ def classify_loss(level: str, seed: int, args) -> float:
                    checkpoint_every=args.classify_steps)
   cfg.optim.update(learning_rate=args.classify_lr, warmup_steps=30)
   cfg.fp8.high_precision = _classify_high_precision(args)
+  if level in LEVELS[1:]:
+    cfg.fp8.master = args.classify_master
   cfg.data.data_dir = os.path.join(args.workdir, "digits")
   cfg = config_lib.apply_overrides(cfg, list(getattr(args, "overrides", ())))  # an ablation's changes
   name = f"classify_{level}_s{seed}_{_classify_tag(args, level).replace('/', '_')}"
@@ -79,10 +82,14 @@ def _classify_high_precision(args) -> tuple[str, ...]:
 
 def _classify_tag(args, level: str) -> str:
   """What a classify run's cache key and workdir carry besides level and seed (the modules
-  kept out of FP8 only at an FP8 level: none and fp32 runs are shared)."""
+  kept out of FP8 and a non-default master format only at an FP8 level: none and fp32 runs
+  are shared)."""
   tag = f"{args.classify_steps}/lr{args.classify_lr:g}" + (f"/d{args.classify_d_model}" if args.classify_d_model != 64 else "")
   kept = _classify_high_precision(args)
-  return tag + ("/hp" + "+".join(kept) if kept and level in LEVELS[1:] else "")
+  if level in LEVELS[1:]:
+    tag += "/hp" + "+".join(kept) if kept else ""
+    tag += "/m" + args.classify_master if args.classify_master != "fp16" else ""
+  return tag
 
 
 def _align_cfg(level: str, seed: int, args, base: str | None, extra=()):
@@ -187,6 +194,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--classify-d-model", type=int, default=64, help="the ViT's width (heads of 32)")
   p.add_argument("--classify-high-precision", default=None,
                  help="comma-separated modules kept out of FP8 (fp8.high_precision); default: the trainer's")
+  p.add_argument("--classify-master", default="fp16", choices=("fp16", "fp32"),
+                 help="fp8.master of the FP8 levels' runs (default FP8-LM's fp16)")
   p.add_argument("--align-arg", default="tiny")
   p.add_argument("--pretrain-steps", type=int, default=200)
   p.add_argument("--align-steps", type=int, default=100)
