@@ -8,8 +8,8 @@ it makes if missing (same workdir).
   nice -n 5 python bench/fp8_classify_ablation.py --variant bf16grad [--seeds 0,1,2 --workdir /tmp/fp8pt]
 
 Prints the variant's gap to BF16 on the mean, the standard error of the paired gaps and the
-per-seed gaps, then O1's own (every GEMM in FP8, the parity bench's runs, made if missing)
-and the variant's change to it, paired per seed; last line `classify_ablation variant=..
+per-seed gaps, then O1's own (the same modules in FP8; the parity bench's runs, made if
+missing) and the variant's change to it, paired per seed; last line `classify_ablation variant=..
 gap=.. se=.. seeds=..`. Runs are cached.
 """
 from __future__ import annotations
