@@ -41,19 +41,19 @@ def main():
   args = p.parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   run = parity.parser().parse_args(["--workdir", args.workdir])  # the parity bench's classify setting
-  base = [parity.classify_loss("none", s, run) for s in seeds]  # its BF16 runs (made if missing)
+  base = [parity.cached_loss("classify", "none", s, run) for s in seeds]  # its BF16 runs (made if missing)
   run.classify_high_precision = args.high_precision  # default "": every GEMM in FP8, as the DPO ablation's variants
-  o1 = [parity.classify_loss("O1", s, run) for s in seeds]  # O1 itself, before the variant patches jaxlab.fp8
+  o1 = [parity.cached_loss("classify", "O1", s, run) for s in seeds]  # O1 itself, before the variant patches
   run.overrides = ablation.variant_overrides(args.variant)
   kept = "_hp" + args.high_precision.replace(",", "+") if args.high_precision else ""
   run.workdir = os.path.join(args.workdir, f"ablation_{args.variant}{kept}")
-  losses = [parity.classify_loss("O1", s, run) for s in seeds]
+  losses = [parity.cached_loss("classify", "O1", s, run) for s in seeds]  # in the variant's own losses.json
   gap, se, gaps = parity.paired_gap(losses, base)
   print(f"O1 {args.variant}: gap to none {gap:+.3%} +- {se:.3%}   " + " ".join(f"{g:+.2%}" for g in gaps))
   gap_o1, se_o1, gaps_o1 = parity.paired_gap(o1, base)
   change = gaps - gaps_o1  # the variant's effect, paired per seed
   print(f"O1 itself: gap to none {gap_o1:+.3%} +- {se_o1:.3%}; the variant changes it by {change.mean():+.3%} "
-        f"+- {change.std(ddof=1) / len(change) ** 0.5:.3%}   " + " ".join(f"{g:+.2%}" for g in change))
+        f"+- {parity.standard_error(change):.3%}   " + " ".join(f"{g:+.2%}" for g in change))
   print(json.dumps(dict(zip(map(str, seeds), losses))))
   print(f"classify_ablation variant={args.variant} gap={gap:.4f} se={se:.4f} seeds={len(seeds)}")
 

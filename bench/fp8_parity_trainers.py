@@ -84,7 +84,8 @@ def _classify_tag(args, level: str) -> str:
   """What a classify run's cache key and workdir carry besides level and seed (the modules
   kept out of FP8 and a non-default master format only at an FP8 level: none and fp32 runs
   are shared)."""
-  tag = f"{args.classify_steps}/lr{args.classify_lr:g}" + (f"/d{args.classify_d_model}" if args.classify_d_model != 64 else "")
+  tag = f"{args.classify_steps}/lr{args.classify_lr:g}"
+  tag += f"/d{args.classify_d_model}" if args.classify_d_model != 64 else ""
   kept = _classify_high_precision(args)
   if level in LEVELS[1:]:
     tag += "/hp" + "+".join(kept) if kept else ""
@@ -138,8 +139,7 @@ def align_heldout(seeds: list[int], levels, args) -> None:
   for key in HELDOUT:
     base = np.array([metric("none", s, key) for s in seeds])
     diffs = {level: np.array([metric(level, s, key) for s in seeds]) - base for level in levels if level != "none"}
-    se = lambda d: np.std(d, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    print(f"{key:28s} none {base.mean():.4f}  " + "  ".join(f"{lv} {d.mean():+.4f} +- {se(d):.4f}"
+    print(f"{key:28s} none {base.mean():.4f}  " + "  ".join(f"{lv} {d.mean():+.4f} +- {standard_error(d):.4f}"
                                                             for lv, d in diffs.items()))
 
 
@@ -152,13 +152,18 @@ def verdict(worst_gap: float, worst_se: float) -> str:
   return "NOT met" if worst_gap - GOAL > 2 * worst_se else "not resolved"
 
 
+def standard_error(values) -> float:
+  """Standard error of the mean of per-seed values (nan for one seed)."""
+  values = np.asarray(values)
+  return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
 def paired_gap(losses, base) -> tuple[float, float, np.ndarray]:
   """(gap of the mean to the base's mean, standard error of the per-seed gaps, per-seed gaps)
   of one level's losses against the BF16 losses of the same seeds."""
   per_seed = np.array([(a - b) / b for a, b in zip(losses, base)])
   gap = (np.mean(losses) - np.mean(base)) / np.mean(base)
-  se = float(np.std(per_seed, ddof=1) / np.sqrt(len(per_seed))) if len(per_seed) > 1 else float("nan")
-  return float(gap), se, per_seed
+  return float(gap), standard_error(per_seed), per_seed
 
 
 def table(name: str, losses: dict) -> float:
@@ -206,28 +211,35 @@ def parser() -> argparse.ArgumentParser:
   return p
 
 
+LOSSES = {"classify": classify_loss, "align": align_loss, "align_plain": align_plain_loss}
+
+
+def cached_loss(trainer: str, level: str, seed: int, args) -> float:
+  """`LOSSES[trainer](level, seed, args)`, recorded in `<args.workdir>/losses.json` and read
+  from there once it is (a rerun, or the ablation reading this bench's runs, redoes nothing)."""
+  path = os.path.join(args.workdir, "losses.json")
+  done = json.load(open(path)) if os.path.exists(path) else {}
+  key = f"{trainer}/{level}/{seed}" + ("/" + _classify_tag(args, level) if trainer == "classify" else "")
+  if key not in done:
+    os.makedirs(args.workdir, exist_ok=True)
+    done[key] = LOSSES[trainer](level, seed, args)
+    json.dump(done, open(path, "w"), indent=1)
+  return done[key]
+
+
 def main():
   args = parser().parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
   only = set(args.only.split(","))
-  cache = os.path.join(args.workdir, "losses.json")
-  os.makedirs(args.workdir, exist_ok=True)
-  done = json.load(open(cache)) if os.path.exists(cache) else {}
   results = {}
   levels = (*LEVELS, *(() if args.no_control else (CONTROL,)), *((PEER,) if args.peer else ()))
-  for trainer, fn in (("classify", classify_loss), ("align", align_loss), ("align_plain", align_plain_loss)):
+  for trainer in LOSSES:
     if trainer.split("_")[0] not in only:
       continue
     results[trainer] = {level: [] for level in levels}
-    for seed in seeds:
+    for seed in seeds:  # seed by seed: an interrupted run leaves whole seeds behind
       for level in levels:
-        key = f"{trainer}/{level}/{seed}"
-        if trainer == "classify":
-          key += "/" + _classify_tag(args, level)
-        if key not in done:
-          done[key] = fn(level, seed, args)
-          json.dump(done, open(cache, "w"), indent=1)
-        results[trainer][level].append(done[key])
+        results[trainer][level].append(cached_loss(trainer, level, seed, args))
   worst = {t: table(t, r) for t, r in results.items()}
   if "align" in only:
     align_heldout(seeds, levels, args)
