@@ -10,6 +10,8 @@ Platform:
   sharding       meshes, partition rules and sharded state creation
   checkpoint     Orbax checkpoints of the train state and the data iterator
   distributed    multi-process runs set up from the environment
+  targets        compile a step for a GPU this host does not have; its memory traffic
+  hlo_text       HLO module text parsed into computations and instructions
   data           built-in corpora, text/image datasets, grain pipelines and tokenizers
   models         Flax models: GPT, BERT, ViT, two-tower retrievers, Hugging Face interop
   train          the train state and the generic train/eval loop

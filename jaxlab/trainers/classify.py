@@ -9,6 +9,8 @@ The methods of jaxlab/trainers/methods.py apply as in every trainer; `learngene.
               distill.teacher_workdir when set, else trained on labels
   descendant  a plain ViT of depth model.num_layers initialised from the gene of
               learngene.gene_workdir (an auxiliary run), then trained normally
+  interpolated  the control: a plain run's layers (learngene.gene_workdir) resampled to
+              depth model.num_layers, then trained normally
 """
 from __future__ import annotations
 
@@ -215,7 +217,7 @@ def stages(cfg: ml_collections.ConfigDict) -> list[loop.Stage]:
 
 
 def train_and_evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> Result:
-  """Train a ViT on `cfg.data.name` into `workdir` (resuming) and evaluate on its test split."""
+  """Train a ViT (or CNN) on `cfg.data.name` into `workdir` (resuming) and evaluate on its test split."""
   cfg, opts = _configured(cfg)
   mesh = sharding.make_mesh(cfg.mesh)
   loop.check_mesh(opts, mesh)

@@ -3,7 +3,8 @@
 Each is a module with `NAME` (its config group), `default_config()`, `configure(cfg) -> cfg`
 (checks the group before any work, may resolve config values) and `apply(cfg, task) -> task`
 (one transformation of the trainer's Task). A trainer offers a method by having its group
-in its config; a new method is one more module in METHODS, not an edit to the trainers.
+in its default config; a new method is one more module in METHODS plus its group in the
+config of each trainer that offers it: the train state, the step and the loop need no edit.
 """
 from __future__ import annotations
 
