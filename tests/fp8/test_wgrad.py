@@ -2,6 +2,8 @@
 per-tensor scale, through the `fp8_grads` port; by dtype in the train step's gradients and
 in its backward scan, equal to a numpy + ml_dtypes quantization of the wgrad GEMM."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_dtypes
@@ -52,6 +54,7 @@ def test_port_carries_the_wgrad_quantized_once_and_the_kernel_cotangent_is_zero(
   np.testing.assert_allclose(np.asarray(vjp_plain(g)[1]), wgrad, rtol=1e-5, atol=1e-6)
 
 
+@functools.cache  # three tests share O2's (immutable arrays; no step here donates them)
 def _tiny_lm(level: str):
   cfg = config_lib.load(f"configs/fp8/gpt.py:{level}", [
       "tokenizer.path=", "tokenizer.vocab_size=256", "model.num_layers=2", "train.batch_size=4", "train.seq_len=32"])
