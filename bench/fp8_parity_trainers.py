@@ -227,6 +227,20 @@ def cached_loss(trainer: str, level: str, seed: int, args) -> float:
   return done[key]
 
 
+def master_change(seeds, args):
+  """With `--classify-master fp32`: how much each FP8 level's gap to BF16 moves against FP8-LM's
+  FP16 masters on the same seeds, paired per seed (the FP16-master runs are run or read)."""
+  fp16 = argparse.Namespace(**{**vars(args), "classify_master": "fp16"})
+  print(f"\nclassify, fp8.master={args.classify_master} against fp16: change of the gap to none, "
+        "mean +- standard error of the paired changes, then per seed")
+  base = [cached_loss("classify", "none", s, args) for s in seeds]
+  for level in LEVELS[1:]:
+    gaps = {a.classify_master: np.array([(cached_loss("classify", level, s, a) - b) / b for s, b in zip(seeds, base)])
+            for a in (args, fp16)}
+    change = gaps[args.classify_master] - gaps["fp16"]
+    print(f"{level:5s} {change.mean():+8.3%} +- {standard_error(change):6.3%}   " + " ".join(f"{c:+.2%}" for c in change))
+
+
 def main():
   args = parser().parse_args()
   seeds = [int(s) for s in args.seeds.split(",")]
@@ -241,6 +255,8 @@ def main():
       for level in levels:
         results[trainer][level].append(cached_loss(trainer, level, seed, args))
   worst = {t: table(t, r) for t, r in results.items()}
+  if "classify" in results and args.classify_master != "fp16":
+    master_change(seeds, args)
   if "align" in only:
     align_heldout(seeds, levels, args)
   print(" ".join(f"max_rel_gap_{t}={w:.4f}" for t, w in worst.items()) + f" seeds={len(seeds)}")
