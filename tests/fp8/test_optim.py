@@ -177,7 +177,7 @@ def test_bytes_per_parameter_of_a_real_gpt_train_state(level, expected):
   model = task.model
   state = jax.jit(functools.partial(init_state, task))(jax.random.key(0))  # real arrays
   report = memory.account(state, task.precision)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))  # the plain model's count
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 8), jnp.int32))  # the model's own parameter count
   assert report["params"] == sum(x.size for x in jax.tree.leaves(shapes["params"]))
   assert abs(report["total"] - expected) < 0.1, report
   assert report["scales"] < 0.01, report  # overhead, reported apart
