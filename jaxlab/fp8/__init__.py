@@ -30,7 +30,7 @@ from jaxlab import config as config_lib
 from jaxlab.fp8 import comm, dot, formats, hlo, memory, own, optim as fp8_optim
 from jaxlab.fp8.dot import Recipe
 from jaxlab.train import optim as train_optim
-from jaxlab.train.state import GradPorts, Task
+from jaxlab.train.state import GradPorts, Precision, Task
 
 NAME = "fp8"  # the config group this method reads
 MASTERS = {"fp16": jax.numpy.float16, "fp32": jax.numpy.float32}  # fp8.master
@@ -38,6 +38,11 @@ MASTERS = {"fp16": jax.numpy.float16, "fp32": jax.numpy.float32}  # fp8.master
 # fp32: no mixed precision at all; flax: the peer, flax.linen.fp8_ops (FP8 GEMM inputs with
 # delayed scaling, everything else as BF16 mixed precision "none").
 LEVEL_NAMES = ("fp32",) + tuple(fp8_optim.LEVELS) + ("flax",)
+
+# The Task fields fp8.apply sets outright, with their unset values (it also replaces the
+# model's dot_general and the optimizer, built from the `optim` group, and adds partition rules).
+SETS = {"precision": Precision(), "observed": {}, "grad_sync": None, "grad_ports": None, "optimizer_step": None,
+        "after_first_step": None}
 
 # Per-tensor scales of narrow arrays (".../kernel/scale") stay replicated whatever the layout.
 PARTITION_RULES = ((r"(kernel|embedding)/scale$", ()),)
@@ -138,6 +143,11 @@ def apply(cfg: ml_collections.ConfigDict, task: Task) -> Task:
     model = model.clone(dot_general_cls=dot_cls)
   if task.schedule is None:
     raise ValueError("fp8.apply needs the task's learning-rate schedule (Task.schedule)")
+  taken = [name for name, unset in SETS.items() if getattr(task, name) != unset]
+  if taken:  # replacing them would silently undo what an earlier transformation did
+    raise ValueError(f"fp8.apply sets Task.{', Task.'.join(taken)} outright, but the task has them set already "
+                     "(by a method before fp8 in trainers.methods.METHODS?): a method that changes them goes "
+                     "after fp8 there and wraps what fp8 sets")
   # every level updates in place (fp8.optim.fused_update); flax's peer as none. Under `zero`
   # (sharded state, replicated weights) layer by layer on a GPU too: less gathered at once
   fused = fp8_optim.optimizer_step(level_of(f), task.schedule, cfg.optim,

@@ -163,6 +163,28 @@ def test_o2_moments_are_fp8_and_fp16_with_per_tensor_scales():
   assert state.mu["decoder"]["layers"]["block"]["mlp"]["fc"]["bias"].dtype == jnp.float32  # vectors stay FP32
 
 
+def test_fp8_apply_refuses_to_undo_what_an_earlier_transformation_set():
+  """fp8.apply sets the step's formats and optimizer step outright: on a task where a method
+  before it already set them it raises, naming the fields, instead of silently dropping them."""
+  cfg = ml_collections.ConfigDict({"fp8": fp8.default_config(), "optim": dict(OPTIM), "train": {"steps": 10}})
+  cfg.fp8.level = "O2"
+  cfg.optim.learning_rate, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 1e-3, 1, 0.1
+  plain = gpt.GPT(gpt.GPTConfig(vocab_size=64, max_len=8, num_layers=1, d_model=32, num_heads=2, mlp_dim=64))
+  task = Task(model=plain, init=lambda m, r: m.init(r, jnp.zeros((1, 8), jnp.int32)), loss=None,
+              optimizer=train_optim.adamw(cfg.optim, 10), schedule=optax.constant_schedule(1e-3))
+  assert fp8.apply(cfg, task).optimizer_step is not None  # a plain task: fp8 sets it
+
+  def mine(grads, opt_state, stored):  # another method's update
+    return stored, opt_state, 0.0
+
+  with pytest.raises(ValueError, match=r"Task\.optimizer_step outright"):
+    fp8.apply(cfg, task.replace(optimizer_step=mine))
+  with pytest.raises(ValueError, match=r"Task\.observed, Task\.after_first_step outright"):
+    fp8.apply(cfg, task.replace(observed={"stats": max}, after_first_step=lambda t: t))
+  cfg.fp8.level = "fp32"  # fp32 leaves the task as it is
+  assert fp8.apply(cfg, task.replace(optimizer_step=mine)).optimizer_step is mine
+
+
 @pytest.mark.parametrize("level,expected", [("fp32", 16), ("none", 16), ("O1", 11), ("O2", 6), ("O3", 7),
                                             ("O1+fp32", 13), ("O2+fp32", 8), ("O3+fp32", 9)])  # fp8.master=fp32: +2
 def test_bytes_per_parameter_of_a_real_gpt_train_state(level, expected):
