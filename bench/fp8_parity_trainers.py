@@ -235,9 +235,8 @@ def master_change(seeds, args):
         "mean +- standard error of the paired changes, then per seed")
   base = [cached_loss("classify", "none", s, args) for s in seeds]
   for level in LEVELS[1:]:
-    gaps = {a.classify_master: np.array([(cached_loss("classify", level, s, a) - b) / b for s, b in zip(seeds, base)])
-            for a in (args, fp16)}
-    change = gaps[args.classify_master] - gaps["fp16"]
+    gaps = [paired_gap([cached_loss("classify", level, s, a) for s in seeds], base)[2] for a in (args, fp16)]
+    change = gaps[0] - gaps[1]
     print(f"{level:5s} {change.mean():+8.3%} +- {standard_error(change):6.3%}   " + " ".join(f"{c:+.2%}" for c in change))
 
 
