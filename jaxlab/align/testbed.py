@@ -343,12 +343,17 @@ def prepare_testbed(data_dir: str, *, num_train: int = 4000, num_val: int = 1000
                  source=source, hpir=paths)
 
 
-def column(source, key: str) -> np.ndarray | list:
-  """One feature of every record of a (non-empty) data source, in order.
+def columns(source, keys) -> dict:
+  """Features `keys` of every record of a (non-empty) data source, in order, each record read
+  and decoded once (a record decodes all its features, the image included, on every access).
 
-  Text features (str / bytes) come back as a list; anything else stacked into an array [len(source), ...]."""
-  values = [source[i][key] for i in range(len(source))]
-  return values if isinstance(values[0], (str, bytes)) else np.stack(values)
+  Text features (str / bytes) come back as lists; anything else stacked into an array [len(source), ...]."""
+  records = source.__getitems__(range(len(source)))
+  out = {}
+  for key in keys:
+    values = [record[key] for record in records]
+    out[key] = values if isinstance(values[0], (str, bytes)) else np.stack(values)
+  return out
 
 
 def _vote(diff: float, annotators: int, noise: float, rng) -> tuple[str, float]:
@@ -366,9 +371,9 @@ def hpir_labels(split, n: int, set_size: int, annotators: int, noise: float, see
     raise ValueError(f"unknown HPIR aspect {aspect!r}; use one of {HPIR_ASPECTS}")
   rng = np.random.default_rng(seed)
   names = contents(source)
-  ids = [as_text(x) for x in column(split, "id")]
-  content = np.asarray(column(split, "content_id"))
-  truth = np.asarray(column(split, "aesthetic"))
+  cols = columns(split, ("id", "content_id", "aesthetic"))
+  ids = [as_text(x) for x in cols["id"]]
+  content, truth = np.asarray(cols["content_id"]), np.asarray(cols["aesthetic"])
   content_ids = range(len(names)) if content_ids is None else content_ids
   usable = [c for c in content_ids if np.sum(content == c) >= 2 * set_size]
   if not usable:
@@ -479,7 +484,7 @@ def load_ranking_folder(folder: str, image_size: int) -> tuple[dict[str, np.ndar
 def load_split(source, encoder) -> dict:
   """A testbed split as host arrays: images in [0, 1], captions and their encoding by `encoder`
   (align.texts: tokens and mask, or frozen features), ids, truth."""
-  cols = {k: column(source, k) for k in ("id", "image", "caption", "content_id", "aesthetic", "rating")}
+  cols = columns(source, ("id", "image", "caption", "content_id", "aesthetic", "rating"))
   captions = [as_text(x) for x in cols["caption"]]
   tokens, mask = encoder.encode(captions)
   return {"ids": [as_text(x) for x in cols["id"]], "images": cols["image"].astype(np.float32) / 255.0,
