@@ -33,7 +33,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not gpu_aot"
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow and not gpu_aot and not parity"
 
 slow: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile -m slow
