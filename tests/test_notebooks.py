@@ -15,8 +15,8 @@ NOTEBOOKS = sorted((REPO / "colab").glob("*.ipynb"))
 # test machine says more about the neighbours than about the notebook), with headroom: XLA's
 # compiles dominate, and their CPU seconds vary by a fifth from run to run on the same VM.
 # Measured alone on the 2-core dev machine (2026-12-08): quickstart 19, fp8 50-54, learngene 37-40,
-# scalingfilter 37-40, align 64-73. CI's `make slow` runs them beside other tests (-n 2), which
-# costs more: align took 91 there when it still built a 1000-image validation split.
+# scalingfilter 37-40, align 64-73; beside other slow tests (-n 2, as in `make slow`) align 56.
+# CI's `make slow` measured align at 91 when it still built a 1000-image validation split.
 CPU_BUDGET_S = 120
 CELL_TIMEOUT_S = 600  # only there to turn a hang into a failure
 

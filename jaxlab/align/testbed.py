@@ -40,6 +40,7 @@ The choice is the majority, the confidence the majority's share.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -326,6 +327,7 @@ def prepare_testbed(data_dir: str, *, num_train: int = 4000, num_val: int = 1000
   builder.download_and_prepare()
   splits = {split: builder.as_data_source(split=split) for split in ("train", "validation", "test")}
   halves = dict(zip(("finetune", "heldout"), content_split(source)))
+  label_columns = functools.cache(lambda split: columns(splits[split], HPIR_COLUMNS))  # read once per split
   paths = {}
   for split, split_seed in (("test", 1), ("validation", 3)):
     for g, group in enumerate(HPIR_GROUPS):
@@ -334,7 +336,7 @@ def prepare_testbed(data_dir: str, *, num_train: int = 4000, num_val: int = 1000
         path = os.path.join(data_dir, f"hpir_{name}_{split}_{group}_{aspect}_q{hpir_queries}_k{hpir_set_size}"
                                       f"_a{hpir_annotators}_n{hpir_noise:g}.jsonl".replace("0.", "0p"))
         if not os.path.exists(path):
-          records = hpir_labels(splits[split], hpir_queries, hpir_set_size, hpir_annotators, hpir_noise,
+          records = hpir_labels(label_columns(split), hpir_queries, hpir_set_size, hpir_annotators, hpir_noise,
                                 [seed, split_seed, g, a], aspect=aspect, content_ids=halves[group], source=source)
           hpir.write_hpir(path + ".tmp", records)
           os.replace(path + ".tmp", path)
@@ -361,19 +363,21 @@ def _vote(diff: float, annotators: int, noise: float, rng) -> tuple[str, float]:
   return ("a" if 2 * votes > annotators else "b"), max(votes, annotators - votes) / annotators
 
 
-def hpir_labels(split, n: int, set_size: int, annotators: int, noise: float, seed, *, aspect: str = "aesthetic",
+HPIR_COLUMNS = ("id", "content_id", "aesthetic")   # what hpir_labels reads of a split
+
+
+def hpir_labels(split: dict, n: int, set_size: int, annotators: int, noise: float, seed, *, aspect: str = "aesthetic",
                 content_ids=None, source: str = "rendered", templates=HELDOUT_TEMPLATES) -> list:
-  """HPIR records over `split` (a validation or test data source) for queries about `content_ids`
-  (default: all), worded by `templates`, labelled by simulated annotators on one aspect:
+  """HPIR records over `split` (a validation or test split's HPIR_COLUMNS, read by `columns`) for
+  queries about `content_ids` (default: all), worded by `templates`, labelled by simulated annotators on one aspect:
   "aesthetic" (two same-content sets, the true aesthetic) or "relevance" (two sets of different
   mixes, the mean relevance grade; see the module doc)."""
   if aspect not in HPIR_ASPECTS:
     raise ValueError(f"unknown HPIR aspect {aspect!r}; use one of {HPIR_ASPECTS}")
   rng = np.random.default_rng(seed)
   names = contents(source)
-  cols = columns(split, ("id", "content_id", "aesthetic"))
-  ids = [as_text(x) for x in cols["id"]]
-  content, truth = np.asarray(cols["content_id"]), np.asarray(cols["aesthetic"])
+  ids = [as_text(x) for x in split["id"]]
+  content, truth = np.asarray(split["content_id"]), np.asarray(split["aesthetic"])
   content_ids = range(len(names)) if content_ids is None else content_ids
   usable = [c for c in content_ids if np.sum(content == c) >= 2 * set_size]
   if not usable:

